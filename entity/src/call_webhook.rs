@@ -1,0 +1,37 @@
+//! The stored answer to one kind of webhook for a call: the idempotency record.
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "call_webhooks")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: String,
+    pub call_id: String,
+    /// `incoming`, `fallback`, `stream-ended` or `status`.
+    pub kind: String,
+    pub attempts: i32,
+    pub twiml: String,
+    pub token_jti: Option<String>,
+    pub token_expires_at: Option<DateTimeUtc>,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(
+        belongs_to = "super::call::Entity",
+        from = "Column::CallId",
+        to = "super::call::Column::Id",
+        on_delete = "Cascade"
+    )]
+    Call,
+}
+
+impl Related<super::call::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Call.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,14 @@
+//! Database migrations of stateset-voice; each runs on SQLite and PostgreSQL.
+pub use sea_orm_migration::prelude::*;
+
+mod m20261124_000001_create_schema;
+
+/// All migrations, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261124_000001_create_schema::Migration)]
+    }
+}

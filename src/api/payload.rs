@@ -1,0 +1,138 @@
+//! Payload types of the voice webhooks: the raw form body in, TwiML out.
+use poem::{http::StatusCode, IntoResponse, Request, RequestBody, Response, Result};
+use poem_openapi::impl_apirequest_for_payload;
+use poem_openapi::{
+    payload::{ParsePayload, Payload},
+    registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchemaRef, Registry},
+    types::Type,
+    ApiResponse, Object,
+};
+
+/// Largest webhook body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The raw bytes of a form-encoded webhook body, read once, at most [`MAX_BODY_BYTES`].
+/// Parsing happens later so that malformed input gets a precise 400.
+pub struct TwilioForm(pub Vec<u8>);
+
+/// The fields Twilio posts to a voice webhook (documentation only: every field, known or
+/// not, is accepted and covered by the signature).
+#[derive(Object)]
+#[oai(rename = "TwilioVoiceWebhook")]
+#[allow(dead_code)]
+struct TwilioVoiceWebhook {
+    /// The Twilio account the call belongs to (`AC` + 32 hex digits).
+    #[oai(rename = "AccountSid")]
+    account_sid: String,
+    /// Unique id of the call (`CA` + 32 hex digits).
+    #[oai(rename = "CallSid")]
+    call_sid: String,
+    /// The caller, usually E.164.
+    #[oai(rename = "From")]
+    from: String,
+    /// The called number (E.164); selects the route.
+    #[oai(rename = "To")]
+    to: String,
+    /// Twilio's call status, e.g. `ringing`.
+    #[oai(rename = "CallStatus")]
+    call_status: Option<String>,
+    /// `inbound` for these webhooks.
+    #[oai(rename = "Direction")]
+    direction: Option<String>,
+    /// `2010-04-01`.
+    #[oai(rename = "ApiVersion")]
+    api_version: Option<String>,
+    /// Fallback URL callbacks: the error that made Twilio call it.
+    #[oai(rename = "ErrorCode")]
+    error_code: Option<String>,
+    /// Fallback URL callbacks: the URL that failed.
+    #[oai(rename = "ErrorUrl")]
+    error_url: Option<String>,
+}
+
+impl Payload for TwilioForm {
+    const CONTENT_TYPE: &'static str = "application/x-www-form-urlencoded";
+
+    fn check_content_type(content_type: &str) -> bool {
+        content_type
+            .split(';')
+            .next()
+            .is_some_and(|essence| essence.trim().eq_ignore_ascii_case(Self::CONTENT_TYPE))
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        TwilioVoiceWebhook::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        TwilioVoiceWebhook::register(registry);
+    }
+}
+
+impl ParsePayload for TwilioForm {
+    const IS_REQUIRED: bool = true;
+
+    async fn from_request(request: &Request, body: &mut RequestBody) -> Result<Self> {
+        let too_large = || {
+            poem::Error::from_string(
+                format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+                StatusCode::PAYLOAD_TOO_LARGE,
+            )
+        };
+        let declared = request
+            .headers()
+            .get(poem::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+            return Err(too_large());
+        }
+        let bytes = body
+            .take()?
+            .into_bytes_limit(MAX_BODY_BYTES)
+            .await
+            .map_err(|e| match e {
+                poem::error::ReadBodyError::PayloadTooLarge => too_large(),
+                other => other.into(),
+            })?;
+        Ok(Self(bytes.to_vec()))
+    }
+}
+
+impl_apirequest_for_payload!(TwilioForm);
+
+/// A TwiML document, served as `text/xml`.
+pub struct TwiML(pub String);
+
+impl Payload for TwiML {
+    const CONTENT_TYPE: &'static str = "text/xml";
+
+    fn schema_ref() -> MetaSchemaRef {
+        String::schema_ref()
+    }
+}
+
+impl IntoResponse for TwiML {
+    fn into_response(self) -> Response {
+        Response::builder().content_type(Self::CONTENT_TYPE).body(self.0)
+    }
+}
+
+impl ApiResponse for TwiML {
+    fn meta() -> MetaResponses {
+        MetaResponses {
+            responses: vec![MetaResponse {
+                description: "TwiML for Twilio to execute",
+                status: Some(200),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: Self::CONTENT_TYPE,
+                    schema: Self::schema_ref(),
+                }],
+                headers: vec![],
+            }],
+        }
+    }
+
+    fn register(_registry: &mut Registry) {}
+}

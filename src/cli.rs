@@ -1,0 +1,325 @@
+//! The `stateset-voice` command line.
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{
+    config::{Config, ConfigArgs},
+    db,
+    domain::{
+        admin::{self, NewRoute, NewTenant},
+        fallback::FallbackAction,
+    },
+    twilio::{
+        form::FormParams,
+        signature::{self, Algorithm},
+    },
+};
+
+/// stateset-voice: answers Twilio Voice webhooks for many tenants.
+#[derive(Parser, Debug)]
+#[command(name = "stateset-voice", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Migrate the database and serve HTTP.
+    Serve {
+        /// Seed a demo tenant and route and print a signed curl command.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Manage phone routes.
+    #[command(subcommand)]
+    Route(RouteCommand),
+    /// Print the X-Twilio-Signature of a form, or check one with --check.
+    Sign(SignArgs),
+}
+
+/// `tenant` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum TenantCommand {
+    /// Create a tenant.
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        account_sid: String,
+        /// Twilio auth token (or set VOICE_TENANT_AUTH_TOKEN).
+        #[arg(long, env = "VOICE_TENANT_AUTH_TOKEN", hide_env_values = true)]
+        auth_token: String,
+        #[arg(long, value_parser = ["production", "sandbox"])]
+        environment: Option<String>,
+        #[arg(long)]
+        webhook_url: Option<String>,
+        /// Default fallback as JSON, e.g. '{"type":"say","message":"Sorry"}'.
+        #[arg(long)]
+        default_fallback: Option<String>,
+    },
+    /// List tenants.
+    List,
+}
+
+/// `route` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum RouteCommand {
+    /// Create a route.
+    Add {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Called number, E.164.
+        #[arg(long)]
+        phone_number: String,
+        #[arg(long)]
+        label: Option<String>,
+        #[arg(long, value_parser = ["production", "test"])]
+        environment: Option<String>,
+        /// Create the route disabled.
+        #[arg(long)]
+        disabled: bool,
+        /// Fallback as JSON, e.g. '{"type":"dial","number":"+15550001111"}'.
+        #[arg(long)]
+        fallback: Option<String>,
+        /// ws(s):// URL of the agent runtime.
+        #[arg(long)]
+        agent_url: Option<String>,
+    },
+    /// List routes.
+    List {
+        /// Only this tenant's routes.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+/// `sign` arguments.
+#[derive(Args, Debug)]
+pub struct SignArgs {
+    /// The full URL Twilio requests, query string included.
+    #[arg(long)]
+    pub url: String,
+    /// The auth token (or shared key with --algorithm sha256).
+    #[arg(long)]
+    pub token: String,
+    /// Check this signature instead of printing one: exit 0 when valid, 1 when not.
+    #[arg(long)]
+    pub check: Option<String>,
+    /// HMAC algorithm.
+    #[arg(long, value_parser = ["sha1", "sha256"], default_value = "sha1")]
+    pub algorithm: String,
+    /// Decoded form fields, KEY=VALUE; repeated keys allowed.
+    #[arg(value_name = "KEY=VALUE")]
+    pub fields: Vec<String>,
+}
+
+/// Errors of the command line.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("database: {0}")]
+    Db(#[from] sea_orm::DbErr),
+    #[error(transparent)]
+    Domain(#[from] crate::domain::Error),
+    #[error("{0}")]
+    Usage(String),
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs `sign`: prints the signature, or checks one.
+pub fn sign(args: &SignArgs) -> Result<ExitCode, CliError> {
+    let mut form = FormParams::default();
+    for field in &args.fields {
+        let (k, v) = field
+            .split_once('=')
+            .ok_or_else(|| CliError::Usage(format!("{field:?} is not KEY=VALUE")))?;
+        form.push(k, v);
+    }
+    let algorithm = if args.algorithm == "sha256" {
+        Algorithm::HmacSha256
+    } else {
+        Algorithm::HmacSha1
+    };
+    match &args.check {
+        None => {
+            println!(
+                "{}",
+                signature::compute(algorithm, args.token.as_bytes(), &args.url, &form)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(sig) => {
+            let valid =
+                signature::validate(algorithm, &[args.token.as_bytes()], &args.url, &form, sig).is_some();
+            println!("{}", if valid { "valid" } else { "invalid" });
+            Ok(if valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn parse_fallback(json: Option<String>) -> Result<Option<FallbackAction>, CliError> {
+    json.map(|j| FallbackAction::from_json(&j).map_err(|e| CliError::Usage(format!("fallback JSON: {e}"))))
+        .transpose()
+}
+
+/// Runs a command.
+pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    if let Command::Sign(args) = &cli.command {
+        return sign(args);
+    }
+    let config = Config::from_args(cli.config)?;
+    match cli.command {
+        Command::Sign(_) => unreachable!("handled above"),
+        Command::Serve { demo } => {
+            if config.token_secret_generated {
+                tracing::warn!(
+                    "VOICE_TOKEN_SECRET is not set: using a random secret for this process; \
+                     stream tokens will not verify on other instances or after a restart"
+                );
+            }
+            if config.admin_token.is_none() {
+                tracing::info!("VOICE_ADMIN_TOKEN is not set: the admin API is disabled");
+            }
+            let state = crate::prepare(config).await?;
+            if demo {
+                let tenant = crate::demo::seed(&state.db).await?;
+                tracing::info!(tenant_id = %tenant.id, number = crate::demo::DEMO_NUMBER, "demo tenant ready");
+                println!("{}", crate::demo::curl_command(&state.config, &tenant));
+            }
+            crate::serve(state, shutdown_signal()).await?;
+        }
+        Command::Migrate => {
+            let db = db::connect(&config).await?;
+            db::migrate(&db).await?;
+            println!("migrations applied");
+        }
+        Command::Tenant(cmd) => {
+            let state = crate::prepare(config).await?;
+            match cmd {
+                TenantCommand::Add {
+                    name,
+                    account_sid,
+                    auth_token,
+                    environment,
+                    webhook_url,
+                    default_fallback,
+                } => {
+                    let created = admin::create_tenant(
+                        &state.db,
+                        NewTenant {
+                            name,
+                            account_sid,
+                            auth_token,
+                            environment,
+                            webhook_url,
+                            default_fallback: parse_fallback(default_fallback)?,
+                            ..NewTenant::default()
+                        },
+                    )
+                    .await?;
+                    println!("{}", created.tenant.id);
+                    if let Some(secret) = created.generated_webhook_secret {
+                        eprintln!("webhook secret (shown once): {secret}");
+                    }
+                }
+                TenantCommand::List => {
+                    let mut cursor = None;
+                    loop {
+                        let page = db::tenants::list(&state.db, cursor.as_deref(), 100).await?;
+                        for t in &page.items {
+                            println!("{}\t{}\t{}\t{}", t.id, t.account_sid, t.environment, t.name);
+                        }
+                        match page.next_cursor {
+                            Some(next) => cursor = Some(next),
+                            None => break,
+                        }
+                    }
+                }
+            }
+        }
+        Command::Route(cmd) => {
+            let state = crate::prepare(config).await?;
+            match cmd {
+                RouteCommand::Add {
+                    tenant,
+                    phone_number,
+                    label,
+                    environment,
+                    disabled,
+                    fallback,
+                    agent_url,
+                } => {
+                    let route = admin::create_route(
+                        &state.db,
+                        &tenant,
+                        NewRoute {
+                            phone_number,
+                            label,
+                            environment,
+                            enabled: Some(!disabled),
+                            fallback: parse_fallback(fallback)?,
+                            agent_url,
+                        },
+                    )
+                    .await?;
+                    println!("{}\t{}", route.id, route.phone_number);
+                }
+                RouteCommand::List { tenant } => {
+                    let mut cursor = None;
+                    loop {
+                        let page =
+                            db::routes::list(&state.db, tenant.as_deref(), cursor.as_deref(), 100).await?;
+                        for r in &page.items {
+                            let state = if r.enabled { "enabled" } else { "disabled" };
+                            println!(
+                                "{}\t{}\t{}\t{}\t{}",
+                                r.id, r.phone_number, r.tenant_id, r.environment, state
+                            );
+                        }
+                        match page.next_cursor {
+                            Some(next) => cursor = Some(next),
+                            None => break,
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

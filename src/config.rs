@@ -1,0 +1,356 @@
+//! Configuration: defaults in code, environment variables and flags override, validated once.
+use std::{fmt, time::Duration};
+
+use clap::{builder::BoolishValueParser, ArgAction, Args, ValueEnum};
+
+/// A secret string whose `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// Where the stream token goes in the `<Stream url>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TokenPlacement {
+    /// `wss://HOST/media-stream?stream_token=TOKEN`
+    Query,
+    /// `wss://HOST/media-stream/TOKEN`
+    Path,
+}
+
+/// Flags of `stateset-voice`, each also read from its environment variable.
+#[derive(Args, Debug, Clone)]
+pub struct ConfigArgs {
+    /// Database URL: sqlite://FILE?mode=rwc or postgres://USER@HOST/DB.
+    #[arg(
+        long,
+        global = true,
+        env = "VOICE_DATABASE_URL",
+        default_value = "sqlite://stateset-voice.db?mode=rwc",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// Size of the database connection pool (default: 1 for SQLite, 16 for PostgreSQL).
+    #[arg(long, global = true, env = "VOICE_DATABASE_MAX_CONNECTIONS")]
+    pub database_max_connections: Option<u32>,
+    /// Address to listen on.
+    #[arg(long, global = true, env = "VOICE_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+    /// Public base URL Twilio calls (scheme, host, optional port and path prefix).
+    #[arg(
+        long,
+        global = true,
+        env = "VOICE_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub public_url: String,
+    /// Media stream WebSocket URL (default: the public URL with ws(s) and /media-stream).
+    #[arg(long, global = true, env = "VOICE_STREAM_URL")]
+    pub stream_url: Option<String>,
+    /// Where the stream token goes in the stream URL.
+    #[arg(
+        long,
+        global = true,
+        env = "VOICE_STREAM_TOKEN_PLACEMENT",
+        value_enum,
+        default_value = "query"
+    )]
+    pub stream_token_placement: TokenPlacement,
+    /// HS256 secret for stream tokens, shared by all instances (at least 32 bytes).
+    #[arg(long, global = true, env = "VOICE_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// Stream token lifetime (seconds, or a number with s/m suffix).
+    #[arg(long, global = true, env = "VOICE_STREAM_TOKEN_TTL", default_value = "60", value_parser = parse_duration)]
+    pub stream_token_ttl: Duration,
+    /// Bearer token of the admin API; the admin API is disabled when unset.
+    #[arg(long, global = true, env = "VOICE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Take scheme and host from X-Forwarded-Proto / X-Forwarded-Host.
+    #[arg(long, global = true, env = "VOICE_TRUST_FORWARDED", default_value = "false", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub trust_forwarded: bool,
+    /// Concurrent media streams this instance accepts before answering with the fallback.
+    #[arg(long, global = true, env = "VOICE_MAX_STREAMS", default_value = "500")]
+    pub max_streams: usize,
+    /// Signature failures on a production route within the window that raise an alert.
+    #[arg(long, global = true, env = "VOICE_ALERT_THRESHOLD", default_value = "5", value_parser = clap::value_parser!(u32).range(1..))]
+    pub alert_threshold: u32,
+    /// Alert window (seconds, or a number with s/m suffix).
+    #[arg(long, global = true, env = "VOICE_ALERT_WINDOW", default_value = "300", value_parser = parse_duration)]
+    pub alert_window: Duration,
+    /// What callers to an unknown number hear before the call is hung up.
+    #[arg(
+        long,
+        global = true,
+        env = "VOICE_UNKNOWN_ROUTE_MESSAGE",
+        default_value = "We're sorry, the number you have called is not in service. Goodbye."
+    )]
+    pub unknown_route_message: String,
+    /// What callers hear when neither the route nor the tenant configures a fallback.
+    #[arg(
+        long,
+        global = true,
+        env = "VOICE_FALLBACK_MESSAGE",
+        default_value = "We're sorry, we can't take your call right now. Please try again later. Goodbye."
+    )]
+    pub fallback_message: String,
+    /// Refuse to deliver events to loopback and private addresses.
+    #[arg(long, global = true, env = "VOICE_WEBHOOK_DENY_PRIVATE", default_value = "false", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
+    pub webhook_deny_private: bool,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: Secret,
+    pub database_max_connections: u32,
+    pub bind: String,
+    /// Without a trailing slash.
+    pub public_url: String,
+    /// Without a trailing slash.
+    pub stream_url: String,
+    pub stream_token_placement: TokenPlacement,
+    pub token_secret: Secret,
+    /// True when no secret was configured and one was generated for this process.
+    pub token_secret_generated: bool,
+    pub stream_token_ttl: Duration,
+    pub admin_token: Option<Secret>,
+    pub trust_forwarded: bool,
+    pub max_streams: usize,
+    pub alert_threshold: u32,
+    pub alert_window: Duration,
+    pub unknown_route_message: String,
+    pub fallback_message: String,
+    pub webhook_deny_private: bool,
+}
+
+/// A configuration value that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {name}: {reason}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub reason: String,
+}
+
+fn invalid(name: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        name,
+        reason: reason.into(),
+    }
+}
+
+impl ConfigArgs {
+    /// Every flag at its default, ignoring the environment.
+    pub fn defaults() -> Self {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            args: ConfigArgs,
+        }
+        let mut command = <Defaults as clap::CommandFactory>::command();
+        // Drop the environment bindings so the result does not depend on the caller's env.
+        let ids: Vec<_> = command.get_arguments().map(|a| a.get_id().clone()).collect();
+        for id in ids {
+            command = command.mut_arg(id, |a| a.env(None::<&str>));
+        }
+        let matches = command.get_matches_from(["defaults"]);
+        <Defaults as clap::FromArgMatches>::from_arg_matches(&matches)
+            .expect("defaults parse")
+            .args
+    }
+}
+
+impl Config {
+    /// Validates flags and environment.
+    pub fn from_args(args: ConfigArgs) -> Result<Self, ConfigError> {
+        let public_url =
+            base_url(&args.public_url, &["http", "https"]).map_err(|r| invalid("VOICE_PUBLIC_URL", r))?;
+        let stream_url = match &args.stream_url {
+            Some(url) => base_url(url, &["ws", "wss"]).map_err(|r| invalid("VOICE_STREAM_URL", r))?,
+            None => {
+                let rest = public_url.split_once("://").map_or("", |(_, rest)| rest);
+                let scheme = if public_url.starts_with("https://") {
+                    "wss"
+                } else {
+                    "ws"
+                };
+                format!("{scheme}://{rest}/media-stream")
+            }
+        };
+        let (token_secret, token_secret_generated) = match args.token_secret {
+            Some(secret) if secret.len() >= 32 => (Secret::new(secret), false),
+            Some(_) => return Err(invalid("VOICE_TOKEN_SECRET", "must be at least 32 bytes")),
+            None => (Secret::new(random_token(32)), true),
+        };
+        if args.stream_token_ttl.is_zero() || args.stream_token_ttl > Duration::from_secs(3600) {
+            return Err(invalid("VOICE_STREAM_TOKEN_TTL", "must be between 1 s and 1 h"));
+        }
+        if args.alert_window.is_zero() {
+            return Err(invalid("VOICE_ALERT_WINDOW", "must be at least 1 s"));
+        }
+        let admin_token = match args.admin_token {
+            Some(t) if t.trim().is_empty() => None,
+            Some(t) => Some(Secret::new(t)),
+            None => None,
+        };
+        for (name, message) in [
+            ("VOICE_UNKNOWN_ROUTE_MESSAGE", &args.unknown_route_message),
+            ("VOICE_FALLBACK_MESSAGE", &args.fallback_message),
+        ] {
+            if message.trim().is_empty() {
+                return Err(invalid(
+                    name,
+                    "must not be empty: a caller is never left in silence",
+                ));
+            }
+        }
+        let is_sqlite = args.database_url.starts_with("sqlite:");
+        if !is_sqlite && !args.database_url.starts_with("postgres") {
+            return Err(invalid(
+                "VOICE_DATABASE_URL",
+                "must start with sqlite: or postgres://",
+            ));
+        }
+        let database_max_connections = args
+            .database_max_connections
+            .unwrap_or(if is_sqlite { 1 } else { 16 })
+            .max(1);
+        Ok(Self {
+            database_url: Secret::new(args.database_url),
+            database_max_connections,
+            bind: args.bind,
+            public_url,
+            stream_url,
+            stream_token_placement: args.stream_token_placement,
+            token_secret,
+            token_secret_generated,
+            stream_token_ttl: args.stream_token_ttl,
+            admin_token,
+            trust_forwarded: args.trust_forwarded,
+            max_streams: args.max_streams,
+            alert_threshold: args.alert_threshold,
+            alert_window: args.alert_window,
+            unknown_route_message: args.unknown_route_message,
+            fallback_message: args.fallback_message,
+            webhook_deny_private: args.webhook_deny_private,
+        })
+    }
+
+    /// The URL Twilio posts to when a stream ends.
+    pub fn stream_ended_url(&self) -> String {
+        format!("{}/api/v1/stream-ended", self.public_url)
+    }
+}
+
+/// Checks an absolute base URL with one of `schemes`, no query or fragment, and returns it
+/// without a trailing slash.
+fn base_url(input: &str, schemes: &[&str]) -> Result<String, String> {
+    let parsed = url::Url::parse(input).map_err(|e| format!("{input:?}: {e}"))?;
+    if !schemes.contains(&parsed.scheme()) {
+        return Err(format!("{input:?}: scheme must be one of {schemes:?}"));
+    }
+    if parsed.host_str().is_none() || parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(format!(
+            "{input:?}: expected scheme://host[:port][/prefix] with no query"
+        ));
+    }
+    Ok(input.trim_end_matches('/').to_owned())
+}
+
+/// Parses `90`, `90s` or `5m`.
+pub fn parse_duration(input: &str) -> Result<Duration, String> {
+    let input = input.trim();
+    let (digits, unit) = match input.strip_suffix('m') {
+        Some(d) => (d, 60),
+        None => (input.strip_suffix('s').unwrap_or(input), 1),
+    };
+    digits
+        .parse::<u64>()
+        .map(|n| Duration::from_secs(n * unit))
+        .map_err(|_| format!("{input:?} is not a duration in seconds (e.g. 60, 60s, 5m)"))
+}
+
+/// A random URL-safe token of `bytes` random bytes.
+pub fn random_token(bytes: usize) -> String {
+    use base64::Engine as _;
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("the OS random source is available");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ConfigArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<Config, String> {
+        let cli = Cli::try_parse_from([&["x"], argv].concat()).map_err(|e| e.to_string())?;
+        Config::from_args(cli.args).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn derives_stream_url_from_public_url() {
+        let c = parse(&["--public-url", "https://voice.example.com/tw/"]).unwrap();
+        assert_eq!(c.public_url, "https://voice.example.com/tw");
+        assert_eq!(c.stream_url, "wss://voice.example.com/tw/media-stream");
+        assert_eq!(
+            c.stream_ended_url(),
+            "https://voice.example.com/tw/api/v1/stream-ended"
+        );
+        let c = parse(&["--public-url", "http://127.0.0.1:9000"]).unwrap();
+        assert_eq!(c.stream_url, "ws://127.0.0.1:9000/media-stream");
+    }
+
+    #[test]
+    fn rejects_bad_values_with_the_variable_name() {
+        let e = parse(&["--public-url", "ftp://x"]).unwrap_err();
+        assert!(e.contains("VOICE_PUBLIC_URL"), "{e}");
+        let e = parse(&["--token-secret", "short"]).unwrap_err();
+        assert!(e.contains("VOICE_TOKEN_SECRET"), "{e}");
+        let e = parse(&["--stream-token-ttl", "soon"]).unwrap_err();
+        assert!(e.contains("soon"), "{e}");
+        let e = parse(&["--alert-threshold", "0"]).unwrap_err();
+        assert!(e.contains("alert-threshold"), "{e}");
+        assert!(parse(&["--database-url", "mysql://x"]).is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = parse(&[
+            "--admin-token",
+            "adm-secret-value",
+            "--token-secret",
+            &"k".repeat(40),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("adm-secret-value") && !shown.contains(&"k".repeat(40)),
+            "{shown}"
+        );
+        assert!(parse(&["--trust-forwarded", "true"]).unwrap().trust_forwarded);
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+    }
+}

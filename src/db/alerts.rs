@@ -1,0 +1,47 @@
+//! Raised alerts.
+use chrono::{DateTime, Utc};
+use entity::alert;
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set};
+
+use super::Page;
+use crate::domain::phone::new_id;
+
+/// What an alert is about.
+pub struct NewAlert<'a> {
+    pub tenant_id: Option<&'a str>,
+    pub route_id: Option<&'a str>,
+    pub kind: &'a str,
+    pub message: String,
+    pub failure_count: i64,
+    pub window_start: DateTime<Utc>,
+}
+
+/// Inserts an alert.
+pub async fn insert<C: ConnectionTrait>(db: &C, new: NewAlert<'_>) -> Result<alert::Model, DbErr> {
+    alert::ActiveModel {
+        id: Set(new_id()),
+        tenant_id: Set(new.tenant_id.map(str::to_owned)),
+        route_id: Set(new.route_id.map(str::to_owned)),
+        kind: Set(new.kind.to_owned()),
+        message: Set(new.message),
+        failure_count: Set(new.failure_count),
+        window_start: Set(new.window_start),
+        created_at: Set(Utc::now()),
+    }
+    .insert(db)
+    .await
+}
+
+/// Lists alerts, newest first, of one tenant or of all.
+pub async fn list<C: ConnectionTrait>(
+    db: &C,
+    tenant_id: Option<&str>,
+    cursor: Option<&str>,
+    limit: u64,
+) -> Result<Page<alert::Model>, DbErr> {
+    let mut select = alert::Entity::find();
+    if let Some(tenant_id) = tenant_id {
+        select = select.filter(alert::Column::TenantId.eq(tenant_id));
+    }
+    super::page(db, select, alert::Column::Id, cursor, limit, true, |m| &m.id).await
+}

@@ -1,0 +1,165 @@
+//! Calls, their per-kind webhook answers (the idempotency records) and media sessions.
+use chrono::{DateTime, Utc};
+use entity::{call, call_webhook, media_session};
+use sea_orm::{
+    sea_query::{Expr, OnConflict},
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, Set,
+    TryInsertResult,
+};
+
+use super::Page;
+
+/// Inserts `model` unless a row with the same unique key exists; true when inserted. The
+/// database's uniqueness decides, so concurrent duplicates cannot both insert.
+async fn insert_if_absent<A, C>(db: &C, model: A, conflict: OnConflict) -> Result<bool, DbErr>
+where
+    A: ActiveModelTrait,
+    <A::Entity as EntityTrait>::Model: sea_orm::IntoActiveModel<A>,
+    C: ConnectionTrait,
+{
+    let result = <A::Entity as EntityTrait>::insert(model)
+        .on_conflict(conflict)
+        .do_nothing()
+        .exec_without_returning(db)
+        .await?;
+    Ok(matches!(result, TryInsertResult::Inserted(n) if n > 0))
+}
+
+/// Claims a CallSid: inserts the call unless one with the same CallSid exists.
+pub async fn claim<C: ConnectionTrait>(db: &C, model: call::ActiveModel) -> Result<bool, DbErr> {
+    insert_if_absent(
+        db,
+        model,
+        OnConflict::column(call::Column::CallSid).do_nothing().to_owned(),
+    )
+    .await
+}
+
+/// Claims the answer to one kind of webhook for a call.
+pub async fn claim_webhook<C: ConnectionTrait>(
+    db: &C,
+    model: call_webhook::ActiveModel,
+) -> Result<bool, DbErr> {
+    let conflict = OnConflict::columns([call_webhook::Column::CallId, call_webhook::Column::Kind])
+        .do_nothing()
+        .to_owned();
+    insert_if_absent(db, model, conflict).await
+}
+
+/// A call by CallSid.
+pub async fn by_sid<C: ConnectionTrait>(db: &C, call_sid: &str) -> Result<Option<call::Model>, DbErr> {
+    call::Entity::find()
+        .filter(call::Column::CallSid.eq(call_sid))
+        .one(db)
+        .await
+}
+
+/// Counts one more delivery of the call's voice webhook.
+pub async fn bump_attempts<C: ConnectionTrait>(db: &C, call_id: &str) -> Result<(), DbErr> {
+    call::Entity::update_many()
+        .col_expr(call::Column::Attempts, Expr::col(call::Column::Attempts).add(1))
+        .col_expr(call::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(call::Column::Id.eq(call_id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Marks a call as answered with a fallback, keeping Twilio's error code and URL if given.
+pub async fn set_fallback<C: ConnectionTrait>(
+    db: &C,
+    call: call::Model,
+    reason: &str,
+    error_code: Option<String>,
+    error_url: Option<String>,
+) -> Result<call::Model, DbErr> {
+    let mut active: call::ActiveModel = call.into();
+    active.outcome = Set("fallback".to_owned());
+    active.fallback_reason = Set(Some(reason.to_owned()));
+    if error_code.is_some() {
+        active.error_code = Set(error_code);
+    }
+    if error_url.is_some() {
+        active.error_url = Set(error_url);
+    }
+    active.updated_at = Set(Utc::now());
+    active.update(db).await
+}
+
+/// The stored answer to one kind of webhook for a call.
+pub async fn webhook<C: ConnectionTrait>(
+    db: &C,
+    call_id: &str,
+    kind: &str,
+) -> Result<Option<call_webhook::Model>, DbErr> {
+    call_webhook::Entity::find()
+        .filter(call_webhook::Column::CallId.eq(call_id))
+        .filter(call_webhook::Column::Kind.eq(kind))
+        .one(db)
+        .await
+}
+
+/// Counts a repeated delivery of a webhook and, when given, replaces its answer (a fresh
+/// token after the stored one expired).
+pub async fn bump_webhook<C: ConnectionTrait>(
+    db: &C,
+    webhook: call_webhook::Model,
+    fresh: Option<(String, String, DateTime<Utc>)>,
+) -> Result<call_webhook::Model, DbErr> {
+    let attempts = webhook.attempts + 1;
+    let mut active: call_webhook::ActiveModel = webhook.into();
+    active.attempts = Set(attempts);
+    if let Some((twiml, jti, expires_at)) = fresh {
+        active.twiml = Set(twiml);
+        active.token_jti = Set(Some(jti));
+        active.token_expires_at = Set(Some(expires_at));
+    }
+    active.updated_at = Set(Utc::now());
+    active.update(db).await
+}
+
+/// Lists calls, newest first, of one tenant or of all.
+pub async fn list<C: ConnectionTrait>(
+    db: &C,
+    tenant_id: Option<&str>,
+    cursor: Option<&str>,
+    limit: u64,
+) -> Result<Page<call::Model>, DbErr> {
+    let mut select = call::Entity::find();
+    if let Some(tenant_id) = tenant_id {
+        select = select.filter(call::Column::TenantId.eq(tenant_id));
+    }
+    super::page(db, select, call::Column::Id, cursor, limit, true, |m| &m.id).await
+}
+
+/// A call's media sessions, oldest first.
+pub async fn media_sessions<C: ConnectionTrait>(
+    db: &C,
+    call_id: &str,
+) -> Result<Vec<media_session::Model>, DbErr> {
+    media_session::Entity::find()
+        .filter(media_session::Column::CallId.eq(call_id))
+        .order_by_asc(media_session::Column::Id)
+        .all(db)
+        .await
+}
+
+/// Media sessions of several calls, grouped by call id.
+pub async fn media_sessions_of<C: ConnectionTrait>(
+    db: &C,
+    call_ids: &[String],
+) -> Result<std::collections::HashMap<String, Vec<media_session::Model>>, DbErr> {
+    let mut grouped = std::collections::HashMap::new();
+    if call_ids.is_empty() {
+        return Ok(grouped);
+    }
+    let sessions = media_session::Entity::find()
+        .filter(media_session::Column::CallId.is_in(call_ids.iter().cloned()))
+        .order_by_asc(media_session::Column::Id)
+        .all(db)
+        .await?;
+    for s in sessions {
+        grouped.entry(s.call_id.clone()).or_insert_with(Vec::new).push(s);
+    }
+    Ok(grouped)
+}

@@ -1,0 +1,106 @@
+//! Query functions. Each takes a connection or a transaction; lookups of tenant-owned rows
+//! start from the tenant id. Errors are sea-orm's `DbErr`.
+pub mod alerts;
+pub mod calls;
+pub mod diagnostics;
+pub mod outbox;
+pub mod routes;
+pub mod tenants;
+
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{
+    sea_query::IntoCondition, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select, SqlErr,
+};
+
+use crate::config::Config;
+
+/// Opens the pool. SQLite runs in WAL mode with a busy timeout; PostgreSQL as configured.
+pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
+    connect_url(
+        config.database_url.expose(),
+        config.database_max_connections,
+        None,
+    )
+    .await
+}
+
+/// Opens a pool for `url`, optionally pinned to a PostgreSQL schema.
+pub async fn connect_url(
+    url: &str,
+    max_connections: u32,
+    pg_schema: Option<&str>,
+) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(max_connections)
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|opts| {
+            opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true)
+        });
+    if let Some(schema) = pg_schema {
+        options.set_schema_search_path(schema.to_owned());
+    }
+    Database::connect(options).await
+}
+
+/// Applies pending migrations.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    Migrator::up(db, None).await
+}
+
+/// Whether an error is a unique-constraint violation.
+pub fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
+/// One page of a list and the cursor of the next page.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// Pages `select` by its id column (UUIDv7, so by creation time): oldest first, or newest first.
+pub async fn page<E, C>(
+    db: &C,
+    select: Select<E>,
+    id: E::Column,
+    cursor: Option<&str>,
+    limit: u64,
+    newest_first: bool,
+    id_of: fn(&E::Model) -> &str,
+) -> Result<Page<E::Model>, DbErr>
+where
+    E: EntityTrait,
+    C: ConnectionTrait,
+{
+    let mut select = if newest_first {
+        select.order_by_desc(id)
+    } else {
+        select.order_by_asc(id)
+    };
+    if let Some(cursor) = cursor {
+        let after = if newest_first {
+            id.lt(cursor)
+        } else {
+            id.gt(cursor)
+        };
+        select = select.filter(after.into_condition());
+    }
+    let mut items = select.limit(limit + 1).all(db).await?;
+    let next_cursor = if items.len() as u64 > limit {
+        items.truncate(limit as usize);
+        items.last().map(|m| id_of(m).to_owned())
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}

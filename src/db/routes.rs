@@ -1,0 +1,73 @@
+//! Phone routes.
+use chrono::Utc;
+use entity::{route, tenant};
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
+
+use super::Page;
+
+/// Inserts a route.
+pub async fn insert<C: ConnectionTrait>(db: &C, model: route::ActiveModel) -> Result<route::Model, DbErr> {
+    model.insert(db).await
+}
+
+/// Finds a route by id.
+pub async fn get<C: ConnectionTrait>(db: &C, id: &str) -> Result<Option<route::Model>, DbErr> {
+    route::Entity::find_by_id(id.to_owned()).one(db).await
+}
+
+/// The route for a normalised called number, with its tenant: the hot-path lookup.
+pub async fn with_tenant_by_number<C: ConnectionTrait>(
+    db: &C,
+    phone_number: &str,
+) -> Result<Option<(route::Model, tenant::Model)>, DbErr> {
+    let found = route::Entity::find()
+        .filter(route::Column::PhoneNumber.eq(phone_number))
+        .find_also_related(tenant::Entity)
+        .one(db)
+        .await?;
+    Ok(found.and_then(|(r, t)| Some((r, t?))))
+}
+
+/// A route by id, with its tenant.
+pub async fn with_tenant_by_id<C: ConnectionTrait>(
+    db: &C,
+    id: &str,
+) -> Result<Option<(route::Model, tenant::Model)>, DbErr> {
+    let found = route::Entity::find_by_id(id.to_owned())
+        .find_also_related(tenant::Entity)
+        .one(db)
+        .await?;
+    Ok(found.and_then(|(r, t)| Some((r, t?))))
+}
+
+/// Lists routes, oldest first, of one tenant or of all.
+pub async fn list<C: ConnectionTrait>(
+    db: &C,
+    tenant_id: Option<&str>,
+    cursor: Option<&str>,
+    limit: u64,
+) -> Result<Page<route::Model>, DbErr> {
+    let mut select = route::Entity::find();
+    if let Some(tenant_id) = tenant_id {
+        select = select.filter(route::Column::TenantId.eq(tenant_id));
+    }
+    super::page(db, select, route::Column::Id, cursor, limit, false, |m| &m.id).await
+}
+
+/// Saves changed fields and bumps `updated_at`.
+pub async fn update<C: ConnectionTrait>(
+    db: &C,
+    mut model: route::ActiveModel,
+) -> Result<route::Model, DbErr> {
+    model.updated_at = sea_orm::Set(Utc::now());
+    model.update(db).await
+}
+
+/// Deletes a route; false when there was none.
+pub async fn delete<C: ConnectionTrait>(db: &C, id: &str) -> Result<bool, DbErr> {
+    Ok(route::Entity::delete_by_id(id.to_owned())
+        .exec(db)
+        .await?
+        .rows_affected
+        > 0)
+}

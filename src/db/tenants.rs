@@ -1,0 +1,63 @@
+//! Tenants.
+use chrono::Utc;
+use entity::tenant;
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
+
+use super::Page;
+
+/// Inserts a tenant.
+pub async fn insert<C: ConnectionTrait>(db: &C, model: tenant::ActiveModel) -> Result<tenant::Model, DbErr> {
+    model.insert(db).await
+}
+
+/// Finds a tenant by id.
+pub async fn get<C: ConnectionTrait>(db: &C, id: &str) -> Result<Option<tenant::Model>, DbErr> {
+    tenant::Entity::find_by_id(id.to_owned()).one(db).await
+}
+
+/// Finds a tenant by its Twilio account SID.
+pub async fn by_account_sid<C: ConnectionTrait>(
+    db: &C,
+    account_sid: &str,
+) -> Result<Option<tenant::Model>, DbErr> {
+    tenant::Entity::find()
+        .filter(tenant::Column::AccountSid.eq(account_sid))
+        .one(db)
+        .await
+}
+
+/// Lists tenants, oldest first.
+pub async fn list<C: ConnectionTrait>(
+    db: &C,
+    cursor: Option<&str>,
+    limit: u64,
+) -> Result<Page<tenant::Model>, DbErr> {
+    super::page(
+        db,
+        tenant::Entity::find(),
+        tenant::Column::Id,
+        cursor,
+        limit,
+        false,
+        |m| &m.id,
+    )
+    .await
+}
+
+/// Saves changed fields and bumps `updated_at`.
+pub async fn update<C: ConnectionTrait>(
+    db: &C,
+    mut model: tenant::ActiveModel,
+) -> Result<tenant::Model, DbErr> {
+    model.updated_at = sea_orm::Set(Utc::now());
+    model.update(db).await
+}
+
+/// Deletes a tenant with its routes and calls; false when there was none.
+pub async fn delete<C: ConnectionTrait>(db: &C, id: &str) -> Result<bool, DbErr> {
+    Ok(tenant::Entity::delete_by_id(id.to_owned())
+        .exec(db)
+        .await?
+        .rows_affected
+        > 0)
+}

@@ -1,0 +1,81 @@
+//! `serve --demo`: a demo tenant and route, and a signed curl command to try them.
+use entity::tenant;
+use sea_orm::DatabaseConnection;
+
+use crate::{
+    config::Config,
+    db,
+    domain::{
+        self,
+        admin::{self, NewRoute, NewTenant},
+    },
+    twilio::{
+        form::FormParams,
+        signature::{self, Algorithm},
+    },
+};
+
+/// The demo tenant's account SID.
+pub const DEMO_ACCOUNT_SID: &str = "ACde000000000000000000000000000001";
+/// The demo route's number.
+pub const DEMO_NUMBER: &str = "+15555551234";
+
+/// Creates the demo tenant and route unless they exist; returns the tenant.
+pub async fn seed(db: &DatabaseConnection) -> Result<tenant::Model, domain::Error> {
+    let tenant = match db::tenants::by_account_sid(db, DEMO_ACCOUNT_SID).await? {
+        Some(t) => t,
+        None => {
+            let mut token = [0u8; 16];
+            getrandom::fill(&mut token).expect("the OS random source is available");
+            admin::create_tenant(
+                db,
+                NewTenant {
+                    name: "Demo tenant".to_owned(),
+                    account_sid: DEMO_ACCOUNT_SID.to_owned(),
+                    auth_token: hex::encode(token),
+                    environment: Some("sandbox".to_owned()),
+                    ..NewTenant::default()
+                },
+            )
+            .await?
+            .tenant
+        }
+    };
+    if db::routes::with_tenant_by_number(db, DEMO_NUMBER)
+        .await?
+        .is_none()
+    {
+        admin::create_route(
+            db,
+            &tenant.id,
+            NewRoute {
+                phone_number: DEMO_NUMBER.to_owned(),
+                label: Some("Demo line (echo agent)".to_owned()),
+                environment: Some("test".to_owned()),
+                ..NewRoute::default()
+            },
+        )
+        .await?;
+    }
+    Ok(tenant)
+}
+
+/// A ready-to-paste curl command posting a signed inbound-call webhook with a fresh CallSid.
+pub fn curl_command(config: &Config, tenant: &tenant::Model) -> String {
+    let url = format!("{}/api/v1/incoming-call", config.public_url);
+    let call_sid = format!("CA{}", uuid::Uuid::new_v4().simple());
+    let form = FormParams::from_pairs([
+        ("AccountSid", tenant.account_sid.as_str()),
+        ("ApiVersion", "2010-04-01"),
+        ("CallSid", call_sid.as_str()),
+        ("CallStatus", "ringing"),
+        ("Direction", "inbound"),
+        ("From", "+15555555678"),
+        ("To", DEMO_NUMBER),
+    ]);
+    let sig = signature::compute(Algorithm::HmacSha1, tenant.auth_token.as_bytes(), &url, &form);
+    format!(
+        "curl -sS -i -X POST '{url}' \\\n  -H 'Content-Type: application/x-www-form-urlencoded' \\\n  -H 'X-Twilio-Signature: {sig}' \\\n  --data '{}'",
+        form.encode()
+    )
+}

@@ -1,0 +1,306 @@
+//! Tenant and route administration: validation, normalisation, secret generation.
+use base64::{engine::general_purpose::STANDARD, Engine as _};
+use chrono::Utc;
+use entity::{route, tenant};
+use sea_orm::{ConnectionTrait, DbErr, IntoActiveModel, Set};
+
+use super::{
+    fallback::FallbackAction,
+    phone::{is_sid, new_id, E164},
+    Error,
+};
+use crate::db;
+
+/// Input of a new tenant.
+#[derive(Debug, Default)]
+pub struct NewTenant {
+    pub name: String,
+    pub account_sid: String,
+    pub auth_token: String,
+    pub secondary_auth_token: Option<String>,
+    pub shared_key: Option<String>,
+    pub environment: Option<String>,
+    pub webhook_url: Option<String>,
+    pub webhook_secret: Option<String>,
+    pub default_fallback: Option<FallbackAction>,
+}
+
+/// Changes to a tenant; `Some(None)` clears a nullable field.
+#[derive(Debug, Default)]
+pub struct TenantChanges {
+    pub name: Option<String>,
+    pub auth_token: Option<String>,
+    pub secondary_auth_token: Option<Option<String>>,
+    pub shared_key: Option<Option<String>>,
+    pub environment: Option<String>,
+    pub webhook_url: Option<Option<String>>,
+    pub webhook_secret: Option<String>,
+    pub default_fallback: Option<Option<FallbackAction>>,
+}
+
+/// A created tenant and, when the service generated it, its webhook secret (shown once).
+#[derive(Debug)]
+pub struct CreatedTenant {
+    pub tenant: tenant::Model,
+    pub generated_webhook_secret: Option<String>,
+}
+
+/// Input of a new route.
+#[derive(Debug, Default)]
+pub struct NewRoute {
+    pub phone_number: String,
+    pub label: Option<String>,
+    pub environment: Option<String>,
+    pub enabled: Option<bool>,
+    pub fallback: Option<FallbackAction>,
+    pub agent_url: Option<String>,
+}
+
+/// Changes to a route; `Some(None)` clears a nullable field.
+#[derive(Debug, Default)]
+pub struct RouteChanges {
+    pub phone_number: Option<String>,
+    pub label: Option<Option<String>>,
+    pub environment: Option<String>,
+    pub enabled: Option<bool>,
+    pub fallback: Option<Option<FallbackAction>>,
+    pub agent_url: Option<Option<String>>,
+}
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::Invalid(message.into())
+}
+
+fn text(field: &str, value: String, max: usize) -> Result<String, Error> {
+    let trimmed = value.trim();
+    if trimmed.is_empty() || trimmed.chars().count() > max || trimmed.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "{field} must be 1 to {max} printable characters"
+        )));
+    }
+    Ok(trimmed.to_owned())
+}
+
+fn secret(field: &str, value: String) -> Result<String, Error> {
+    if value.is_empty() || value.len() > 256 || value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid(format!(
+            "{field} must be 1 to 256 characters without spaces"
+        )));
+    }
+    Ok(value)
+}
+
+fn one_of(field: &str, value: Option<String>, allowed: [&str; 2]) -> Result<String, Error> {
+    match value {
+        None => Ok(allowed[0].to_owned()),
+        Some(v) if allowed.contains(&v.as_str()) => Ok(v),
+        Some(v) => Err(invalid(format!("{field} must be one of {allowed:?}, not {v:?}"))),
+    }
+}
+
+fn url_with_scheme(field: &str, value: String, schemes: &[&str]) -> Result<String, Error> {
+    let parsed = url::Url::parse(&value).map_err(|e| invalid(format!("{field}: {e}")))?;
+    if !schemes.contains(&parsed.scheme()) || parsed.host_str().is_none() {
+        return Err(invalid(format!("{field} must be an absolute {schemes:?} URL")));
+    }
+    Ok(value)
+}
+
+fn fallback(action: FallbackAction) -> Result<String, Error> {
+    Ok(action
+        .validated()
+        .map_err(|e| invalid(format!("fallback: {e}")))?
+        .to_json())
+}
+
+/// Checks a Standard Webhooks secret: `whsec_` + standard base64 of at least 24 bytes.
+pub fn check_webhook_secret(value: &str) -> Result<(), Error> {
+    let bytes = value
+        .strip_prefix("whsec_")
+        .and_then(|b64| STANDARD.decode(b64).ok())
+        .ok_or_else(|| invalid("webhook_secret must be whsec_ followed by standard base64"))?;
+    if bytes.len() < 24 {
+        return Err(invalid("webhook_secret must encode at least 24 bytes"));
+    }
+    Ok(())
+}
+
+/// A new random webhook secret (32 bytes).
+pub fn generate_webhook_secret() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    format!("whsec_{}", STANDARD.encode(bytes))
+}
+
+fn conflict_or(err: DbErr, message: &str) -> Error {
+    if db::is_unique_violation(&err) {
+        Error::Conflict(message.to_owned())
+    } else {
+        Error::Db(err)
+    }
+}
+
+const PRODUCTION_SANDBOX: [&str; 2] = ["production", "sandbox"];
+const PRODUCTION_TEST: [&str; 2] = ["production", "test"];
+
+/// Validates and stores a tenant.
+pub async fn create_tenant<C: ConnectionTrait>(db: &C, new: NewTenant) -> Result<CreatedTenant, Error> {
+    if !is_sid(&new.account_sid, "AC") {
+        return Err(invalid("account_sid must be AC followed by 32 hex digits"));
+    }
+    let (webhook_secret, generated) = match new.webhook_secret {
+        Some(s) => {
+            check_webhook_secret(&s)?;
+            (s, None)
+        }
+        None => {
+            let s = generate_webhook_secret();
+            (s.clone(), Some(s))
+        }
+    };
+    let now = Utc::now();
+    let model = tenant::ActiveModel {
+        id: Set(new_id()),
+        name: Set(text("name", new.name, 200)?),
+        account_sid: Set(new.account_sid),
+        auth_token: Set(secret("auth_token", new.auth_token)?),
+        secondary_auth_token: Set(new
+            .secondary_auth_token
+            .map(|s| secret("secondary_auth_token", s))
+            .transpose()?),
+        shared_key: Set(new.shared_key.map(|s| secret("shared_key", s)).transpose()?),
+        environment: Set(one_of("environment", new.environment, PRODUCTION_SANDBOX)?),
+        webhook_url: Set(new
+            .webhook_url
+            .map(|u| url_with_scheme("webhook_url", u, &["http", "https"]))
+            .transpose()?),
+        webhook_secret: Set(webhook_secret),
+        default_fallback: Set(new.default_fallback.map(fallback).transpose()?),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    let tenant = db::tenants::insert(db, model)
+        .await
+        .map_err(|e| conflict_or(e, "a tenant with this account_sid exists"))?;
+    Ok(CreatedTenant {
+        tenant,
+        generated_webhook_secret: generated,
+    })
+}
+
+/// Applies changes to a tenant.
+pub async fn update_tenant<C: ConnectionTrait>(
+    db: &C,
+    id: &str,
+    changes: TenantChanges,
+) -> Result<tenant::Model, Error> {
+    let existing = db::tenants::get(db, id).await?.ok_or(Error::NotFound("tenant"))?;
+    let mut model = existing.into_active_model();
+    if let Some(name) = changes.name {
+        model.name = Set(text("name", name, 200)?);
+    }
+    if let Some(token) = changes.auth_token {
+        model.auth_token = Set(secret("auth_token", token)?);
+    }
+    if let Some(token) = changes.secondary_auth_token {
+        model.secondary_auth_token = Set(token.map(|s| secret("secondary_auth_token", s)).transpose()?);
+    }
+    if let Some(key) = changes.shared_key {
+        model.shared_key = Set(key.map(|s| secret("shared_key", s)).transpose()?);
+    }
+    if let Some(env) = changes.environment {
+        model.environment = Set(one_of("environment", Some(env), PRODUCTION_SANDBOX)?);
+    }
+    if let Some(url) = changes.webhook_url {
+        model.webhook_url = Set(url
+            .map(|u| url_with_scheme("webhook_url", u, &["http", "https"]))
+            .transpose()?);
+    }
+    if let Some(s) = changes.webhook_secret {
+        check_webhook_secret(&s)?;
+        model.webhook_secret = Set(s);
+    }
+    if let Some(action) = changes.default_fallback {
+        model.default_fallback = Set(action.map(fallback).transpose()?);
+    }
+    Ok(db::tenants::update(db, model).await?)
+}
+
+/// Validates and stores a route of a tenant.
+pub async fn create_route<C: ConnectionTrait>(
+    db: &C,
+    tenant_id: &str,
+    new: NewRoute,
+) -> Result<route::Model, Error> {
+    let phone_number = E164::parse(&new.phone_number).map_err(Error::Invalid)?;
+    db::tenants::get(db, tenant_id)
+        .await?
+        .ok_or(Error::NotFound("tenant"))?;
+    let now = Utc::now();
+    let model = route::ActiveModel {
+        id: Set(new_id()),
+        tenant_id: Set(tenant_id.to_owned()),
+        phone_number: Set(phone_number.as_str().to_owned()),
+        label: Set(new.label.map(|l| text("label", l, 200)).transpose()?),
+        environment: Set(one_of("environment", new.environment, PRODUCTION_TEST)?),
+        enabled: Set(new.enabled.unwrap_or(true)),
+        fallback: Set(new.fallback.map(fallback).transpose()?),
+        agent_url: Set(new
+            .agent_url
+            .map(|u| url_with_scheme("agent_url", u, &["ws", "wss"]))
+            .transpose()?),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    db::routes::insert(db, model)
+        .await
+        .map_err(|e| conflict_or(e, "this phone number already has a route"))
+}
+
+/// Applies changes to a route.
+pub async fn update_route<C: ConnectionTrait>(
+    db: &C,
+    id: &str,
+    changes: RouteChanges,
+) -> Result<route::Model, Error> {
+    let existing = db::routes::get(db, id).await?.ok_or(Error::NotFound("route"))?;
+    let mut model = existing.into_active_model();
+    if let Some(number) = changes.phone_number {
+        model.phone_number = Set(E164::parse(&number).map_err(Error::Invalid)?.as_str().to_owned());
+    }
+    if let Some(label) = changes.label {
+        model.label = Set(label.map(|l| text("label", l, 200)).transpose()?);
+    }
+    if let Some(env) = changes.environment {
+        model.environment = Set(one_of("environment", Some(env), PRODUCTION_TEST)?);
+    }
+    if let Some(enabled) = changes.enabled {
+        model.enabled = Set(enabled);
+    }
+    if let Some(action) = changes.fallback {
+        model.fallback = Set(action.map(fallback).transpose()?);
+    }
+    if let Some(url) = changes.agent_url {
+        model.agent_url = Set(url
+            .map(|u| url_with_scheme("agent_url", u, &["ws", "wss"]))
+            .transpose()?);
+    }
+    db::routes::update(db, model)
+        .await
+        .map_err(|e| conflict_or(e, "this phone number already has a route"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_secret_format() {
+        let generated = generate_webhook_secret();
+        assert!(check_webhook_secret(&generated).is_ok());
+        assert!(check_webhook_secret("whsec_c2hvcnQ=").is_err());
+        assert!(check_webhook_secret("whsec_not base64!").is_err());
+        assert!(check_webhook_secret(&generated[6..]).is_err());
+        assert_ne!(generated, generate_webhook_secret());
+    }
+}

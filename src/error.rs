@@ -1,0 +1,113 @@
+//! What clients see of errors: a stable JSON problem body (RFC 9457 shape). Internal causes
+//! are logged with context and answered with an opaque message.
+use poem::{http::StatusCode, IntoResponse, Response};
+use poem_openapi::{payload::Json, ApiResponse, Object};
+
+use crate::domain;
+
+/// A JSON problem body.
+#[derive(Debug, Clone, PartialEq, Eq, Object)]
+pub struct Problem {
+    /// A URI reference naming the problem type.
+    #[oai(rename = "type")]
+    pub kind: String,
+    /// Short summary of the problem type.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong with this request.
+    pub detail: String,
+}
+
+impl Problem {
+    /// A problem for `status` with a detail message.
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            kind: "about:blank".to_owned(),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+        }
+    }
+
+    /// The problem as a response, with `application/problem+json`.
+    pub fn into_http(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Json(self)
+            .into_response()
+            .with_content_type("application/problem+json")
+            .with_status(status)
+            .into_response()
+    }
+}
+
+/// Error responses of the admin API.
+#[derive(Debug, ApiResponse)]
+pub enum AdminError {
+    /// The request is malformed.
+    #[oai(status = 400)]
+    BadRequest(Json<Problem>),
+    /// Missing or wrong bearer token, or the admin API is disabled.
+    #[oai(status = 401)]
+    Unauthorized(Json<Problem>),
+    /// No such record.
+    #[oai(status = 404)]
+    NotFound(Json<Problem>),
+    /// The change conflicts with an existing record.
+    #[oai(status = 409)]
+    Conflict(Json<Problem>),
+    /// A value is well-formed but not acceptable.
+    #[oai(status = 422)]
+    Unprocessable(Json<Problem>),
+    /// The service failed; the cause is logged.
+    #[oai(status = 500)]
+    Internal(Json<Problem>),
+}
+
+impl AdminError {
+    /// 404 for a named record.
+    pub fn not_found(what: &str) -> Self {
+        Self::NotFound(Json(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("{what} not found"),
+        )))
+    }
+}
+
+impl From<domain::Error> for AdminError {
+    fn from(err: domain::Error) -> Self {
+        match err {
+            domain::Error::Invalid(m) => {
+                Self::Unprocessable(Json(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, m)))
+            }
+            domain::Error::NotFound(what) => Self::not_found(what),
+            domain::Error::Conflict(m) => Self::Conflict(Json(Problem::new(StatusCode::CONFLICT, m))),
+            domain::Error::Db(e) => {
+                tracing::error!(error = %e, "admin request failed");
+                Self::Internal(Json(Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error",
+                )))
+            }
+        }
+    }
+}
+
+impl From<sea_orm::DbErr> for AdminError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        domain::Error::from(err).into()
+    }
+}
+
+/// Turns any framework error (unknown path, bad JSON, wrong content type, oversized body,
+/// failed authentication) into a problem body with the same status.
+pub async fn problem_for(err: poem::Error) -> Response {
+    let status = err.status();
+    let detail = if status.is_server_error() {
+        tracing::error!(error = %err, "request failed");
+        "internal error".to_owned()
+    } else {
+        err.to_string()
+    };
+    Problem::new(status, detail).into_http()
+}

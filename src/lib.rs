@@ -1,0 +1,67 @@
+//! stateset-voice: answers Twilio Voice webhooks for many tenants.
+//!
+//! [`app`] builds the HTTP endpoint used by the server, the tests and the conformance suite.
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod domain;
+pub mod error;
+pub mod state;
+pub mod twilio;
+
+use poem::{
+    listener::{Acceptor, Listener, TcpListener},
+    middleware::Tracing,
+    Endpoint, EndpointExt, Route, Server,
+};
+
+use crate::{config::Config, state::AppState};
+
+/// The whole HTTP surface: the API, its published spec and docs.
+pub fn app(state: AppState) -> impl Endpoint {
+    let api = api::service(state.clone());
+    let spec_json = api.spec_endpoint();
+    let spec_yaml = api.spec_endpoint_yaml();
+    let docs = api.swagger_ui();
+    Route::new()
+        .nest("/", api)
+        .at("/openapi.json", spec_json)
+        .at("/openapi.yaml", spec_yaml)
+        .nest("/docs", docs)
+        .data(state)
+        .catch_all_error(error::problem_for)
+        .with(Tracing)
+}
+
+/// The published OpenAPI document, as committed in `openapi.yaml`.
+pub fn openapi_yaml() -> String {
+    // The spec depends on code only; a throwaway state with no database is enough.
+    let db = sea_orm::DatabaseConnection::Disconnected;
+    let config = Config::from_args(config::ConfigArgs::defaults()).expect("default config is valid");
+    api::service(AppState::new(db, config)).spec_yaml()
+}
+
+/// Connects to the database and applies migrations.
+pub async fn prepare(config: Config) -> Result<AppState, sea_orm::DbErr> {
+    let db = db::connect(&config).await?;
+    db::migrate(&db).await?;
+    Ok(AppState::new(db, config))
+}
+
+/// Serves `state` on its configured address until `shutdown` completes.
+pub async fn serve(
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let acceptor = TcpListener::bind(state.config.bind.clone())
+        .into_acceptor()
+        .await?;
+    for addr in acceptor.local_addr() {
+        tracing::info!(address = %addr, public_url = %state.config.public_url, "listening");
+    }
+    Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(app(state), shutdown, Some(std::time::Duration::from_secs(10)))
+        .await
+}

@@ -1,0 +1,92 @@
+//! Shared application state.
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, RwLock,
+    },
+};
+
+use sea_orm::DatabaseConnection;
+
+use crate::{config::Config, domain::token::TokenIssuer};
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub config: Arc<Config>,
+    pub tokens: TokenIssuer,
+    pub runtime: Arc<Runtime>,
+}
+
+impl AppState {
+    /// Builds the state for a connected, migrated database.
+    pub fn new(db: DatabaseConnection, config: Config) -> Self {
+        let tokens = TokenIssuer::new(config.token_secret.expose().as_bytes(), config.stream_token_ttl);
+        Self {
+            db,
+            config: Arc::new(config),
+            tokens,
+            runtime: Arc::new(Runtime::default()),
+        }
+    }
+}
+
+/// Per-instance runtime state: drain mode, stream count, agent health.
+#[derive(Default)]
+pub struct Runtime {
+    draining: AtomicBool,
+    active_streams: AtomicUsize,
+    unhealthy_agents: RwLock<HashMap<String, String>>,
+}
+
+impl Runtime {
+    /// Whether new calls are answered with the fallback instead of a stream.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Turns drain mode on or off.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    /// Media streams open on this instance.
+    pub fn active_streams(&self) -> usize {
+        self.active_streams.load(Ordering::Relaxed)
+    }
+
+    /// Counts a stream as open until the guard drops.
+    pub fn stream_opened(self: &Arc<Self>) -> StreamGuard {
+        self.active_streams.fetch_add(1, Ordering::Relaxed);
+        StreamGuard(self.clone())
+    }
+
+    /// Records the health of the agent at `agent_url`: `None` healthy, `Some(reason)` failing.
+    pub fn set_agent_health(&self, agent_url: &str, failure: Option<String>) {
+        let mut map = self.unhealthy_agents.write().expect("agent health lock");
+        match failure {
+            Some(reason) => map.insert(agent_url.to_owned(), reason),
+            None => map.remove(agent_url),
+        };
+    }
+
+    /// Why the agent at `agent_url` is failing its health check, if it is.
+    pub fn agent_failure(&self, agent_url: &str) -> Option<String> {
+        self.unhealthy_agents
+            .read()
+            .expect("agent health lock")
+            .get(agent_url)
+            .cloned()
+    }
+}
+
+/// Keeps a stream counted as open while alive.
+pub struct StreamGuard(Arc<Runtime>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.active_streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}

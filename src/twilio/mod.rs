@@ -1,0 +1,4 @@
+//! Twilio's wire protocols, free of HTTP framework and database types.
+pub mod form;
+pub mod signature;
+pub mod twiml;

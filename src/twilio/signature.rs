@@ -1,0 +1,256 @@
+//! `X-Twilio-Signature` computation and validation, as Twilio's official helper libraries do it.
+//!
+//! The signed string is the URL exactly as received, followed by every form parameter sorted by
+//! key bytes, each key directly followed by its value; a repeated key contributes its values
+//! sorted and de-duplicated. The HMAC (SHA-1 with the account's auth token, or SHA-256 with a
+//! shared key) is base64-encoded. Because proxies and Twilio disagree about default ports, the
+//! URL is also tried without its port and with the scheme's default port added.
+use std::borrow::Cow;
+
+use base64::{engine::general_purpose::STANDARD, Engine as _};
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::form::FormParams;
+
+/// The HMAC a webhook is signed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// HMAC-SHA1 keyed with the account auth token (the default).
+    HmacSha1,
+    /// HMAC-SHA256 keyed with a customer-managed shared key.
+    HmacSha256,
+}
+
+impl Algorithm {
+    /// Chooses the algorithm from the `X-Twilio-Webhooks-Signature-Settings` header, if any.
+    pub fn from_settings_header(header: Option<&str>) -> Self {
+        match header {
+            Some(h) if h.to_ascii_uppercase().contains("HMAC_SHA256") => Self::HmacSha256,
+            _ => Self::HmacSha1,
+        }
+    }
+}
+
+/// The parameter part of the signed string: sorted keys, each followed by its value.
+pub fn params_string(params: &FormParams) -> String {
+    let mut pairs: Vec<(&str, &str)> = params
+        .pairs()
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    // Sorting by (key, value) orders keys by their bytes and a repeated key's values too.
+    pairs.sort_unstable();
+    pairs.dedup();
+    let mut out = String::with_capacity(pairs.iter().map(|(k, v)| k.len() + v.len()).sum());
+    for (k, v) in pairs {
+        out.push_str(k);
+        out.push_str(v);
+    }
+    out
+}
+
+/// Computes the base64 signature of `url` and `params` with `key`.
+pub fn compute(algorithm: Algorithm, key: &[u8], url: &str, params: &FormParams) -> String {
+    sign(algorithm, key, url, &params_string(params))
+}
+
+fn sign(algorithm: Algorithm, key: &[u8], url: &str, params: &str) -> String {
+    match algorithm {
+        Algorithm::HmacSha1 => {
+            let mut mac = Hmac::<Sha1>::new_from_slice(key).expect("HMAC takes any key length");
+            mac.update(url.as_bytes());
+            mac.update(params.as_bytes());
+            STANDARD.encode(mac.finalize().into_bytes())
+        }
+        Algorithm::HmacSha256 => {
+            let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+            mac.update(url.as_bytes());
+            mac.update(params.as_bytes());
+            STANDARD.encode(mac.finalize().into_bytes())
+        }
+    }
+}
+
+/// The URLs Twilio may have signed for the URL received: as received, without its port, and
+/// with the scheme's default port (443 for https, 80 otherwise) when it has none. Only the
+/// authority is edited; the rest of the URL stays byte for byte.
+pub fn url_variants(url: &str) -> Vec<Cow<'_, str>> {
+    let mut out = vec![Cow::Borrowed(url)];
+    let Some(authority) = authority_span(url) else {
+        return out;
+    };
+    let host_port = &url[authority.clone()];
+    // Userinfo ends at the last '@'; the port, if any, follows the host.
+    let host_start = authority.start + host_port.rfind('@').map_or(0, |i| i + 1);
+    let host_and_port = &url[host_start..authority.end];
+    let port_colon = if host_and_port.starts_with('[') {
+        host_and_port
+            .find(']')
+            .and_then(|end| host_and_port[end + 1..].starts_with(':').then_some(end + 1))
+    } else {
+        host_and_port.rfind(':')
+    };
+    match port_colon.map(|c| host_start + c) {
+        Some(colon)
+            if url[colon + 1..authority.end].bytes().all(|b| b.is_ascii_digit())
+                && colon + 1 < authority.end =>
+        {
+            out.push(Cow::Owned(format!("{}{}", &url[..colon], &url[authority.end..])));
+        }
+        Some(_) => {}
+        None => {
+            let scheme = &url[..url.find("://").unwrap_or(0)];
+            let port = if scheme.eq_ignore_ascii_case("https") {
+                ":443"
+            } else {
+                ":80"
+            };
+            out.push(Cow::Owned(format!(
+                "{}{}{}",
+                &url[..authority.end],
+                port,
+                &url[authority.end..]
+            )));
+        }
+    }
+    out
+}
+
+fn authority_span(url: &str) -> Option<std::ops::Range<usize>> {
+    let start = url.find("://")? + 3;
+    let len = url[start..].find(['/', '?', '#']).unwrap_or(url.len() - start);
+    (len > 0).then_some(start..start + len)
+}
+
+/// Which key and URL variant validated a signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// Index into the keys passed to [`validate`]: 0 primary, 1 secondary.
+    pub key_index: usize,
+}
+
+/// Validates `signature` for `url` and `params` against each key in turn (primary, then
+/// secondary), trying every URL variant, comparing in constant time.
+pub fn validate(
+    algorithm: Algorithm,
+    keys: &[&[u8]],
+    url: &str,
+    params: &FormParams,
+    signature: &str,
+) -> Option<Verified> {
+    if signature.is_empty() {
+        return None;
+    }
+    let params = params_string(params);
+    let variants = url_variants(url);
+    let mut found = None;
+    for (key_index, key) in keys.iter().enumerate() {
+        for variant in &variants {
+            let expected = sign(algorithm, key, variant, &params);
+            // Evaluate every candidate so the time taken does not tell which one matched.
+            if bool::from(expected.as_bytes().ct_eq(signature.as_bytes())) && found.is_none() {
+                found = Some(Verified { key_index });
+            }
+        }
+    }
+    found
+}
+
+/// Lower-case hex SHA-256 of a raw body, as in the `bodySHA256` query parameter.
+pub fn body_sha256_hex(body: &[u8]) -> String {
+    hex::encode(Sha256::digest(body))
+}
+
+/// Validates a JSON-body webhook: the URL carries `bodySHA256`, which must match the body, and
+/// the signature covers the URL alone.
+pub fn validate_json_body(keys: &[&[u8]], url: &str, body: &[u8], signature: &str) -> Option<Verified> {
+    let query = url.split_once('?').map(|(_, q)| q).unwrap_or("");
+    let query = query.split('#').next().unwrap_or("");
+    let claimed = FormParams::parse(query.as_bytes())
+        .ok()?
+        .get("bodySHA256")?
+        .to_owned();
+    let actual = body_sha256_hex(body);
+    let body_ok = bool::from(actual.as_bytes().ct_eq(claimed.as_bytes()));
+    let verified = validate(Algorithm::HmacSha1, keys, url, &FormParams::default(), signature);
+    verified.filter(|_| body_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_sorted_by_key_bytes_with_repeats_sorted_and_deduplicated() {
+        let form = FormParams::from_pairs([
+            ("b", "2"),
+            ("a", "z"),
+            ("a", "y"),
+            ("a", "z"),
+            ("B", "1"),
+            ("ab", ""),
+        ]);
+        assert_eq!(params_string(&form), "B1aya zab b2".replace(' ', ""));
+    }
+
+    #[test]
+    fn url_variants_edit_only_the_port() {
+        assert_eq!(
+            url_variants("https://h.example/p?q=1:2"),
+            vec!["https://h.example/p?q=1:2", "https://h.example:443/p?q=1:2"]
+        );
+        assert_eq!(
+            url_variants("http://h.example:8080/p"),
+            vec!["http://h.example:8080/p", "http://h.example/p"]
+        );
+        assert_eq!(
+            url_variants("http://[::1]:8080/p"),
+            vec!["http://[::1]:8080/p", "http://[::1]/p"]
+        );
+        assert_eq!(
+            url_variants("http://[::1]/p"),
+            vec!["http://[::1]/p", "http://[::1]:80/p"]
+        );
+        assert_eq!(
+            url_variants("https://user:pw@h.example?x"),
+            vec!["https://user:pw@h.example?x", "https://user:pw@h.example:443?x"]
+        );
+        assert_eq!(url_variants("not a url"), vec!["not a url"]);
+    }
+
+    #[test]
+    fn validates_with_secondary_key_and_reports_it() {
+        let form = FormParams::from_pairs([("CallSid", "CA1"), ("To", "+15555551234")]);
+        let url = "https://voice.example.com/api/v1/incoming-call";
+        let sig = compute(Algorithm::HmacSha1, b"new", url, &form);
+        let keys: [&[u8]; 2] = [b"old", b"new"];
+        assert_eq!(
+            validate(Algorithm::HmacSha1, &keys, url, &form, &sig),
+            Some(Verified { key_index: 1 })
+        );
+        assert_eq!(validate(Algorithm::HmacSha1, &keys[..1], url, &form, &sig), None);
+        assert_eq!(validate(Algorithm::HmacSha1, &keys, url, &form, ""), None);
+    }
+
+    #[test]
+    fn sha256_scheme_is_distinct_from_sha1() {
+        let form = FormParams::from_pairs([("CallSid", "CA1")]);
+        let url = "https://voice.example.com/x";
+        let sig = compute(Algorithm::HmacSha256, b"shared", url, &form);
+        assert_eq!(STANDARD.decode(&sig).unwrap().len(), 32);
+        assert!(validate(Algorithm::HmacSha256, &[b"shared"], url, &form, &sig).is_some());
+        assert!(validate(Algorithm::HmacSha1, &[b"shared"], url, &form, &sig).is_none());
+    }
+
+    #[test]
+    fn settings_header_selects_algorithm() {
+        assert_eq!(Algorithm::from_settings_header(None), Algorithm::HmacSha1);
+        assert_eq!(
+            Algorithm::from_settings_header(Some("SharedKey, algorithm=HMAC_SHA256")),
+            Algorithm::HmacSha256
+        );
+    }
+}
