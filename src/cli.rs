@@ -45,6 +45,9 @@ pub enum Command {
     Route(RouteCommand),
     /// Print the X-Twilio-Signature of a form, or check one with --check.
     Sign(SignArgs),
+    /// Print the OpenAPI document (YAML).
+    #[command(hide = true)]
+    Openapi,
 }
 
 /// `tenant` subcommands.
@@ -181,12 +184,17 @@ fn parse_fallback(json: Option<String>) -> Result<Option<FallbackAction>, CliErr
 
 /// Runs a command.
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    if let Command::Sign(args) = &cli.command {
-        return sign(args);
+    match &cli.command {
+        Command::Sign(args) => return sign(args),
+        Command::Openapi => {
+            print!("{}", crate::openapi_yaml());
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
     }
     let config = Config::from_args(cli.config)?;
     match cli.command {
-        Command::Sign(_) => unreachable!("handled above"),
+        Command::Sign(_) | Command::Openapi => unreachable!("handled above"),
         Command::Serve { demo } => {
             if config.token_secret_generated {
                 tracing::warn!(

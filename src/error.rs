@@ -102,6 +102,10 @@ impl From<sea_orm::DbErr> for AdminError {
 /// Turns any framework error (unknown path, bad JSON, wrong content type, oversized body,
 /// failed authentication) into a problem body with the same status.
 pub async fn problem_for(err: poem::Error) -> Response {
+    if err.is_from_response() {
+        // A documented response of an operation (a problem body, a TwiML answer): keep it.
+        return err.into_response();
+    }
     let status = err.status();
     let detail = if status.is_server_error() {
         tracing::error!(error = %err, "request failed");

@@ -11,6 +11,7 @@ pub struct DialFallback {
     /// E.164 number to dial.
     pub number: String,
     /// Said before dialling.
+    #[oai(skip_serializing_if_is_none)]
     pub message: Option<String>,
 }
 

@@ -254,3 +254,85 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod published_vectors {
+    use super::*;
+
+    #[derive(serde::Deserialize)]
+    struct Vector {
+        id: String,
+        url: String,
+        auth_token: String,
+        params: Vec<(String, String)>,
+        signature: String,
+        expect_valid: bool,
+        json_body: Option<String>,
+    }
+
+    fn vectors() -> Vec<Vector> {
+        serde_json::from_str(include_str!("../../tests/fixtures/twilio-published-vectors.json")).unwrap()
+    }
+
+    #[test]
+    fn twilio_published_vectors() {
+        let vectors = vectors();
+        assert_eq!(vectors.len(), 6);
+        for v in vectors {
+            let key = [v.auth_token.as_bytes()];
+            let verified = match &v.json_body {
+                Some(body) => validate_json_body(&key, &v.url, body.as_bytes(), &v.signature),
+                None => {
+                    let form = FormParams::from_pairs(v.params.clone());
+                    validate(Algorithm::HmacSha1, &key, &v.url, &form, &v.signature)
+                }
+            };
+            assert_eq!(verified.is_some(), v.expect_valid, "vector {}", v.id);
+        }
+    }
+
+    #[test]
+    fn docs_example_computes_exactly() {
+        let v = vectors().into_iter().find(|v| v.id == "docs-example").unwrap();
+        let form = FormParams::from_pairs(v.params);
+        assert_eq!(
+            compute(Algorithm::HmacSha1, v.auth_token.as_bytes(), &v.url, &form),
+            v.signature
+        );
+    }
+
+    #[test]
+    fn every_single_byte_change_is_rejected() {
+        let v = vectors().into_iter().find(|v| v.id == "sdk-shared").unwrap();
+        let form = FormParams::from_pairs(v.params.clone());
+        let key = [v.auth_token.as_bytes()];
+        for i in 0..v.url.len() {
+            let mut url = v.url.clone().into_bytes();
+            url[i] ^= 0x01;
+            let url = String::from_utf8_lossy(&url).into_owned();
+            assert!(
+                validate(Algorithm::HmacSha1, &key, &url, &form, &v.signature).is_none(),
+                "url byte {i}"
+            );
+        }
+        for i in 0..v.signature.len() {
+            let mut sig = v.signature.clone().into_bytes();
+            sig[i] ^= 0x01;
+            let sig = String::from_utf8_lossy(&sig).into_owned();
+            assert!(
+                validate(Algorithm::HmacSha1, &key, &v.url, &form, &sig).is_none(),
+                "signature byte {i}"
+            );
+        }
+        let mut tampered = v.params.clone();
+        tampered[1].1.push('0');
+        let form = FormParams::from_pairs(tampered);
+        assert!(validate(Algorithm::HmacSha1, &key, &v.url, &form, &v.signature).is_none());
+        let body_vector = vectors().into_iter().find(|v| v.json_body.is_some()).unwrap();
+        let key = [body_vector.auth_token.as_bytes()];
+        let altered = body_vector.json_body.unwrap().replace("true", "false");
+        assert!(
+            validate_json_body(&key, &body_vector.url, altered.as_bytes(), &body_vector.signature).is_none()
+        );
+    }
+}

@@ -1,1 +1,94 @@
-fn main() {}
+//! Project automation: `cargo xtask ci | openapi [--check]`.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn run(step: &str, cmd: &mut Command) -> Result<(), String> {
+    eprintln!("==> {step}");
+    let status = cmd.status().map_err(|e| format!("{step}: cannot start: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{step} failed ({status})"))
+    }
+}
+
+/// Generates the OpenAPI document from the code; with `check`, fails when the committed one differs.
+fn openapi(check: bool) -> Result<(), String> {
+    let out = cargo()
+        .args(["run", "--quiet", "--package", "stateset-voice", "--", "openapi"])
+        .output()
+        .map_err(|e| format!("cannot run the generator: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "generating openapi.yaml failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let path = root().join("openapi.yaml");
+    let committed = std::fs::read(&path).unwrap_or_default();
+    if committed == out.stdout {
+        eprintln!("openapi.yaml is up to date");
+        return Ok(());
+    }
+    if check {
+        return Err("openapi.yaml is stale: run `cargo xtask openapi` and commit the result".to_owned());
+    }
+    std::fs::write(&path, &out.stdout).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
+/// Everything CI checks, in order of cost.
+fn ci() -> Result<(), String> {
+    run("format", cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(
+        "clippy",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    openapi(true)?;
+    run(
+        "tests (SQLite and PostgreSQL)",
+        cargo().args(["test", "--workspace", "--locked"]),
+    )?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["ci"] => ci(),
+        ["openapi"] => openapi(false),
+        ["openapi", "--check"] => openapi(true),
+        _ => Err("usage: cargo xtask ci | openapi [--check]".to_owned()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

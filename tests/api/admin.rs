@@ -1,0 +1,485 @@
+//! The admin API: bearer auth, tenants and routes CRUD, write-only secrets, lists, health.
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::{helpers::*, on_both_backends};
+
+fn tenant_body(account_sid: &str) -> Value {
+    json!({
+        "name": "Acme",
+        "account_sid": account_sid,
+        "auth_token": "super-secret-auth-token",
+        "secondary_auth_token": "next-secret-auth-token",
+        "shared_key": "shared-secret-key",
+        "environment": "production",
+        "webhook_url": "https://hooks.example.com/voice",
+        "default_fallback": {"type": "say", "message": "Sorry"}
+    })
+}
+
+async fn create_tenant(app: &TestApp, account_sid: &str) -> Value {
+    let res = app
+        .admin(Method::POST, "/api/v1/tenants")
+        .json(&tenant_body(account_sid))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    res.json().await.unwrap()
+}
+
+fn assert_no_secrets(text: &str) {
+    for secret in [
+        "super-secret-auth-token",
+        "next-secret-auth-token",
+        "shared-secret-key",
+    ] {
+        assert!(!text.contains(secret), "secret leaked: {text}");
+    }
+}
+
+async fn bearer_token_is_required(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let url = format!("{}/api/v1/tenants", app.base);
+    let none = app.client.get(&url).send().await.unwrap();
+    assert_eq!(none.status(), 401);
+    let problem: Value = none.json().await.unwrap();
+    assert_eq!(problem["status"], 401);
+    let wrong = app.client.get(&url).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let post = app
+        .client
+        .post(&url)
+        .json(&tenant_body(ACCOUNT_SID))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 401);
+    assert_eq!(
+        app.admin(Method::GET, "/api/v1/tenants")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+async fn admin_api_is_disabled_without_a_token(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |a| a.admin_token = None).await else {
+        return;
+    };
+    let res = app.admin(Method::GET, "/api/v1/tenants").send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(res.text().await.unwrap().contains("disabled"));
+}
+
+async fn tenant_lifecycle_never_returns_secrets(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let res = app
+        .admin(Method::POST, "/api/v1/tenants")
+        .json(&tenant_body(ACCOUNT_SID))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let text = res.text().await.unwrap();
+    assert_no_secrets(&text);
+    let created: Value = serde_json::from_str(&text).unwrap();
+    let id = created["id"].as_str().unwrap();
+    let secret = created["webhook_secret"]
+        .as_str()
+        .expect("generated secret returned once");
+    assert!(secret.starts_with("whsec_"));
+    assert_eq!(created["has_secondary_auth_token"], true);
+    assert_eq!(
+        created["default_fallback"],
+        json!({"type": "say", "message": "Sorry"})
+    );
+
+    let got = app
+        .admin(Method::GET, &format!("/api/v1/tenants/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_no_secrets(&got);
+    assert!(!got.contains(secret) && !got.contains("webhook_secret"), "{got}");
+    let listed = app
+        .admin(Method::GET, "/api/v1/tenants")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_no_secrets(&listed);
+    assert!(!listed.contains(secret));
+
+    let dup = app
+        .admin(Method::POST, "/api/v1/tenants")
+        .json(&tenant_body(ACCOUNT_SID))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dup.status(), 409);
+
+    let patched: Value = app
+        .admin(Method::PATCH, &format!("/api/v1/tenants/{id}"))
+        .json(&json!({"name": "Acme Corp", "secondary_auth_token": null, "environment": "sandbox"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (patched["name"].as_str(), patched["environment"].as_str()),
+        (Some("Acme Corp"), Some("sandbox"))
+    );
+    assert_eq!(patched["has_secondary_auth_token"], false);
+
+    assert_eq!(
+        app.admin(Method::DELETE, &format!("/api/v1/tenants/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        app.admin(Method::GET, &format!("/api/v1/tenants/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+async fn supplied_webhook_secret_is_validated_and_not_echoed(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let mut body = tenant_body(ACCOUNT_SID);
+    body["webhook_secret"] = json!("whsec_dG9vIHNob3J0");
+    let res = app
+        .admin(Method::POST, "/api/v1/tenants")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    body["webhook_secret"] = json!("whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=");
+    let res = app
+        .admin(Method::POST, "/api/v1/tenants")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let text = res.text().await.unwrap();
+    assert!(!text.contains("webhook_secret"), "{text}");
+}
+
+async fn bad_tenant_input_gets_clear_errors(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let post = |body: Value| app.admin(Method::POST, "/api/v1/tenants").json(&body).send();
+    let mut bad_sid = tenant_body("AC123");
+    let res = post(bad_sid.clone()).await.unwrap();
+    assert_eq!(res.status(), 422);
+    let problem: Value = res.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("account_sid"),
+        "{problem}"
+    );
+    bad_sid["account_sid"] = json!(ACCOUNT_SID);
+    bad_sid["environment"] = json!("staging");
+    assert_eq!(post(bad_sid.clone()).await.unwrap().status(), 400);
+    bad_sid["environment"] = json!("production");
+    bad_sid["unexpected"] = json!(1);
+    assert_eq!(post(bad_sid).await.unwrap().status(), 400);
+    let res = app
+        .admin(Method::POST, "/api/v1/tenants")
+        .header("Content-Type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(res.json::<Value>().await.unwrap()["status"], 400);
+}
+
+async fn routes_normalise_numbers_and_refuse_duplicates(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let tenant = create_tenant(&app, ACCOUNT_SID).await;
+    let tid = tenant["id"].as_str().unwrap();
+    let path = format!("/api/v1/tenants/{tid}/routes");
+    let res = app
+        .admin(Method::POST, &path)
+        .json(&json!({"phone_number": "+1 (555) 555-1234", "label": "Main", "fallback": {"type": "dial", "number": "+1 555 000 1111"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let route: Value = res.json().await.unwrap();
+    assert_eq!(route["phone_number"], "+15555551234");
+    assert_eq!(
+        route["fallback"],
+        json!({"type": "dial", "number": "+15550001111"})
+    );
+    assert_eq!(
+        (route["enabled"].as_bool(), route["environment"].as_str()),
+        (Some(true), Some("production"))
+    );
+
+    let dup = app
+        .admin(Method::POST, &path)
+        .json(&json!({"phone_number": "+15555551234"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dup.status(), 409);
+    for bad in ["555-1234", "+1 555 CALL NOW", "+123"] {
+        let res = app
+            .admin(Method::POST, &path)
+            .json(&json!({"phone_number": bad}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 422, "{bad}");
+    }
+    let res = app
+        .admin(Method::POST, &path)
+        .json(&json!({"phone_number": "+15555550001", "fallback": {"type": "redirect", "url": "ftp://x"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    let missing = app
+        .admin(Method::POST, "/api/v1/tenants/nope/routes")
+        .json(&json!({"phone_number": "+15555550002"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    let rid = route["id"].as_str().unwrap();
+    let patched: Value = app
+        .admin(Method::PATCH, &format!("/api/v1/routes/{rid}"))
+        .json(&json!({"enabled": false, "label": null, "agent_url": "wss://agent.example.com/ws"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (patched["enabled"].as_bool(), patched["label"].is_null()),
+        (Some(false), true)
+    );
+    assert_eq!(patched["agent_url"], "wss://agent.example.com/ws");
+    let listed: Value = app
+        .admin(Method::GET, &format!("/api/v1/routes?tenant_id={tid}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.admin(Method::DELETE, &format!("/api/v1/routes/{rid}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        app.admin(Method::DELETE, &format!("/api/v1/routes/{rid}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+}
+
+async fn lists_page_with_cursor_and_bounded_limit(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    for i in 0..5 {
+        create_tenant(&app, &format!("AC{i:032}")).await;
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/tenants?limit=2&cursor={c}"),
+            None => "/api/v1/tenants?limit=2".to_owned(),
+        };
+        let page: Value = app
+            .admin(Method::GET, &path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(
+            items
+                .iter()
+                .map(|t| t["account_sid"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => {
+                assert!(page["next_cursor"].is_null());
+                break;
+            }
+        }
+    }
+    assert_eq!(seen, (0..5).map(|i| format!("AC{i:032}")).collect::<Vec<_>>());
+    for bad in ["0", "101", "x"] {
+        let res = app
+            .admin(Method::GET, &format!("/api/v1/tenants?limit={bad}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "limit={bad}");
+    }
+}
+
+async fn calls_are_listed_newest_first_with_sessions(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let (tenant, _) = app.seed().await;
+    let sids = [call_sid(), call_sid(), call_sid()];
+    for sid in &sids {
+        assert_eq!(app.incoming(sid).await.status(), 200);
+    }
+    assert_eq!(app.incoming(&sids[0]).await.status(), 200);
+    let page: Value = app
+        .admin(
+            Method::GET,
+            &format!("/api/v1/calls?tenant_id={}&limit=2", tenant.id),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items[0]["call_sid"], sids[2].as_str());
+    assert_eq!(items[1]["call_sid"], sids[1].as_str());
+    assert!(page["next_cursor"].is_string());
+    let one: Value = app
+        .admin(Method::GET, &format!("/api/v1/calls/{}", sids[0]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            one["attempts"].as_i64(),
+            one["status"].as_str(),
+            one["outcome"].as_str()
+        ),
+        (Some(2), Some("ringing"), Some("streamed"))
+    );
+    assert!(one["media_sessions"].as_array().unwrap().is_empty());
+    assert_eq!(
+        app.admin(Method::GET, "/api/v1/calls/CAnope")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let events: Value = app
+        .admin(Method::GET, &format!("/api/v1/events?tenant_id={}", tenant.id))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(events["items"].as_array().unwrap().len(), 3);
+    assert_eq!(events["items"][0]["type"], "call.received");
+    assert_eq!(
+        events["items"][0]["payload"]["data"]["call_sid"],
+        sids[2].as_str()
+    );
+}
+
+async fn health_readiness_and_drain(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let health: Value = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    let status: Value = app
+        .admin(Method::PUT, "/api/v1/runtime/drain")
+        .json(&json!({"draining": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["draining"], true);
+    assert!(app.state.runtime.is_draining());
+    let unknown = app
+        .client
+        .get(format!("{}/no-such-path", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(unknown.json::<Value>().await.unwrap()["status"], 404);
+}
+
+on_both_backends!(
+    bearer_token_is_required,
+    admin_api_is_disabled_without_a_token,
+    tenant_lifecycle_never_returns_secrets,
+    supplied_webhook_secret_is_validated_and_not_echoed,
+    bad_tenant_input_gets_clear_errors,
+    routes_normalise_numbers_and_refuse_duplicates,
+    lists_page_with_cursor_and_bounded_limit,
+    calls_are_listed_newest_first_with_sessions,
+    health_readiness_and_drain,
+);

@@ -1,0 +1,458 @@
+//! Every row of the contract's failure-mode table, and the processing order.
+use entity::{alert, call, outbox_event};
+use stateset_voice::{
+    db::{self, diagnostics::Occurrence},
+    domain::{
+        admin::{NewRoute, NewTenant},
+        fallback::FallbackAction,
+    },
+    twilio::form::FormParams,
+};
+
+use crate::{helpers::*, on_both_backends};
+
+async fn assert_nothing_stored(app: &TestApp) {
+    assert_eq!(app.count(call::Entity).await, 0, "no call stored");
+    assert_eq!(app.count(outbox_event::Entity).await, 0, "no event stored");
+}
+
+async fn missing_or_invalid_signature_is_403_and_counted(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let (_, route) = app.seed().await;
+    let form = incoming_form(&call_sid());
+    let missing = app
+        .post_raw("/api/v1/incoming-call", form.encode().into_bytes(), &[])
+        .await;
+    assert_eq!(missing.status(), 403);
+    assert!(missing.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    assert!(!missing.text().await.unwrap().contains("<Response>"));
+    let wrong_token = app
+        .post_signed("/api/v1/incoming-call", &form, "not-the-token")
+        .await;
+    assert_eq!(wrong_token.status(), 403);
+    // A signature for other parameters (a tampered body) fails too.
+    let sig = stateset_voice::twilio::signature::compute(
+        stateset_voice::twilio::signature::Algorithm::HmacSha1,
+        AUTH_TOKEN.as_bytes(),
+        &app.public("/api/v1/incoming-call"),
+        &form,
+    );
+    let mut tampered = form.clone();
+    tampered.push("Extra", "1");
+    let res = app
+        .post_raw(
+            "/api/v1/incoming-call",
+            tampered.encode().into_bytes(),
+            &[("X-Twilio-Signature", &sig)],
+        )
+        .await;
+    assert_eq!(res.status(), 403);
+    assert_nothing_stored(&app).await;
+    let failures = app.diagnostics("signature_failure").await;
+    assert_eq!(failures.len(), 1);
+    assert_eq!(
+        (failures[0].key.as_str(), failures[0].count),
+        (route.id.as_str(), 3)
+    );
+}
+
+async fn repeated_failures_on_production_route_alert_once_per_window(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |a| a.alert_threshold = 3).await else {
+        return;
+    };
+    let (tenant, route) = app.seed().await;
+    let form = incoming_form(&call_sid());
+    for _ in 0..7 {
+        assert_eq!(
+            app.post_signed("/api/v1/incoming-call", &form, "forged")
+                .await
+                .status(),
+            403
+        );
+    }
+    let alerts = db::alerts::list(&app.state.db, None, None, 10)
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(alerts.len(), 1, "one alert per window, not one per failure");
+    assert_eq!(alerts[0].route_id.as_deref(), Some(route.id.as_str()));
+    assert_eq!(alerts[0].failure_count, 3);
+    let raised = app.events("alert.raised").await;
+    assert_eq!(raised.len(), 1);
+    assert_eq!(raised[0].tenant_id, tenant.id);
+    assert_eq!(app.count(call::Entity).await, 0);
+
+    // The admin API shows it.
+    let listed: serde_json::Value = app
+        .admin(reqwest::Method::GET, "/api/v1/alerts")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"][0]["id"], alerts[0].id.as_str());
+}
+
+async fn failures_on_a_test_route_do_not_alert(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |a| a.alert_threshold = 2).await else {
+        return;
+    };
+    app.seed_with(
+        NewTenant::default(),
+        NewRoute {
+            environment: Some("test".to_owned()),
+            ..Default::default()
+        },
+    )
+    .await;
+    for _ in 0..4 {
+        assert_eq!(
+            app.post_signed("/api/v1/incoming-call", &incoming_form(&call_sid()), "forged")
+                .await
+                .status(),
+            403
+        );
+    }
+    assert_eq!(app.count(alert::Entity).await, 0);
+    assert_eq!(app.diagnostics("signature_failure").await[0].count, 4);
+}
+
+async fn account_mismatch_is_403_with_diagnostic(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.seed().await;
+    let mut form = FormParams::default();
+    for (k, v) in incoming_form(&call_sid()).pairs() {
+        let v = if k == "AccountSid" {
+            "AC00000000000000000000000000000000".to_owned()
+        } else {
+            v.clone()
+        };
+        form.push(k.clone(), v);
+    }
+    let res = app.post_signed("/api/v1/incoming-call", &form, AUTH_TOKEN).await;
+    assert_eq!(res.status(), 403);
+    assert_nothing_stored(&app).await;
+    assert_eq!(app.diagnostics("account_mismatch").await.len(), 1);
+}
+
+async fn unknown_route_answers_platform_message(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |a| {
+        a.unknown_route_message = "Not in service & goodbye.".to_owned()
+    })
+    .await
+    else {
+        return;
+    };
+    app.seed().await;
+    let mut form = FormParams::default();
+    for (k, v) in incoming_form(&call_sid()).pairs() {
+        form.push(
+            k.clone(),
+            if k == "To" {
+                "+1 (555) 999-0000".to_owned()
+            } else {
+                v.clone()
+            },
+        );
+    }
+    for _ in 0..3 {
+        // Unsigned: an unknown number has no key, and the answer must not reveal more.
+        let res = app
+            .post_raw("/api/v1/incoming-call", form.encode().into_bytes(), &[])
+            .await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            res.text().await.unwrap(),
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response>\n  <Say>Not in service &amp; goodbye.</Say>\n  <Hangup/>\n</Response>\n"
+        );
+    }
+    assert_nothing_stored(&app).await;
+    let diags = app.diagnostics("unknown_route").await;
+    assert_eq!(
+        (diags.len(), diags[0].key.as_str(), diags[0].count),
+        (1, "+15559990000", 3)
+    );
+}
+
+async fn unknown_route_diagnostics_are_bounded(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let window = std::time::Duration::from_secs(300);
+    for n in 0..12 {
+        let key = format!("+1555000{n:04}");
+        let occurrence = Occurrence {
+            kind: "unknown_route",
+            key: &key,
+            tenant_id: None,
+            route_id: None,
+            detail: None,
+        };
+        db::diagnostics::record_bounded(&app.state.db, &occurrence, window, 5)
+            .await
+            .unwrap();
+    }
+    let diags = app.diagnostics("unknown_route").await;
+    assert_eq!(diags.len(), 6, "five numbers and one overflow row");
+    let overflow = diags
+        .iter()
+        .find(|d| d.key == db::diagnostics::OVERFLOW_KEY)
+        .unwrap();
+    assert_eq!(overflow.count, 7);
+}
+
+async fn disabled_route_answers_route_fallback(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let dial = FallbackAction::Dial {
+        number: "+15550001111".to_owned(),
+        message: Some("Connecting you".to_owned()),
+    };
+    app.seed_with(
+        NewTenant::default(),
+        NewRoute {
+            enabled: Some(false),
+            fallback: Some(dial),
+            ..Default::default()
+        },
+    )
+    .await;
+    let sid = call_sid();
+    // The signature is still required.
+    assert_eq!(
+        app.post_signed("/api/v1/incoming-call", &incoming_form(&sid), "forged")
+            .await
+            .status(),
+        403
+    );
+    let res = app.incoming(&sid).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.text().await.unwrap(),
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response>\n  <Say>Connecting you</Say>\n  <Dial>+15550001111</Dial>\n</Response>\n"
+    );
+    let stored = app.call(&sid).await.unwrap();
+    assert_eq!(
+        (stored.outcome.as_str(), stored.fallback_reason.as_deref()),
+        ("fallback", Some("route_disabled"))
+    );
+    assert_eq!(app.events("call.fallback").await.len(), 1);
+    assert_eq!(app.events("call.received").await.len(), 0);
+}
+
+async fn drain_mode_uses_the_tenant_default(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let redirect = FallbackAction::Redirect {
+        url: "https://crm.example.com/callback?a=1&b=2".to_owned(),
+    };
+    app.seed_with(
+        NewTenant {
+            default_fallback: Some(redirect),
+            ..Default::default()
+        },
+        NewRoute::default(),
+    )
+    .await;
+    let res = app
+        .admin(reqwest::Method::PUT, "/api/v1/runtime/drain")
+        .json(&serde_json::json!({"draining": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let sid = call_sid();
+    let body = app.incoming(&sid).await.text().await.unwrap();
+    assert!(
+        body.contains("<Redirect method=\"POST\">https://crm.example.com/callback?a=1&amp;b=2</Redirect>"),
+        "{body}"
+    );
+    assert_eq!(
+        app.call(&sid).await.unwrap().fallback_reason.as_deref(),
+        Some("draining")
+    );
+    app.state.runtime.set_draining(false);
+    assert!(app
+        .incoming(&call_sid())
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("<Stream"));
+}
+
+async fn stream_capacity_uses_the_platform_message(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |a| {
+        a.max_streams = 1;
+        a.fallback_message = "All lines are busy.".to_owned();
+    })
+    .await
+    else {
+        return;
+    };
+    app.seed().await;
+    let guard = app.state.runtime.stream_opened();
+    let sid = call_sid();
+    let body = app.incoming(&sid).await.text().await.unwrap();
+    assert!(
+        body.contains("<Say>All lines are busy.</Say>\n  <Hangup/>"),
+        "{body}"
+    );
+    assert_eq!(
+        app.call(&sid).await.unwrap().fallback_reason.as_deref(),
+        Some("capacity")
+    );
+    drop(guard);
+    assert!(app
+        .incoming(&call_sid())
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("<Stream"));
+}
+
+async fn failing_agent_uses_the_route_fallback(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let agent = "wss://agent.example.com/ws".to_owned();
+    app.seed_with(
+        NewTenant::default(),
+        NewRoute {
+            agent_url: Some(agent.clone()),
+            fallback: say("One moment"),
+            ..Default::default()
+        },
+    )
+    .await;
+    app.state
+        .runtime
+        .set_agent_health(&agent, Some("connect refused".to_owned()));
+    let sid = call_sid();
+    assert!(app
+        .incoming(&sid)
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("<Say>One moment</Say>"));
+    assert_eq!(
+        app.call(&sid).await.unwrap().fallback_reason.as_deref(),
+        Some("agent_unhealthy")
+    );
+}
+
+async fn malformed_input_is_rejected_and_stores_nothing(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.seed().await;
+    let good = incoming_form(&call_sid()).encode();
+    let sig = [("X-Twilio-Signature", "irrelevant")];
+    for (body, what) in [
+        (format!("{good}&Bad=%G0").into_bytes(), "invalid percent-escape"),
+        ([good.as_bytes(), b"&Bad=%FF"].concat(), "not valid UTF-8"),
+        ([good.as_bytes(), b"&Bad=\xff"].concat(), "not valid UTF-8"),
+        (format!("{good}&Bad=a%00b").into_bytes(), "NUL"),
+    ] {
+        let res = app.post_raw("/api/v1/incoming-call", body, &sig).await;
+        assert_eq!(res.status(), 400, "{what}");
+        assert!(res.headers()["content-type"].to_str().unwrap().contains("json"));
+        let problem: serde_json::Value = res.json().await.unwrap();
+        assert!(problem["detail"].as_str().unwrap().contains(what), "{problem}");
+    }
+    let big = vec![b'a'; 64 * 1024 + 1];
+    assert_eq!(
+        app.post_raw("/api/v1/incoming-call", big, &sig).await.status(),
+        413
+    );
+    let res = app
+        .client
+        .post(format!("{}/api/v1/incoming-call", app.base))
+        .header("Content-Type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 415);
+    let problem: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(problem["status"], 415);
+    assert_nothing_stored(&app).await;
+}
+
+async fn missing_call_sid_after_valid_signature_is_400(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.seed().await;
+    let form = FormParams::from_pairs(
+        incoming_form("x")
+            .pairs()
+            .iter()
+            .filter(|(k, _)| k != "CallSid")
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    let unsigned = app
+        .post_raw("/api/v1/incoming-call", form.encode().into_bytes(), &[])
+        .await;
+    assert_eq!(
+        unsigned.status(),
+        403,
+        "the signature is checked before any field is trusted"
+    );
+    let res = app.post_signed("/api/v1/incoming-call", &form, AUTH_TOKEN).await;
+    assert_eq!(res.status(), 400);
+    let problem: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(problem["detail"], "missing CallSid");
+    assert_nothing_stored(&app).await;
+}
+
+async fn hostile_fallback_text_cannot_inject_twiml(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let evil = "Bye</Say><Dial>+19005550000</Dial><Say>";
+    app.seed_with(
+        NewTenant::default(),
+        NewRoute {
+            enabled: Some(false),
+            fallback: say(evil),
+            ..Default::default()
+        },
+    )
+    .await;
+    let body = app.incoming(&call_sid()).await.text().await.unwrap();
+    assert!(!body.contains("<Dial>"), "{body}");
+    assert!(
+        body.contains("<Say>Bye&lt;/Say&gt;&lt;Dial&gt;+19005550000&lt;/Dial&gt;&lt;Say&gt;</Say>"),
+        "{body}"
+    );
+}
+
+on_both_backends!(
+    missing_or_invalid_signature_is_403_and_counted,
+    repeated_failures_on_production_route_alert_once_per_window,
+    failures_on_a_test_route_do_not_alert,
+    account_mismatch_is_403_with_diagnostic,
+    unknown_route_answers_platform_message,
+    unknown_route_diagnostics_are_bounded,
+    disabled_route_answers_route_fallback,
+    drain_mode_uses_the_tenant_default,
+    stream_capacity_uses_the_platform_message,
+    failing_agent_uses_the_route_fallback,
+    malformed_input_is_rejected_and_stores_nothing,
+    missing_call_sid_after_valid_signature_is_400,
+    hostile_fallback_text_cannot_inject_twiml,
+);

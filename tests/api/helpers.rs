@@ -1,0 +1,358 @@
+//! Test harness: a real server on port 0 over a fresh SQLite file or PostgreSQL schema.
+use poem::{
+    listener::{Acceptor, Listener, TcpListener},
+    Server,
+};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait};
+use serde_json::Value;
+use stateset_voice::{
+    config::{Config, ConfigArgs},
+    db,
+    domain::{
+        admin::{self, NewRoute, NewTenant},
+        fallback::FallbackAction,
+    },
+    state::AppState,
+    twilio::{
+        form::FormParams,
+        signature::{self, Algorithm},
+    },
+};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const TOKEN_SECRET: &str = "test-stream-token-secret-0123456789abcdef";
+pub const AUTH_TOKEN: &str = "0123456789abcdef0123456789abcdef";
+pub const ACCOUNT_SID: &str = "AC3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f";
+pub const NUMBER: &str = "+15555551234";
+
+/// The database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A running service.
+pub struct TestApp {
+    pub base: String,
+    pub state: AppState,
+    pub client: reqwest::Client,
+    pub schema: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// The PostgreSQL server tests use.
+pub fn postgres_url() -> String {
+    std::env::var("VOICE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// Whether PostgreSQL tests may be skipped: only when explicitly asked, and never in CI.
+fn may_skip_postgres() -> bool {
+    std::env::var("VOICE_TEST_SKIP_POSTGRES").is_ok_and(|v| v == "1")
+        && !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A migrated, empty database.
+pub struct FreshDatabase {
+    pub db: DatabaseConnection,
+    pub url: String,
+    /// The PostgreSQL schema holding it.
+    pub schema: Option<String>,
+    pub dir: Option<tempfile::TempDir>,
+}
+
+/// Connects to a fresh database for `backend`; `None` only when PostgreSQL tests were
+/// explicitly skipped outside CI.
+pub async fn fresh_database(backend: Backend, max_connections: u32) -> Option<FreshDatabase> {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = format!("sqlite://{}?mode=rwc", dir.path().join("voice.db").display());
+            let db = db::connect_url(&url, max_connections, None)
+                .await
+                .expect("sqlite connects");
+            db::migrate(&db).await.expect("migrations run on SQLite");
+            Some(FreshDatabase {
+                db,
+                url,
+                schema: None,
+                dir: Some(dir),
+            })
+        }
+        Backend::Postgres => {
+            let url = postgres_url();
+            let admin = match Database::connect(&url).await {
+                Ok(db) => db,
+                Err(e) if may_skip_postgres() => {
+                    eprintln!(
+                        "SKIPPED: PostgreSQL unreachable at {url} ({e}) and VOICE_TEST_SKIP_POSTGRES=1"
+                    );
+                    return None;
+                }
+                Err(e) => panic!(
+                    "PostgreSQL is unreachable at {url}: {e}. Start it, set VOICE_TEST_POSTGRES_URL, \
+                     or (outside CI only) set VOICE_TEST_SKIP_POSTGRES=1"
+                ),
+            };
+            let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+            admin
+                .execute_unprepared(&format!("CREATE SCHEMA \"{schema}\""))
+                .await
+                .expect("create schema");
+            let db = db::connect_url(&url, max_connections, Some(&schema))
+                .await
+                .expect("postgres connects");
+            db::migrate(&db).await.expect("migrations run on PostgreSQL");
+            Some(FreshDatabase {
+                db,
+                url,
+                schema: Some(schema),
+                dir: None,
+            })
+        }
+    }
+}
+
+/// Spawns the service with default test settings.
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Spawns the service after `configure` adjusted its flags.
+pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut ConfigArgs)) -> Option<TestApp> {
+    let acceptor = TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .expect("bind");
+    let port = acceptor.local_addr()[0]
+        .as_socket_addr()
+        .expect("socket address")
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+
+    let mut args = ConfigArgs::defaults();
+    args.public_url = base.clone();
+    args.admin_token = Some(ADMIN_TOKEN.to_owned());
+    args.token_secret = Some(TOKEN_SECRET.to_owned());
+    configure(&mut args);
+    let max_connections = args.database_max_connections.unwrap_or(match backend {
+        Backend::Sqlite => 1,
+        Backend::Postgres => 8,
+    });
+    let fresh = fresh_database(backend, max_connections).await?;
+    args.database_url = fresh.url;
+    let config = Config::from_args(args).expect("test config is valid");
+    let state = AppState::new(fresh.db, config);
+    serve_on(acceptor, state.clone());
+    Some(TestApp {
+        base,
+        state,
+        client: reqwest::Client::new(),
+        schema: fresh.schema,
+        _dir: fresh.dir,
+    })
+}
+
+fn serve_on(acceptor: impl Acceptor + 'static, state: AppState) {
+    let app = stateset_voice::app(state);
+    tokio::spawn(async move {
+        let _ = Server::new_with_acceptor(acceptor).run(app).await;
+    });
+}
+
+/// The inbound-call fields Twilio sends, from the recorded example, for `call_sid`.
+pub fn incoming_form(call_sid: &str) -> FormParams {
+    let examples: Value = serde_json::from_str(include_str!("../fixtures/twilio-callback-examples.json"))
+        .expect("fixture parses");
+    let pairs = examples["incoming_call"].as_array().expect("incoming_call pairs");
+    FormParams::from_pairs(pairs.iter().map(|p| {
+        let key = p[0].as_str().unwrap();
+        let value = if key == "CallSid" {
+            call_sid
+        } else {
+            p[1].as_str().unwrap()
+        };
+        (key.to_owned(), value.to_owned())
+    }))
+}
+
+/// A fresh Twilio-style CallSid.
+pub fn call_sid() -> String {
+    format!("CA{}", uuid::Uuid::new_v4().simple())
+}
+
+impl TestApp {
+    /// A second instance on the same PostgreSQL schema with its own pool and the same
+    /// configuration; returns its base URL.
+    pub async fn second_instance(&self) -> String {
+        let schema = self
+            .schema
+            .as_deref()
+            .expect("a second instance needs PostgreSQL");
+        let db = db::connect_url(self.state.config.database_url.expose(), 8, Some(schema))
+            .await
+            .expect("connects");
+        let acceptor = TcpListener::bind("127.0.0.1:0")
+            .into_acceptor()
+            .await
+            .expect("bind");
+        let port = acceptor.local_addr()[0]
+            .as_socket_addr()
+            .expect("socket address")
+            .port();
+        serve_on(acceptor, AppState::new(db, (*self.state.config).clone()));
+        format!("http://127.0.0.1:{port}")
+    }
+
+    /// Creates the standard test tenant (production) and its route for [`NUMBER`].
+    pub async fn seed(&self) -> (entity::tenant::Model, entity::route::Model) {
+        self.seed_with(NewTenant::default(), NewRoute::default()).await
+    }
+
+    /// Creates a tenant and route, filling in the standard values where `tenant`/`route` are empty.
+    pub async fn seed_with(
+        &self,
+        mut tenant: NewTenant,
+        mut route: NewRoute,
+    ) -> (entity::tenant::Model, entity::route::Model) {
+        if tenant.name.is_empty() {
+            tenant.name = "Acme".to_owned();
+        }
+        if tenant.account_sid.is_empty() {
+            tenant.account_sid = ACCOUNT_SID.to_owned();
+        }
+        if tenant.auth_token.is_empty() {
+            tenant.auth_token = AUTH_TOKEN.to_owned();
+        }
+        if route.phone_number.is_empty() {
+            route.phone_number = NUMBER.to_owned();
+        }
+        let t = admin::create_tenant(&self.state.db, tenant)
+            .await
+            .expect("tenant")
+            .tenant;
+        let r = admin::create_route(&self.state.db, &t.id, route)
+            .await
+            .expect("route");
+        (t, r)
+    }
+
+    /// The URL the service reconstructs for `path_and_query`.
+    pub fn public(&self, path_and_query: &str) -> String {
+        format!("{}{path_and_query}", self.state.config.public_url)
+    }
+
+    /// POSTs a raw body with headers.
+    pub async fn post_raw(
+        &self,
+        path_and_query: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut req = self
+            .client
+            .post(format!("{}{path_and_query}", self.base))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("request sent")
+    }
+
+    /// POSTs `form` signed with `token` for the public URL of `path_and_query`.
+    pub async fn post_signed(
+        &self,
+        path_and_query: &str,
+        form: &FormParams,
+        token: &str,
+    ) -> reqwest::Response {
+        let sig = signature::compute(
+            Algorithm::HmacSha1,
+            token.as_bytes(),
+            &self.public(path_and_query),
+            form,
+        );
+        self.post_raw(
+            path_and_query,
+            form.encode().into_bytes(),
+            &[("X-Twilio-Signature", &sig)],
+        )
+        .await
+    }
+
+    /// POSTs an inbound call for `call_sid`, signed with the standard token.
+    pub async fn incoming(&self, call_sid: &str) -> reqwest::Response {
+        self.post_signed("/api/v1/incoming-call", &incoming_form(call_sid), AUTH_TOKEN)
+            .await
+    }
+
+    /// An admin API request builder.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+    }
+
+    /// Rows in a table.
+    pub async fn count<E: EntityTrait>(&self, _entity: E) -> u64
+    where
+        E::Model: Sync,
+    {
+        E::find().count(&self.state.db).await.expect("count")
+    }
+
+    /// The stored call for a CallSid.
+    pub async fn call(&self, call_sid: &str) -> Option<entity::call::Model> {
+        db::calls::by_sid(&self.state.db, call_sid).await.expect("query")
+    }
+
+    /// Outbox events of a type.
+    pub async fn events(&self, event_type: &str) -> Vec<entity::outbox_event::Model> {
+        use sea_orm::{ColumnTrait, QueryFilter};
+        entity::outbox_event::Entity::find()
+            .filter(entity::outbox_event::Column::EventType.eq(event_type))
+            .all(&self.state.db)
+            .await
+            .expect("events")
+    }
+
+    /// Diagnostics of a kind.
+    pub async fn diagnostics(&self, kind: &str) -> Vec<entity::diagnostic::Model> {
+        db::diagnostics::list(&self.state.db, Some(kind), None, 100)
+            .await
+            .expect("diagnostics")
+            .items
+    }
+}
+
+/// A `say` fallback.
+pub fn say(message: &str) -> Option<FallbackAction> {
+    Some(FallbackAction::Say {
+        message: message.to_owned(),
+    })
+}
+
+/// Runs each listed `async fn name(backend: Backend)` once on SQLite and once on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}

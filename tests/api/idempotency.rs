@@ -1,0 +1,177 @@
+//! Provider retries: one call record, the same answer, attempts counted, also under
+//! concurrent duplicates.
+use entity::{call, call_webhook, outbox_event};
+use sea_orm::{ActiveModelTrait, Set};
+use stateset_voice::domain::admin::NewRoute;
+
+use crate::{helpers::*, on_both_backends};
+
+async fn retry_returns_the_same_answer(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.seed().await;
+    let sid = call_sid();
+    let first = app.incoming(&sid).await.text().await.unwrap();
+    let second = app.incoming(&sid).await;
+    assert_eq!(second.status(), 200);
+    assert_eq!(
+        second.text().await.unwrap(),
+        first,
+        "same stream target and token"
+    );
+    assert_eq!(app.call(&sid).await.unwrap().attempts, 2);
+    assert_eq!(app.count(call::Entity).await, 1);
+    assert_eq!(app.count(outbox_event::Entity).await, 1);
+}
+
+async fn retry_after_token_expiry_gets_a_fresh_token(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.seed().await;
+    let sid = call_sid();
+    let first = app.incoming(&sid).await.text().await.unwrap();
+    // Age the stored answer past its token's expiry.
+    let stored = app.call(&sid).await.unwrap();
+    let hook = stateset_voice::db::calls::webhook(&app.state.db, &stored.id, "incoming")
+        .await
+        .unwrap()
+        .unwrap();
+    let old_jti = hook.token_jti.clone();
+    let mut active: call_webhook::ActiveModel = hook.into();
+    active.token_expires_at = Set(Some(chrono::Utc::now() - chrono::Duration::seconds(1)));
+    active.update(&app.state.db).await.unwrap();
+
+    let second = app.incoming(&sid).await.text().await.unwrap();
+    assert_ne!(second, first);
+    let token = second
+        .split("value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let claims = app.state.tokens.verify(token).unwrap();
+    assert_eq!(claims.sub, sid, "the fresh token is for the same call");
+    assert_ne!(Some(claims.jti), old_jti);
+    let third = app.incoming(&sid).await.text().await.unwrap();
+    assert_eq!(third, second, "the fresh token is reused while valid");
+    assert_eq!(app.call(&sid).await.unwrap().attempts, 3);
+    assert_eq!(app.count(outbox_event::Entity).await, 1);
+}
+
+async fn fifty_concurrent_duplicates_make_one_call(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.seed().await;
+    let sid = call_sid();
+    let responses = futures::future::join_all((0..50).map(|_| async {
+        let res = app.incoming(&sid).await;
+        (res.status().as_u16(), res.text().await.unwrap())
+    }))
+    .await;
+    let first = &responses[0].1;
+    for (status, body) in &responses {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body, first, "every duplicate gets the same decision");
+    }
+    assert!(first.contains("<Stream url="));
+    assert_eq!(app.count(call::Entity).await, 1);
+    assert_eq!(app.count(call_webhook::Entity).await, 1);
+    assert_eq!(app.count(outbox_event::Entity).await, 1);
+    assert_eq!(app.call(&sid).await.unwrap().attempts, 50);
+}
+
+async fn concurrent_duplicates_across_two_instances(backend: Backend) {
+    // Two services on one database, as two stateless instances behind a load balancer.
+    let Some(one) = spawn_app(backend).await else {
+        return;
+    };
+    one.seed().await;
+    if backend == Backend::Sqlite {
+        return; // SQLite is the single-instance store.
+    }
+    let two = one.second_instance().await;
+    let sid = call_sid();
+    let form = incoming_form(&sid);
+    let sig = stateset_voice::twilio::signature::compute(
+        stateset_voice::twilio::signature::Algorithm::HmacSha1,
+        AUTH_TOKEN.as_bytes(),
+        &one.public("/api/v1/incoming-call"),
+        &form,
+    );
+    let bases = [one.base.clone(), two];
+    let responses = futures::future::join_all((0..40).map(|i| {
+        let url = format!("{}/api/v1/incoming-call", bases[i % 2]);
+        let body = form.encode();
+        let sig = sig.clone();
+        let client = one.client.clone();
+        async move {
+            let res = client
+                .post(url)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .header("X-Twilio-Signature", sig)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    }))
+    .await;
+    assert!(responses.iter().all(|(s, b)| *s == 200 && *b == responses[0].1));
+    assert_eq!(one.count(call::Entity).await, 1);
+    assert_eq!(one.call(&sid).await.unwrap().attempts, 40);
+}
+
+async fn same_call_on_another_route_conflicts(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let (tenant, _) = app.seed().await;
+    stateset_voice::domain::admin::create_route(
+        &app.state.db,
+        &tenant.id,
+        NewRoute {
+            phone_number: "+15555550000".to_owned(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let sid = call_sid();
+    assert_eq!(app.incoming(&sid).await.status(), 200);
+    let mut other = stateset_voice::twilio::form::FormParams::default();
+    for (k, v) in incoming_form(&sid).pairs() {
+        other.push(
+            k.clone(),
+            if k == "To" {
+                "+15555550000".to_owned()
+            } else {
+                v.clone()
+            },
+        );
+    }
+    let res = app.post_signed("/api/v1/incoming-call", &other, AUTH_TOKEN).await;
+    assert_eq!(res.status(), 409);
+    let problem: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(problem["status"], 409);
+    assert_eq!(app.count(call::Entity).await, 1);
+    assert_eq!(
+        app.call(&sid).await.unwrap().attempts,
+        1,
+        "a conflicting delivery is not a retry"
+    );
+    let diags = app.diagnostics("call_route_conflict").await;
+    assert_eq!((diags.len(), diags[0].key.as_str()), (1, sid.as_str()));
+}
+
+on_both_backends!(
+    retry_returns_the_same_answer,
+    retry_after_token_expiry_gets_a_fresh_token,
+    fifty_concurrent_duplicates_make_one_call,
+    concurrent_duplicates_across_two_instances,
+    same_call_on_another_route_conflicts,
+);

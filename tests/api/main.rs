@@ -1,0 +1,10 @@
+//! Integration tests over real HTTP, each on SQLite and on PostgreSQL.
+mod helpers;
+
+mod admin;
+mod cli;
+mod failure_modes;
+mod idempotency;
+mod openapi;
+mod signature_rules;
+mod webhook;
