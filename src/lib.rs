@@ -9,6 +9,8 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod state;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod twilio;
 
 use poem::{

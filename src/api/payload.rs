@@ -11,6 +11,10 @@ use poem_openapi::{
 /// Largest webhook body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// How much of an oversized body is read and dropped so the 413 reaches the client; larger
+/// declared bodies are refused without reading.
+const MAX_DISCARD_BYTES: usize = 1024 * 1024;
+
 /// The raw bytes of a form-encoded webhook body, read once, at most [`MAX_BODY_BYTES`].
 /// Parsing happens later so that malformed input gets a precise 400.
 pub struct TwilioForm(pub Vec<u8>);
@@ -73,6 +77,7 @@ impl ParsePayload for TwilioForm {
     const IS_REQUIRED: bool = true;
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> Result<Self> {
+        use tokio::io::AsyncReadExt as _;
         let too_large = || {
             poem::Error::from_string(
                 format!("request body exceeds {MAX_BODY_BYTES} bytes"),
@@ -84,18 +89,26 @@ impl ParsePayload for TwilioForm {
             .get(poem::http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
+        if declared.is_some_and(|len| len > (MAX_BODY_BYTES + MAX_DISCARD_BYTES) as u64) {
             return Err(too_large());
         }
-        let bytes = body
-            .take()?
-            .into_bytes_limit(MAX_BODY_BYTES)
+        let mut reader = body.take()?.into_async_read();
+        let mut bytes =
+            Vec::with_capacity(declared.map_or(1024, |len| len.min(MAX_BODY_BYTES as u64) as usize));
+        (&mut reader)
+            .take(MAX_BODY_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
             .await
-            .map_err(|e| match e {
-                poem::error::ReadBodyError::PayloadTooLarge => too_large(),
-                other => other.into(),
+            .map_err(|e| {
+                poem::Error::from_string(format!("reading the body: {e}"), StatusCode::BAD_REQUEST)
             })?;
-        Ok(Self(bytes.to_vec()))
+        if bytes.len() > MAX_BODY_BYTES {
+            // Read (and drop) a bounded remainder so the client, still sending, gets the 413
+            // instead of a reset connection.
+            let _ = tokio::io::copy(&mut reader.take(MAX_DISCARD_BYTES as u64), &mut tokio::io::sink()).await;
+            return Err(too_large());
+        }
+        Ok(Self(bytes))
     }
 }
 

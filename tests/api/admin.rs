@@ -2,7 +2,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::{helpers::*, on_both_backends};
+use stateset_voice::{on_both_backends, testkit::*};
 
 fn tenant_body(account_sid: &str) -> Value {
     json!({

@@ -9,7 +9,7 @@ use stateset_voice::{
     twilio::form::FormParams,
 };
 
-use crate::{helpers::*, on_both_backends};
+use stateset_voice::{on_both_backends, testkit::*};
 
 async fn assert_nothing_stored(app: &TestApp) {
     assert_eq!(app.count(call::Entity).await, 0, "no call stored");

@@ -4,7 +4,7 @@ use entity::{call, call_webhook, outbox_event};
 use sea_orm::{ActiveModelTrait, Set};
 use stateset_voice::domain::admin::NewRoute;
 
-use crate::{helpers::*, on_both_backends};
+use stateset_voice::{on_both_backends, testkit::*};
 
 async fn retry_returns_the_same_answer(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {

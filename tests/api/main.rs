@@ -1,6 +1,4 @@
 //! Integration tests over real HTTP, each on SQLite and on PostgreSQL.
-mod helpers;
-
 mod admin;
 mod cli;
 mod failure_modes;

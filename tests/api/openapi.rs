@@ -1,5 +1,5 @@
 //! The committed `openapi.yaml` is exactly what the code generates, and the server serves it.
-use crate::helpers::*;
+use stateset_voice::testkit::*;
 
 #[test]
 fn committed_openapi_yaml_matches_the_code() {

@@ -7,7 +7,7 @@ use stateset_voice::{
     },
 };
 
-use crate::{helpers::*, on_both_backends};
+use stateset_voice::{on_both_backends, testkit::*};
 
 async fn post_with_signature(
     app: &TestApp,

@@ -8,7 +8,7 @@ use stateset_voice::{
     },
 };
 
-use crate::{helpers::*, on_both_backends};
+use stateset_voice::{on_both_backends, testkit::*};
 
 /// Extracts the attribute `name` of the first element that has it.
 fn attr<'a>(doc: &'a str, name: &str) -> &'a str {

@@ -1,11 +1,6 @@
-//! Test harness: a real server on port 0 over a fresh SQLite file or PostgreSQL schema.
-use poem::{
-    listener::{Acceptor, Listener, TcpListener},
-    Server,
-};
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait};
-use serde_json::Value;
-use stateset_voice::{
+//! Test harness shared by the integration tests and the conformance suite: the real service
+//! on port 0 over a fresh SQLite file or PostgreSQL schema. Enabled by the `testkit` feature.
+use crate::{
     config::{Config, ConfigArgs},
     db,
     domain::{
@@ -18,6 +13,12 @@ use stateset_voice::{
         signature::{self, Algorithm},
     },
 };
+use poem::{
+    listener::{Acceptor, Listener, TcpListener},
+    Server,
+};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait};
+use serde_json::Value;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const TOKEN_SECRET: &str = "test-stream-token-secret-0123456789abcdef";
@@ -155,7 +156,7 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config
 }
 
 fn serve_on(acceptor: impl Acceptor + 'static, state: AppState) {
-    let app = stateset_voice::app(state);
+    let app = crate::app(state);
     tokio::spawn(async move {
         let _ = Server::new_with_acceptor(acceptor).run(app).await;
     });
@@ -163,8 +164,9 @@ fn serve_on(acceptor: impl Acceptor + 'static, state: AppState) {
 
 /// The inbound-call fields Twilio sends, from the recorded example, for `call_sid`.
 pub fn incoming_form(call_sid: &str) -> FormParams {
-    let examples: Value = serde_json::from_str(include_str!("../fixtures/twilio-callback-examples.json"))
-        .expect("fixture parses");
+    let examples: Value =
+        serde_json::from_str(include_str!("../tests/fixtures/twilio-callback-examples.json"))
+            .expect("fixture parses");
     let pairs = examples["incoming_call"].as_array().expect("incoming_call pairs");
     FormParams::from_pairs(pairs.iter().map(|p| {
         let key = p[0].as_str().unwrap();
@@ -342,7 +344,7 @@ macro_rules! on_both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::helpers::Backend::Sqlite).await
+                    super::$name($crate::testkit::Backend::Sqlite).await
                 }
             )*
         }
@@ -350,7 +352,7 @@ macro_rules! on_both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::helpers::Backend::Postgres).await
+                    super::$name($crate::testkit::Backend::Postgres).await
                 }
             )*
         }
