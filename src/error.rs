@@ -1,7 +1,12 @@
 //! What clients see of errors: a stable JSON problem body (RFC 9457 shape). Internal causes
 //! are logged with context and answered with an opaque message.
 use poem::{http::StatusCode, IntoResponse, Response};
-use poem_openapi::{payload::Json, ApiResponse, Object};
+use poem_openapi::{
+    payload::{Json, Payload},
+    registry::{MetaSchemaRef, Registry},
+    types::Type,
+    ApiResponse, Object,
+};
 
 use crate::domain;
 
@@ -30,13 +35,44 @@ impl Problem {
         }
     }
 
-    /// The problem as a response, with `application/problem+json`.
+    /// The problem as a response with its status.
     pub fn into_http(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        Json(self)
+        ProblemJson(self)
             .into_response()
-            .with_content_type("application/problem+json")
             .with_status(status)
+            .into_response()
+    }
+}
+
+/// A problem body served as `application/problem+json`.
+#[derive(Debug)]
+pub struct ProblemJson(pub Problem);
+
+impl ProblemJson {
+    /// A problem for `status` with a detail message.
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self(Problem::new(status, detail))
+    }
+}
+
+impl Payload for ProblemJson {
+    const CONTENT_TYPE: &'static str = "application/problem+json";
+
+    fn schema_ref() -> MetaSchemaRef {
+        Problem::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        Problem::register(registry);
+    }
+}
+
+impl IntoResponse for ProblemJson {
+    fn into_response(self) -> Response {
+        Json(self.0)
+            .into_response()
+            .with_content_type(Self::CONTENT_TYPE)
             .into_response()
     }
 }
@@ -46,31 +82,31 @@ impl Problem {
 pub enum AdminError {
     /// The request is malformed.
     #[oai(status = 400)]
-    BadRequest(Json<Problem>),
+    BadRequest(ProblemJson),
     /// Missing or wrong bearer token, or the admin API is disabled.
     #[oai(status = 401)]
-    Unauthorized(Json<Problem>),
+    Unauthorized(ProblemJson),
     /// No such record.
     #[oai(status = 404)]
-    NotFound(Json<Problem>),
+    NotFound(ProblemJson),
     /// The change conflicts with an existing record.
     #[oai(status = 409)]
-    Conflict(Json<Problem>),
+    Conflict(ProblemJson),
     /// A value is well-formed but not acceptable.
     #[oai(status = 422)]
-    Unprocessable(Json<Problem>),
+    Unprocessable(ProblemJson),
     /// The service failed; the cause is logged.
     #[oai(status = 500)]
-    Internal(Json<Problem>),
+    Internal(ProblemJson),
 }
 
 impl AdminError {
     /// 404 for a named record.
     pub fn not_found(what: &str) -> Self {
-        Self::NotFound(Json(Problem::new(
+        Self::NotFound(ProblemJson::new(
             StatusCode::NOT_FOUND,
             format!("{what} not found"),
-        )))
+        ))
     }
 }
 
@@ -78,16 +114,16 @@ impl From<domain::Error> for AdminError {
     fn from(err: domain::Error) -> Self {
         match err {
             domain::Error::Invalid(m) => {
-                Self::Unprocessable(Json(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, m)))
+                Self::Unprocessable(ProblemJson::new(StatusCode::UNPROCESSABLE_ENTITY, m))
             }
             domain::Error::NotFound(what) => Self::not_found(what),
-            domain::Error::Conflict(m) => Self::Conflict(Json(Problem::new(StatusCode::CONFLICT, m))),
+            domain::Error::Conflict(m) => Self::Conflict(ProblemJson::new(StatusCode::CONFLICT, m)),
             domain::Error::Db(e) => {
                 tracing::error!(error = %e, "admin request failed");
-                Self::Internal(Json(Problem::new(
+                Self::Internal(ProblemJson::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal error",
-                )))
+                ))
             }
         }
     }

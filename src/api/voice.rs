@@ -1,10 +1,6 @@
 //! Twilio voice webhooks: form in, TwiML out. Handlers only unpack the request.
 use poem::{http::StatusCode, Request};
-use poem_openapi::{
-    param::Header,
-    payload::{Json, PlainText},
-    ApiResponse, OpenApi,
-};
+use poem_openapi::{param::Header, payload::PlainText, ApiResponse, OpenApi};
 
 use super::{
     payload::{TwiML, TwilioForm},
@@ -13,7 +9,7 @@ use super::{
 use crate::{
     config::Config,
     domain::webhook::{self, Answer, InboundWebhook, WebhookKind},
-    error::Problem,
+    error::ProblemJson,
     state::AppState,
     twilio::form::FormParams,
 };
@@ -32,22 +28,22 @@ pub enum VoiceResponse {
     /// Malformed body (bad percent-escape, invalid UTF-8, NUL), or CallSid/To missing after a
     /// valid signature.
     #[oai(status = 400)]
-    BadRequest(Json<Problem>),
+    BadRequest(ProblemJson),
     /// Missing or invalid X-Twilio-Signature, or an AccountSid that is not the route's tenant's.
     #[oai(status = 403)]
     Forbidden(PlainText<String>),
     /// The CallSid was already answered on another route.
     #[oai(status = 409)]
-    Conflict(Json<Problem>),
+    Conflict(ProblemJson),
     /// The body exceeds 64 KiB.
     #[oai(status = 413)]
-    PayloadTooLarge(Json<Problem>),
+    PayloadTooLarge(ProblemJson),
     /// The body is not application/x-www-form-urlencoded.
     #[oai(status = 415)]
-    UnsupportedMediaType(Json<Problem>),
+    UnsupportedMediaType(ProblemJson),
     /// The answer could not be stored; Twilio will try the number's Fallback URL.
     #[oai(status = 503)]
-    Unavailable(Json<Problem>),
+    Unavailable(ProblemJson),
 }
 
 #[OpenApi(tag = "ApiTags::Voice")]
@@ -111,7 +107,7 @@ async fn voice_webhook(
     signature: Option<String>,
     body: TwilioForm,
 ) -> VoiceResponse {
-    let problem = |status, detail: String| Json(Problem::new(status, detail));
+    let problem = |status, detail: String| ProblemJson::new(status, detail);
     let params = match FormParams::parse(&body.0) {
         Ok(params) => params,
         Err(e) => {

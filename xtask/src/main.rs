@@ -1,4 +1,4 @@
-//! Project automation: `cargo xtask ci | openapi [--check]`.
+//! Project automation: `cargo xtask ci | conformance | openapi [--check]`.
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -53,6 +53,17 @@ fn openapi(check: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Replays the recorded Twilio callbacks and compares the answers with the reviewed snapshots.
+/// Snapshots are never written here: a difference fails.
+fn conformance() -> Result<(), String> {
+    run(
+        "conformance (recorded callbacks vs snapshots, SQLite and PostgreSQL)",
+        cargo()
+            .args(["test", "--package", "conformance", "--locked"])
+            .env("INSTA_UPDATE", "no"),
+    )
+}
+
 /// Everything CI checks, in order of cost.
 fn ci() -> Result<(), String> {
     run("format", cargo().args(["fmt", "--all", "--", "--check"]))?;
@@ -71,18 +82,19 @@ fn ci() -> Result<(), String> {
     openapi(true)?;
     run(
         "tests (SQLite and PostgreSQL)",
-        cargo().args(["test", "--workspace", "--locked"]),
+        cargo().args(["test", "--workspace", "--exclude", "conformance", "--locked"]),
     )?;
-    Ok(())
+    conformance()
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["ci"] => ci(),
+        ["conformance"] => conformance(),
         ["openapi"] => openapi(false),
         ["openapi", "--check"] => openapi(true),
-        _ => Err("usage: cargo xtask ci | openapi [--check]".to_owned()),
+        _ => Err("usage: cargo xtask ci | conformance | openapi [--check]".to_owned()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
