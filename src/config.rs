@@ -109,6 +109,12 @@ pub struct ConfigArgs {
         default_value = "We're sorry, we can't take your call right now. Please try again later. Goodbye."
     )]
     pub fallback_message: String,
+    /// How long a media stream may take to present a valid `start` (seconds).
+    #[arg(long, global = true, env = "VOICE_STREAM_START_TIMEOUT", default_value = "5", value_parser = parse_duration)]
+    pub stream_start_timeout: Duration,
+    /// How often each agent runtime is health-checked (seconds).
+    #[arg(long, global = true, env = "VOICE_AGENT_HEALTH_INTERVAL", default_value = "15", value_parser = parse_duration)]
+    pub agent_health_interval: Duration,
     /// Refuse to deliver events to loopback and private addresses.
     #[arg(long, global = true, env = "VOICE_WEBHOOK_DENY_PRIVATE", default_value = "false", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub webhook_deny_private: bool,
@@ -136,6 +142,8 @@ pub struct Config {
     pub alert_window: Duration,
     pub unknown_route_message: String,
     pub fallback_message: String,
+    pub stream_start_timeout: Duration,
+    pub agent_health_interval: Duration,
     pub webhook_deny_private: bool,
 }
 
@@ -247,6 +255,8 @@ impl Config {
             alert_window: args.alert_window,
             unknown_route_message: args.unknown_route_message,
             fallback_message: args.fallback_message,
+            stream_start_timeout: args.stream_start_timeout.max(Duration::from_secs(1)),
+            agent_health_interval: args.agent_health_interval.max(Duration::from_secs(1)),
             webhook_deny_private: args.webhook_deny_private,
         })
     }

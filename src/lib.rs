@@ -8,10 +8,12 @@ pub mod db;
 pub mod demo;
 pub mod domain;
 pub mod error;
+pub mod media;
 pub mod state;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod twilio;
+pub mod worker;
 
 use poem::{
     listener::{Acceptor, Listener, TcpListener},
@@ -31,6 +33,8 @@ pub fn app(state: AppState) -> impl Endpoint {
         .nest("/", api)
         .at("/openapi.json", spec_json)
         .at("/openapi.yaml", spec_yaml)
+        .at("/media-stream", poem::get(api::media::media_stream))
+        .at("/media-stream/:token", poem::get(api::media::media_stream_path))
         .nest("/docs", docs)
         .data(state)
         .catch_all_error(error::problem_for)

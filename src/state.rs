@@ -39,7 +39,11 @@ pub struct Runtime {
     draining: AtomicBool,
     active_streams: AtomicUsize,
     unhealthy_agents: RwLock<HashMap<String, String>>,
+    probe_failures: RwLock<HashMap<String, u32>>,
 }
+
+/// Consecutive failed health checks that open an agent's circuit.
+pub const AGENT_FAILURES_TO_OPEN: u32 = 2;
 
 impl Runtime {
     /// Whether new calls are answered with the fallback instead of a stream.
@@ -70,6 +74,25 @@ impl Runtime {
             Some(reason) => map.insert(agent_url.to_owned(), reason),
             None => map.remove(agent_url),
         };
+    }
+
+    /// Records a health check of an agent: its circuit opens (calls get the fallback) after
+    /// [`AGENT_FAILURES_TO_OPEN`] consecutive failures and closes at the first success.
+    pub fn record_agent_probe(&self, agent_url: &str, result: Result<(), String>) {
+        let mut failures = self.probe_failures.write().expect("probe lock");
+        match result {
+            Ok(()) => {
+                failures.remove(agent_url);
+                self.set_agent_health(agent_url, None);
+            }
+            Err(reason) => {
+                let count = failures.entry(agent_url.to_owned()).or_insert(0);
+                *count += 1;
+                if *count >= AGENT_FAILURES_TO_OPEN {
+                    self.set_agent_health(agent_url, Some(reason));
+                }
+            }
+        }
     }
 
     /// Why the agent at `agent_url` is failing its health check, if it is.

@@ -1,6 +1,7 @@
 //! HTTP only: one module per resource, composed into one OpenAPI service.
 pub mod calls;
 pub mod health;
+pub mod media;
 pub mod models;
 pub mod ops;
 pub mod payload;

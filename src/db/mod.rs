@@ -3,6 +3,7 @@
 pub mod alerts;
 pub mod calls;
 pub mod diagnostics;
+pub mod media;
 pub mod outbox;
 pub mod routes;
 pub mod tenants;

@@ -3,6 +3,7 @@ mod admin;
 mod cli;
 mod failure_modes;
 mod idempotency;
+mod media;
 mod openapi;
 mod signature_rules;
 mod webhook;
