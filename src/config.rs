@@ -115,6 +115,18 @@ pub struct ConfigArgs {
     /// How often each agent runtime is health-checked (seconds).
     #[arg(long, global = true, env = "VOICE_AGENT_HEALTH_INTERVAL", default_value = "15", value_parser = parse_duration)]
     pub agent_health_interval: Duration,
+    /// Deliveries of an event before it is dead-lettered.
+    #[arg(long, global = true, env = "VOICE_WEBHOOK_MAX_ATTEMPTS", default_value = "8", value_parser = clap::value_parser!(i32).range(1..=50))]
+    pub webhook_max_attempts: i32,
+    /// Time allowed for one event delivery (e.g. 10, 10s, 500ms).
+    #[arg(long, global = true, env = "VOICE_WEBHOOK_TIMEOUT", default_value = "10", value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
+    /// First retry delay; doubles per attempt up to an hour, with jitter (e.g. 5, 500ms).
+    #[arg(long, global = true, env = "VOICE_WEBHOOK_RETRY_BASE", default_value = "5", value_parser = parse_duration)]
+    pub webhook_retry_base: Duration,
+    /// How often the outbox is polled when idle (e.g. 1, 250ms).
+    #[arg(long, global = true, env = "VOICE_OUTBOX_POLL_INTERVAL", default_value = "1", value_parser = parse_duration)]
+    pub outbox_poll_interval: Duration,
     /// Refuse to deliver events to loopback and private addresses.
     #[arg(long, global = true, env = "VOICE_WEBHOOK_DENY_PRIVATE", default_value = "false", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub webhook_deny_private: bool,
@@ -144,6 +156,10 @@ pub struct Config {
     pub fallback_message: String,
     pub stream_start_timeout: Duration,
     pub agent_health_interval: Duration,
+    pub webhook_max_attempts: i32,
+    pub webhook_timeout: Duration,
+    pub webhook_retry_base: Duration,
+    pub outbox_poll_interval: Duration,
     pub webhook_deny_private: bool,
 }
 
@@ -257,6 +273,10 @@ impl Config {
             fallback_message: args.fallback_message,
             stream_start_timeout: args.stream_start_timeout.max(Duration::from_secs(1)),
             agent_health_interval: args.agent_health_interval.max(Duration::from_secs(1)),
+            webhook_max_attempts: args.webhook_max_attempts,
+            webhook_timeout: args.webhook_timeout.max(Duration::from_millis(10)),
+            webhook_retry_base: args.webhook_retry_base,
+            outbox_poll_interval: args.outbox_poll_interval.max(Duration::from_millis(10)),
             webhook_deny_private: args.webhook_deny_private,
         })
     }
@@ -282,17 +302,20 @@ fn base_url(input: &str, schemes: &[&str]) -> Result<String, String> {
     Ok(input.trim_end_matches('/').to_owned())
 }
 
-/// Parses `90`, `90s` or `5m`.
+/// Parses `90` (seconds), `90s`, `5m` or `250ms`.
 pub fn parse_duration(input: &str) -> Result<Duration, String> {
     let input = input.trim();
-    let (digits, unit) = match input.strip_suffix('m') {
-        Some(d) => (d, 60),
-        None => (input.strip_suffix('s').unwrap_or(input), 1),
+    let (digits, millis_per_unit) = if let Some(d) = input.strip_suffix("ms") {
+        (d, 1)
+    } else if let Some(d) = input.strip_suffix('m') {
+        (d, 60_000)
+    } else {
+        (input.strip_suffix('s').unwrap_or(input), 1000)
     };
     digits
         .parse::<u64>()
-        .map(|n| Duration::from_secs(n * unit))
-        .map_err(|_| format!("{input:?} is not a duration in seconds (e.g. 60, 60s, 5m)"))
+        .map(|n| Duration::from_millis(n.saturating_mul(millis_per_unit)))
+        .map_err(|_| format!("{input:?} is not a duration (e.g. 60, 60s, 5m, 250ms)"))
 }
 
 /// A random URL-safe token of `bytes` random bytes.
@@ -362,5 +385,7 @@ mod tests {
         );
         assert!(parse(&["--trust-forwarded", "true"]).unwrap().trust_forwarded);
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
     }
 }

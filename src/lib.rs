@@ -9,6 +9,7 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod media;
+pub mod metrics;
 pub mod state;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -36,8 +37,19 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/media-stream", poem::get(api::media::media_stream))
         .at("/media-stream/:token", poem::get(api::media::media_stream_path))
         .nest("/docs", docs)
-        .data(state)
+        .data(state.clone())
         .catch_all_error(error::problem_for)
+        .around(move |endpoint, req| {
+            let metrics = state.metrics.clone();
+            async move {
+                let started = std::time::Instant::now();
+                let method = req.method().to_string();
+                let path = req.uri().path().to_owned();
+                let response = endpoint.call(req).await?;
+                metrics.observe_http(&method, &path, response.status().as_u16(), started.elapsed());
+                Ok(response)
+            }
+        })
         .with(Tracing)
 }
 

@@ -9,7 +9,7 @@ use std::{
 
 use sea_orm::DatabaseConnection;
 
-use crate::{config::Config, domain::token::TokenIssuer};
+use crate::{config::Config, domain::token::TokenIssuer, metrics::Metrics};
 
 /// Everything a request handler needs; cheap to clone.
 #[derive(Clone)]
@@ -18,6 +18,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub tokens: TokenIssuer,
     pub runtime: Arc<Runtime>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -29,6 +30,7 @@ impl AppState {
             config: Arc::new(config),
             tokens,
             runtime: Arc::new(Runtime::default()),
+            metrics: Arc::new(Metrics::default()),
         }
     }
 }

@@ -1,5 +1,10 @@
 //! Liveness and readiness.
-use poem_openapi::{payload::Json, ApiResponse, Object, OpenApi};
+use entity::outbox_event;
+use poem_openapi::{
+    payload::{Json, PlainText},
+    ApiResponse, Object, OpenApi,
+};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 
 use super::ApiTags;
 use crate::state::AppState;
@@ -37,6 +42,29 @@ impl HealthApi {
             status: "ok".to_owned(),
             draining: self.state.runtime.is_draining(),
         })
+    }
+
+    /// Prometheus metrics
+    ///
+    /// Calls by outcome, fallbacks by reason, signature failures, unknown routes, alerts,
+    /// active and refused streams, outbox backlog and delivery results, request latency.
+    #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
+    async fn metrics(&self) -> PlainText<String> {
+        let metrics = &self.state.metrics;
+        metrics
+            .active_streams
+            .set(self.state.runtime.active_streams() as i64);
+        let backlog = outbox_event::Entity::find()
+            .filter(outbox_event::Column::Status.eq("pending"))
+            .count(&self.state.db)
+            .await;
+        match backlog {
+            Ok(n) => {
+                metrics.outbox_backlog.set(n as i64);
+            }
+            Err(e) => tracing::warn!(error = %e, "counting the outbox backlog failed"),
+        }
+        PlainText(metrics.encode())
     }
 
     /// Readiness: the database is reachable

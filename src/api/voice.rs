@@ -64,7 +64,9 @@ impl VoiceApi {
         #[oai(name = "X-Twilio-Signature")] signature: Header<Option<String>>,
         body: TwilioForm,
     ) -> VoiceResponse {
-        voice_webhook(&self.state, WebhookKind::Incoming, req, signature.0, body).await
+        voice_webhook(&self.state, WebhookKind::Incoming, req, signature.0, body)
+            .await
+            .into()
     }
 
     /// Twilio Fallback URL
@@ -82,7 +84,9 @@ impl VoiceApi {
         #[oai(name = "X-Twilio-Signature")] signature: Header<Option<String>>,
         body: TwilioForm,
     ) -> VoiceResponse {
-        voice_webhook(&self.state, WebhookKind::Fallback, req, signature.0, body).await
+        voice_webhook(&self.state, WebhookKind::Fallback, req, signature.0, body)
+            .await
+            .into()
     }
 
     /// Stream ended (`<Connect action>`)
@@ -96,7 +100,99 @@ impl VoiceApi {
         #[oai(name = "X-Twilio-Signature")] signature: Header<Option<String>>,
         body: TwilioForm,
     ) -> VoiceResponse {
-        voice_webhook(&self.state, WebhookKind::StreamEnded, req, signature.0, body).await
+        voice_webhook(&self.state, WebhookKind::StreamEnded, req, signature.0, body)
+            .await
+            .into()
+    }
+
+    /// Call status callback
+    ///
+    /// Twilio reports call progress here (the number's status callback URL). Same signature
+    /// rules. Records the latest `CallStatus`, the duration and end time, and emits
+    /// `call.completed` once when the call reaches a final status. Repeated callbacks are
+    /// idempotent; a status never goes back from a final one.
+    #[oai(path = "/api/v1/call-status", method = "post", operation_id = "callStatus")]
+    async fn call_status(
+        &self,
+        req: &Request,
+        #[oai(name = "X-Twilio-Signature")] signature: Header<Option<String>>,
+        body: TwilioForm,
+    ) -> StatusResponse {
+        match voice_webhook(&self.state, WebhookKind::Status, req, signature.0, body).await {
+            Answered::Answer(Answer::NoContent | Answer::TwiML(_)) => StatusResponse::Accepted,
+            Answered::Answer(Answer::NotFound(why)) => {
+                StatusResponse::NotFound(ProblemJson::new(StatusCode::NOT_FOUND, why))
+            }
+            other => match VoiceResponse::from(other) {
+                VoiceResponse::BadRequest(p) => StatusResponse::BadRequest(p),
+                VoiceResponse::Forbidden(p) => StatusResponse::Forbidden(p),
+                VoiceResponse::Conflict(p) => StatusResponse::Conflict(p),
+                VoiceResponse::PayloadTooLarge(p) => StatusResponse::PayloadTooLarge(p),
+                VoiceResponse::UnsupportedMediaType(p) => StatusResponse::UnsupportedMediaType(p),
+                VoiceResponse::Ok(_) | VoiceResponse::Unavailable(_) => {
+                    StatusResponse::Unavailable(ProblemJson::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the status could not be recorded",
+                    ))
+                }
+            },
+        }
+    }
+}
+
+/// Answers of the call status callback.
+#[derive(ApiResponse)]
+pub enum StatusResponse {
+    /// Recorded (or a repeat of a status already recorded).
+    #[oai(status = 204)]
+    Accepted,
+    /// Malformed body, or CallSid/CallStatus missing after a valid signature.
+    #[oai(status = 400)]
+    BadRequest(ProblemJson),
+    /// Missing or invalid X-Twilio-Signature, or an AccountSid that is not the route's tenant's.
+    #[oai(status = 403)]
+    Forbidden(PlainText<String>),
+    /// No call with this CallSid was answered on this route.
+    #[oai(status = 404)]
+    NotFound(ProblemJson),
+    /// The CallSid belongs to another route.
+    #[oai(status = 409)]
+    Conflict(ProblemJson),
+    /// The body exceeds 64 KiB.
+    #[oai(status = 413)]
+    PayloadTooLarge(ProblemJson),
+    /// The body is not application/x-www-form-urlencoded.
+    #[oai(status = 415)]
+    UnsupportedMediaType(ProblemJson),
+    /// The status could not be stored; Twilio may retry.
+    #[oai(status = 503)]
+    Unavailable(ProblemJson),
+}
+
+/// The outcome of a voice webhook before it is shaped into an operation's response.
+enum Answered {
+    Answer(Answer),
+    Malformed(String),
+    Failed,
+}
+
+impl From<Answered> for VoiceResponse {
+    fn from(answered: Answered) -> Self {
+        let problem = ProblemJson::new;
+        match answered {
+            Answered::Answer(Answer::TwiML(twiml)) => Self::Ok(TwiML(twiml)),
+            Answered::Answer(Answer::Forbidden(why)) => Self::Forbidden(PlainText(why.to_owned())),
+            Answered::Answer(Answer::BadRequest(why)) | Answered::Malformed(why) => {
+                Self::BadRequest(problem(StatusCode::BAD_REQUEST, why))
+            }
+            Answered::Answer(Answer::Conflict(why)) => Self::Conflict(problem(StatusCode::CONFLICT, why)),
+            Answered::Answer(Answer::NoContent | Answer::NotFound(_)) | Answered::Failed => {
+                Self::Unavailable(problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the call could not be recorded".to_owned(),
+                ))
+            }
+        }
     }
 }
 
@@ -106,16 +202,10 @@ async fn voice_webhook(
     req: &Request,
     signature: Option<String>,
     body: TwilioForm,
-) -> VoiceResponse {
-    let problem = |status, detail: String| ProblemJson::new(status, detail);
+) -> Answered {
     let params = match FormParams::parse(&body.0) {
         Ok(params) => params,
-        Err(e) => {
-            return VoiceResponse::BadRequest(problem(
-                StatusCode::BAD_REQUEST,
-                format!("malformed form body: {e}"),
-            ))
-        }
+        Err(e) => return Answered::Malformed(format!("malformed form body: {e}")),
     };
     let query = req.original_uri().query();
     let route_hint = query
@@ -133,16 +223,10 @@ async fn voice_webhook(
         tracing::debug!(idempotency_token = %token, kind = kind.as_str(), "webhook delivery");
     }
     match webhook::handle(state, hook).await {
-        Ok(Answer::TwiML(twiml)) => VoiceResponse::Ok(TwiML(twiml)),
-        Ok(Answer::Forbidden(why)) => VoiceResponse::Forbidden(PlainText(why.to_owned())),
-        Ok(Answer::BadRequest(why)) => VoiceResponse::BadRequest(problem(StatusCode::BAD_REQUEST, why)),
-        Ok(Answer::Conflict(why)) => VoiceResponse::Conflict(problem(StatusCode::CONFLICT, why)),
+        Ok(answer) => Answered::Answer(answer),
         Err(e) => {
             tracing::error!(error = %e, kind = kind.as_str(), "voice webhook failed");
-            VoiceResponse::Unavailable(problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the call could not be recorded".to_owned(),
-            ))
+            Answered::Failed
         }
     }
 }

@@ -86,6 +86,27 @@ pub async fn set_fallback<C: ConnectionTrait>(
     active.update(db).await
 }
 
+/// Records Twilio's latest call status, the duration if known, and the end time when final.
+pub async fn set_status<C: ConnectionTrait>(
+    db: &C,
+    call: call::Model,
+    status: &str,
+    duration_secs: Option<i32>,
+    ended: bool,
+) -> Result<call::Model, DbErr> {
+    let now = Utc::now();
+    let mut active: call::ActiveModel = call.into();
+    active.status = Set(status.to_owned());
+    if duration_secs.is_some() {
+        active.duration_secs = Set(duration_secs);
+    }
+    if ended {
+        active.ended_at = Set(Some(now));
+    }
+    active.updated_at = Set(now);
+    active.update(db).await
+}
+
 /// The stored answer to one kind of webhook for a call.
 pub async fn webhook<C: ConnectionTrait>(
     db: &C,

@@ -82,6 +82,7 @@ pub async fn signature_failure(
         )
         .await?;
         tracing::error!(alert_id = %alert.id, route_id = %route.id, tenant_id = %tenant.id, "{message}");
+        state.metrics.alerts.inc();
     }
     txn.commit().await?;
     Ok(raise)

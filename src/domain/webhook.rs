@@ -15,6 +15,7 @@ use super::{
 use crate::{
     config::TokenPlacement,
     db::{self, diagnostics::Occurrence},
+    metrics::Metrics,
     state::AppState,
     twilio::{
         form::FormParams,
@@ -32,6 +33,8 @@ pub enum WebhookKind {
     Fallback,
     /// The `<Connect action>` URL, called when a stream ends.
     StreamEnded,
+    /// The call status callback.
+    Status,
 }
 
 impl WebhookKind {
@@ -41,6 +44,7 @@ impl WebhookKind {
             Self::Incoming => "incoming",
             Self::Fallback => "fallback",
             Self::StreamEnded => "stream-ended",
+            Self::Status => "status",
         }
     }
 }
@@ -70,6 +74,10 @@ pub enum Answer {
     BadRequest(String),
     /// 409 with a reason.
     Conflict(String),
+    /// 204: accepted, nothing to answer (status callbacks).
+    NoContent,
+    /// 404 with a reason.
+    NotFound(String),
 }
 
 /// Why a call was answered with a fallback.
@@ -100,6 +108,7 @@ pub async fn handle(state: &AppState, hook: InboundWebhook) -> Result<Answer, Er
     };
 
     if !signature_valid(&hook, &tenant) {
+        state.metrics.signature_failures.inc();
         alerts::signature_failure(state, &route, &tenant).await?;
         let why = if hook.signature.is_none() {
             "missing X-Twilio-Signature"
@@ -146,6 +155,7 @@ pub async fn handle(state: &AppState, hook: InboundWebhook) -> Result<Answer, Er
     match hook.kind {
         WebhookKind::Incoming | WebhookKind::Fallback => call.answer().await,
         WebhookKind::StreamEnded => call.stream_ended().await,
+        WebhookKind::Status => call.status_callback().await,
     }
 }
 
@@ -176,6 +186,7 @@ async fn unknown_route(state: &AppState, hook: &InboundWebhook) -> Result<Answer
         _ => "(not an E.164 number)".to_owned(),
     };
     tracing::info!(called = %key, "no route for called number");
+    state.metrics.unknown_routes.inc();
     alerts::diagnostic(
         &state.db,
         Occurrence {
@@ -295,12 +306,12 @@ impl CallContext<'_> {
         }
     }
 
-    fn webhook_row(&self, call_id: &str, decision: &Decision) -> call_webhook::ActiveModel {
+    fn webhook_row(&self, call_id: &str, kind: &str, decision: &Decision) -> call_webhook::ActiveModel {
         let now = Utc::now();
         call_webhook::ActiveModel {
             id: Set(new_id()),
             call_id: Set(call_id.to_owned()),
-            kind: Set(self.hook.kind.as_str().to_owned()),
+            kind: Set(kind.to_owned()),
             attempts: Set(1),
             twiml: Set(decision.twiml.clone()),
             token_jti: Set(decision.token.as_ref().map(|t| t.jti.clone())),
@@ -351,7 +362,11 @@ impl CallContext<'_> {
         };
         let txn = self.state.db.begin().await?;
         if db::calls::claim(&txn, new_call.clone().into()).await? {
-            db::calls::claim_webhook(&txn, self.webhook_row(&new_call.id, &decision)).await?;
+            db::calls::claim_webhook(
+                &txn,
+                self.webhook_row(&new_call.id, self.hook.kind.as_str(), &decision),
+            )
+            .await?;
             let event = if is_fallback {
                 "call.fallback"
             } else {
@@ -359,6 +374,10 @@ impl CallContext<'_> {
             };
             db::outbox::record(&txn, &self.tenant.id, event, self.event_data(&new_call)).await?;
             txn.commit().await?;
+            Metrics::outcome(&self.state.metrics.calls, &new_call.outcome);
+            if let Some(reason) = decision.fallback_reason {
+                Metrics::reason(&self.state.metrics.fallbacks, reason);
+            }
             tracing::info!(call_sid = %new_call.call_sid, route_id = %self.route.id, outcome = %new_call.outcome, "call answered");
             return Ok(Answer::TwiML(decision.twiml));
         }
@@ -385,8 +404,14 @@ impl CallContext<'_> {
         existing: call::Model,
         decision: Decision,
     ) -> Result<String, Error> {
-        if db::calls::claim_webhook(txn, self.webhook_row(&existing.id, &decision)).await? {
+        if db::calls::claim_webhook(
+            txn,
+            self.webhook_row(&existing.id, self.hook.kind.as_str(), &decision),
+        )
+        .await?
+        {
             if let Some(reason) = decision.fallback_reason {
+                Metrics::reason(&self.state.metrics.fallbacks, reason);
                 let updated = db::calls::set_fallback(
                     txn,
                     existing,
@@ -457,5 +482,55 @@ impl CallContext<'_> {
         let answer = self.replay_or_store(&txn, existing, decision).await?;
         txn.commit().await?;
         Ok(Answer::TwiML(answer))
+    }
+}
+
+/// Twilio's final call statuses.
+pub const TERMINAL_STATUSES: [&str; 5] = ["completed", "busy", "failed", "no-answer", "canceled"];
+
+impl CallContext<'_> {
+    /// The status callback: records Twilio's latest `CallStatus` (never going back from a final
+    /// one), the duration, the end time, and emits `call.completed` once at the final status.
+    /// Each status is processed once per call; repeats are counted and ignored.
+    async fn status_callback(&self) -> Result<Answer, Error> {
+        let Some(status) = self.param("CallStatus") else {
+            return Ok(Answer::BadRequest("missing CallStatus".to_owned()));
+        };
+        let Some(existing) = db::calls::by_sid(&self.state.db, self.call_sid.as_str()).await? else {
+            return Ok(Answer::NotFound(format!(
+                "no call {} on this route",
+                self.call_sid.as_str()
+            )));
+        };
+        if existing.route_id != self.route.id {
+            return self.route_conflict(&existing).await;
+        }
+        let kind = format!("status:{status}");
+        let none = Decision {
+            twiml: String::new(),
+            token: None,
+            fallback_reason: None,
+        };
+        let txn = self.state.db.begin().await?;
+        if !db::calls::claim_webhook(&txn, self.webhook_row(&existing.id, &kind, &none)).await? {
+            if let Some(stored) = db::calls::webhook(&txn, &existing.id, &kind).await? {
+                db::calls::bump_webhook(&txn, stored, None).await?;
+            }
+            txn.commit().await?;
+            return Ok(Answer::NoContent);
+        }
+        let was_final = TERMINAL_STATUSES.contains(&existing.status.as_str());
+        let is_final = TERMINAL_STATUSES.contains(&status.as_str());
+        if !was_final {
+            let duration = self.param("CallDuration").and_then(|d| d.parse::<i32>().ok());
+            let updated = db::calls::set_status(&txn, existing, &status, duration, is_final).await?;
+            if is_final {
+                let mut data = self.event_data(&updated);
+                data["duration_secs"] = json!(updated.duration_secs);
+                db::outbox::record(&txn, &self.tenant.id, "call.completed", data).await?;
+            }
+        }
+        txn.commit().await?;
+        Ok(Answer::NoContent)
     }
 }

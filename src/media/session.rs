@@ -90,6 +90,7 @@ impl Refusal {
 /// Records a refused stream (aggregated by reason) and logs it.
 pub async fn record_refusal(state: &AppState, refusal: Refusal) {
     tracing::warn!(reason = refusal.reason(), "media stream refused");
+    crate::metrics::Metrics::reason(&state.metrics.streams_refused, refusal.as_str());
     let occurrence = Occurrence {
         kind: "stream_refused",
         key: refusal.as_str(),

@@ -21,6 +21,8 @@ fn openapi_yaml_is_a_valid_openapi_3_document_covering_every_endpoint() {
         ("/api/v1/incoming-call", "post"),
         ("/api/v1/incoming-call/fallback", "post"),
         ("/api/v1/stream-ended", "post"),
+        ("/api/v1/call-status", "post"),
+        ("/metrics", "get"),
         ("/api/v1/tenants", "post"),
         ("/api/v1/tenants", "get"),
         ("/api/v1/tenants/{tenant_id}", "get"),

@@ -1,0 +1,229 @@
+//! Prometheus metrics, exposed at `GET /metrics`.
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::Registry,
+};
+
+/// A label set with one label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: String,
+}
+
+/// A label set with one label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: String,
+}
+
+/// HTTP request labels; `path` is a bounded set of route templates.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+}
+
+/// Every metric the service exports.
+pub struct Metrics {
+    registry: Registry,
+    /// New calls by outcome (`streamed`, `fallback`).
+    pub calls: Family<Outcome, Counter>,
+    /// Fallback answers by reason.
+    pub fallbacks: Family<Reason, Counter>,
+    /// Missing or invalid webhook signatures on known routes.
+    pub signature_failures: Counter,
+    /// Calls to numbers with no route.
+    pub unknown_routes: Counter,
+    /// Alerts raised.
+    pub alerts: Counter,
+    /// Media streams open on this instance.
+    pub active_streams: Gauge,
+    /// Media streams refused, by reason.
+    pub streams_refused: Family<Reason, Counter>,
+    /// Outbox events waiting for delivery (set at scrape time).
+    pub outbox_backlog: Gauge,
+    /// Event deliveries by result (`delivered`, `failed`, `dead`, `skipped`).
+    pub deliveries: Family<Outcome, Counter>,
+    /// Request latency in seconds.
+    pub http: Family<HttpLabels, Histogram>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("voice");
+        let m = Self {
+            calls: Family::default(),
+            fallbacks: Family::default(),
+            signature_failures: Counter::default(),
+            unknown_routes: Counter::default(),
+            alerts: Counter::default(),
+            active_streams: Gauge::default(),
+            streams_refused: Family::default(),
+            outbox_backlog: Gauge::default(),
+            deliveries: Family::default(),
+            http: Family::new_with_constructor(latency_histogram),
+            registry: Registry::default(),
+        };
+        // Known series exist from the start, at zero, so rates and alerts see them.
+        for outcome in ["streamed", "fallback"] {
+            let _ = m.calls.get_or_create(&Outcome {
+                outcome: outcome.to_owned(),
+            });
+        }
+        for outcome in ["delivered", "failed", "dead", "skipped"] {
+            let _ = m.deliveries.get_or_create(&Outcome {
+                outcome: outcome.to_owned(),
+            });
+        }
+        registry.register("calls", "Calls answered, by outcome", m.calls.clone());
+        registry.register("fallbacks", "Fallback answers, by reason", m.fallbacks.clone());
+        registry.register(
+            "signature_failures",
+            "Invalid or missing X-Twilio-Signature on known routes",
+            m.signature_failures.clone(),
+        );
+        registry.register(
+            "unknown_routes",
+            "Calls to numbers with no route",
+            m.unknown_routes.clone(),
+        );
+        registry.register("alerts", "Alerts raised", m.alerts.clone());
+        registry.register(
+            "active_streams",
+            "Media streams open on this instance",
+            m.active_streams.clone(),
+        );
+        registry.register(
+            "streams_refused",
+            "Media streams refused, by reason",
+            m.streams_refused.clone(),
+        );
+        registry.register(
+            "outbox_backlog",
+            "Outbox events waiting for delivery",
+            m.outbox_backlog.clone(),
+        );
+        registry.register(
+            "event_deliveries",
+            "Event delivery attempts, by result",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            m.http.clone(),
+        );
+        Self { registry, ..m }
+    }
+}
+
+impl Metrics {
+    /// Counts one labelled event.
+    pub fn outcome(family: &Family<Outcome, Counter>, outcome: &str) {
+        family
+            .get_or_create(&Outcome {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts one event with a reason.
+    pub fn reason(family: &Family<Reason, Counter>, reason: &str) {
+        family
+            .get_or_create(&Reason {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records one HTTP request.
+    pub fn observe_http(&self, method: &str, path: &str, status: u16, elapsed: Duration) {
+        let labels = HttpLabels {
+            method: method.to_owned(),
+            path: route_template(path).to_owned(),
+            status,
+        };
+        self.http.get_or_create(&labels).observe(elapsed.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Maps a request path to a bounded set of labels.
+pub fn route_template(path: &str) -> &'static str {
+    const EXACT: [&str; 9] = [
+        "/api/v1/incoming-call",
+        "/api/v1/incoming-call/fallback",
+        "/api/v1/stream-ended",
+        "/api/v1/call-status",
+        "/media-stream",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api/v1/runtime/drain",
+    ];
+    if let Some(exact) = EXACT.iter().find(|p| **p == path) {
+        return exact;
+    }
+    const PREFIXES: [&str; 8] = [
+        "/media-stream/",
+        "/api/v1/tenants",
+        "/api/v1/routes",
+        "/api/v1/calls",
+        "/api/v1/diagnostics",
+        "/api/v1/alerts",
+        "/api/v1/events",
+        "/api/v1/runtime",
+    ];
+    PREFIXES
+        .iter()
+        .find(|p| path.starts_with(**p))
+        .copied()
+        .unwrap_or("other")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_and_bounded_paths() {
+        let m = Metrics::default();
+        Metrics::outcome(&m.calls, "streamed");
+        m.observe_http(
+            "POST",
+            "/api/v1/tenants/abc/routes",
+            201,
+            Duration::from_millis(3),
+        );
+        m.observe_http("GET", "/wp-admin/x", 404, Duration::from_millis(1));
+        let text = m.encode();
+        assert!(
+            text.contains("voice_calls_total{outcome=\"streamed\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("path=\"/api/v1/tenants\""));
+        assert!(text.contains("path=\"other\""));
+        assert!(!text.contains("wp-admin"));
+        assert_eq!(route_template("/media-stream/eyJabc"), "/media-stream/");
+    }
+}

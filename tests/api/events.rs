@@ -1,0 +1,413 @@
+//! Downstream events (outbox delivery), call status callbacks and metrics.
+use std::time::Duration;
+
+use entity::outbox_event;
+use sea_orm::EntityTrait;
+use stateset_voice::{
+    domain::admin::{NewRoute, NewTenant},
+    on_both_backends,
+    testkit::*,
+    twilio::form::FormParams,
+    worker::outbox,
+};
+use wiremock::{
+    matchers::{method, path},
+    Mock, MockServer, ResponseTemplate,
+};
+
+async fn receiver(template: ResponseTemplate) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/hook"))
+        .respond_with(template)
+        .mount(&server)
+        .await;
+    server
+}
+
+async fn app_with_receiver(
+    backend: Backend,
+    server: &MockServer,
+    configure: impl FnOnce(&mut stateset_voice::config::ConfigArgs),
+) -> Option<(TestApp, entity::tenant::Model)> {
+    let app = spawn_app_with(backend, |a| {
+        a.webhook_retry_base = Duration::from_millis(1);
+        a.webhook_timeout = Duration::from_millis(300);
+        configure(a);
+    })
+    .await?;
+    let hook = format!("{}/hook", server.uri());
+    let (tenant, _) = app
+        .seed_with(
+            NewTenant {
+                webhook_url: Some(hook),
+                ..Default::default()
+            },
+            NewRoute::default(),
+        )
+        .await;
+    Some((app, tenant))
+}
+
+async fn all_events(app: &TestApp) -> Vec<outbox_event::Model> {
+    outbox_event::Entity::find().all(&app.state.db).await.unwrap()
+}
+
+/// Runs delivery rounds until nothing is due or `rounds` ran.
+async fn rounds(app: &TestApp, rounds: usize) {
+    let client = outbox::http_client();
+    for _ in 0..rounds {
+        outbox::deliver_due(&app.state, &client).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn delivery_is_signed_per_standard_webhooks(backend: Backend) {
+    let server = receiver(ResponseTemplate::new(204)).await;
+    let Some((app, tenant)) = app_with_receiver(backend, &server, |_| {}).await else {
+        return;
+    };
+    let sid = call_sid();
+    assert_eq!(app.incoming(&sid).await.status(), 200);
+    rounds(&app, 3).await;
+
+    let received = server.received_requests().await.unwrap();
+    assert_eq!(received.len(), 1, "one event, delivered once");
+    let request = &received[0];
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in request.headers.iter() {
+        headers.insert(
+            http::HeaderName::from_bytes(name.as_str().as_bytes()).unwrap(),
+            http::HeaderValue::from_bytes(value.as_bytes()).unwrap(),
+        );
+    }
+    let verifier = standardwebhooks::Webhook::new(&tenant.webhook_secret).unwrap();
+    verifier
+        .verify(&request.body, &headers)
+        .expect("a Standard Webhooks verifier accepts the delivery");
+    let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(body["type"], "call.received");
+    assert_eq!(body["data"]["call_sid"], sid.as_str());
+    let event = &all_events(&app).await[0];
+    assert_eq!(headers["webhook-id"], event.id.as_str());
+    assert_eq!((event.status.as_str(), event.attempts), ("delivered", 1));
+    assert!(event.delivered_at.is_some() && event.last_error.is_none());
+
+    // A tampered body or another secret does not verify.
+    let mut tampered = request.body.clone();
+    tampered[0] = b' ';
+    assert!(verifier.verify(&tampered, &headers).is_err());
+    let other = standardwebhooks::Webhook::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+    assert!(other.verify(&request.body, &headers).is_err());
+}
+
+async fn retries_after_errors_and_timeouts(backend: Backend) {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(2)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(2)))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let Some((app, _)) = app_with_receiver(backend, &server, |_| {}).await else {
+        return;
+    };
+    assert_eq!(app.incoming(&call_sid()).await.status(), 200);
+
+    rounds(&app, 2).await;
+    let event = &all_events(&app).await[0];
+    assert_eq!((event.status.as_str(), event.attempts), ("pending", 2));
+    assert_eq!(event.last_error.as_deref(), Some("receiver answered HTTP 500"));
+    rounds(&app, 1).await;
+    let event = &all_events(&app).await[0];
+    assert_eq!(
+        (event.status.as_str(), event.last_error.as_deref()),
+        ("pending", Some("timed out"))
+    );
+    rounds(&app, 3).await;
+    let event = &all_events(&app).await[0];
+    assert_eq!(
+        (event.status.as_str(), event.attempts, event.last_error.as_deref()),
+        ("delivered", 4, None)
+    );
+    assert_eq!(server.received_requests().await.unwrap().len(), 4);
+}
+
+async fn dead_letter_after_the_attempt_limit(backend: Backend) {
+    let server = receiver(ResponseTemplate::new(503)).await;
+    let Some((app, _)) = app_with_receiver(backend, &server, |a| a.webhook_max_attempts = 3).await else {
+        return;
+    };
+    assert_eq!(app.incoming(&call_sid()).await.status(), 200);
+    rounds(&app, 6).await;
+    let event = &all_events(&app).await[0];
+    assert_eq!((event.status.as_str(), event.attempts), ("dead", 3));
+    assert_eq!(
+        server.received_requests().await.unwrap().len(),
+        3,
+        "nothing after the dead letter"
+    );
+    let listed: serde_json::Value = app
+        .admin(reqwest::Method::GET, "/api/v1/events")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"][0]["status"], "dead");
+    assert_eq!(listed["items"][0]["last_error"], "receiver answered HTTP 503");
+}
+
+async fn delivery_resumes_after_a_crash_mid_delivery(backend: Backend) {
+    let server = receiver(ResponseTemplate::new(200)).await;
+    let Some((app, _)) = app_with_receiver(backend, &server, |a| {
+        a.webhook_timeout = Duration::from_millis(100)
+    })
+    .await
+    else {
+        return;
+    };
+    assert_eq!(app.incoming(&call_sid()).await.status(), 200);
+    // A worker leases the event and dies before delivering it.
+    assert_eq!(outbox::claim(&app.state).await.unwrap().len(), 1);
+    rounds(&app, 1).await;
+    assert!(
+        server.received_requests().await.unwrap().is_empty(),
+        "the lease holds"
+    );
+    // After the lease, a restarted worker (a new process state on the same database) delivers it.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let restarted = stateset_voice::state::AppState::new(app.state.db.clone(), (*app.state.config).clone());
+    let worker = tokio::spawn(outbox::run(restarted));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while all_events(&app).await[0].status != "delivered" {
+        assert!(tokio::time::Instant::now() < deadline, "delivered after restart");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    worker.abort();
+    assert_eq!(
+        server.received_requests().await.unwrap().len(),
+        1,
+        "delivered once"
+    );
+    assert_eq!(all_events(&app).await[0].attempts, 2);
+}
+
+async fn private_destinations_refused_when_guarded(backend: Backend) {
+    let server = receiver(ResponseTemplate::new(200)).await;
+    let Some((app, _)) = app_with_receiver(backend, &server, |a| a.webhook_deny_private = true).await else {
+        return;
+    };
+    assert_eq!(app.incoming(&call_sid()).await.status(), 200);
+    rounds(&app, 2).await;
+    let event = &all_events(&app).await[0];
+    assert_eq!(event.status, "dead");
+    assert!(
+        event
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("internal address 127.0.0.1"),
+        "{event:?}"
+    );
+    assert!(server.received_requests().await.unwrap().is_empty());
+}
+
+async fn tenant_without_webhook_url_is_skipped(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.seed().await;
+    assert_eq!(app.incoming(&call_sid()).await.status(), 200);
+    rounds(&app, 2).await;
+    let event = &all_events(&app).await[0];
+    assert_eq!(
+        (event.status.as_str(), event.last_error.as_deref()),
+        ("skipped", Some("tenant has no webhook_url"))
+    );
+}
+
+fn status_form(sid: &str, status: &str, duration: Option<&str>) -> FormParams {
+    let mut form = FormParams::default();
+    for (k, v) in incoming_form(sid).pairs() {
+        match k.as_str() {
+            "CallStatus" => form.push(k.clone(), status),
+            _ => form.push(k.clone(), v.clone()),
+        }
+    }
+    if let Some(d) = duration {
+        form.push("CallDuration", d);
+    }
+    form
+}
+
+async fn status_callbacks_update_the_call_once(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.seed().await;
+    let sid = call_sid();
+    assert_eq!(app.incoming(&sid).await.status(), 200);
+    for (status, duration) in [
+        ("in-progress", None),
+        ("completed", Some("37")),
+        ("completed", Some("37")),
+        ("in-progress", None),
+    ] {
+        let res = app
+            .post_signed(
+                "/api/v1/call-status",
+                &status_form(&sid, status, duration),
+                AUTH_TOKEN,
+            )
+            .await;
+        assert_eq!(res.status(), 204, "{status}");
+    }
+    let call = app.call(&sid).await.unwrap();
+    assert_eq!(
+        (call.status.as_str(), call.duration_secs),
+        ("completed", Some(37)),
+        "a final status is kept"
+    );
+    assert!(call.ended_at.is_some());
+    let completed = app.events("call.completed").await;
+    assert_eq!(completed.len(), 1);
+    let payload: serde_json::Value = serde_json::from_str(&completed[0].payload).unwrap();
+    assert_eq!(
+        (
+            payload["data"]["status"].as_str(),
+            payload["data"]["duration_secs"].as_i64()
+        ),
+        (Some("completed"), Some(37))
+    );
+    let api: serde_json::Value = app
+        .admin(reqwest::Method::GET, &format!("/api/v1/calls/{sid}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(api["status"], "completed");
+
+    let forged = app
+        .post_signed(
+            "/api/v1/call-status",
+            &status_form(&sid, "completed", None),
+            "forged",
+        )
+        .await;
+    assert_eq!(forged.status(), 403);
+    let unknown = app
+        .post_signed(
+            "/api/v1/call-status",
+            &status_form(&call_sid(), "completed", None),
+            AUTH_TOKEN,
+        )
+        .await;
+    assert_eq!(unknown.status(), 404);
+    let no_status = FormParams::from_pairs(
+        incoming_form(&sid)
+            .pairs()
+            .iter()
+            .filter(|(k, _)| k != "CallStatus")
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        app.post_signed("/api/v1/call-status", &no_status, AUTH_TOKEN)
+            .await
+            .status(),
+        400
+    );
+}
+
+fn metric(text: &str, line_prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(|v| v.parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+async fn metrics_scrape_shows_counters_moving(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.seed_with(NewTenant::default(), NewRoute::default()).await;
+    let scrape = || async {
+        app.client
+            .get(format!("{}/metrics", app.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let before = scrape().await;
+    assert!(before.contains("# TYPE voice_calls counter"), "{before}");
+    assert_eq!(app.incoming(&call_sid()).await.status(), 200);
+    assert_eq!(
+        app.post_signed("/api/v1/incoming-call", &incoming_form(&call_sid()), "forged")
+            .await
+            .status(),
+        403
+    );
+    let mut unknown = FormParams::default();
+    for (k, v) in incoming_form(&call_sid()).pairs() {
+        unknown.push(
+            k.clone(),
+            if k == "To" {
+                "+15550009999".to_owned()
+            } else {
+                v.clone()
+            },
+        );
+    }
+    app.post_raw("/api/v1/incoming-call", unknown.encode().into_bytes(), &[])
+        .await;
+    app.state.runtime.set_draining(true);
+    assert_eq!(app.incoming(&call_sid()).await.status(), 200);
+    let _open = app.state.runtime.stream_opened();
+
+    let after = scrape().await;
+    assert_eq!(
+        metric(&after, "voice_calls_total{outcome=\"streamed\"}")
+            - metric(&before, "voice_calls_total{outcome=\"streamed\"}"),
+        1.0
+    );
+    assert_eq!(metric(&after, "voice_calls_total{outcome=\"fallback\"}"), 1.0);
+    assert_eq!(metric(&after, "voice_fallbacks_total{reason=\"draining\"}"), 1.0);
+    assert_eq!(metric(&after, "voice_signature_failures_total"), 1.0);
+    assert_eq!(metric(&after, "voice_unknown_routes_total"), 1.0);
+    assert_eq!(metric(&after, "voice_active_streams"), 1.0);
+    assert_eq!(
+        metric(&after, "voice_outbox_backlog"),
+        2.0,
+        "two call events pending"
+    );
+    let webhook_count = "voice_http_request_duration_seconds_count{method=\"POST\",path=\"/api/v1/incoming-call\",status=\"200\"}";
+    assert_eq!(metric(&after, webhook_count), 3.0, "{after}");
+}
+
+on_both_backends!(
+    delivery_is_signed_per_standard_webhooks,
+    retries_after_errors_and_timeouts,
+    dead_letter_after_the_attempt_limit,
+    delivery_resumes_after_a_crash_mid_delivery,
+    private_destinations_refused_when_guarded,
+    tenant_without_webhook_url_is_skipped,
+    status_callbacks_update_the_call_once,
+    metrics_scrape_shows_counters_moving,
+);
