@@ -115,6 +115,12 @@ pub struct ConfigArgs {
     /// How often each agent runtime is health-checked (seconds).
     #[arg(long, global = true, env = "VOICE_AGENT_HEALTH_INTERVAL", default_value = "15", value_parser = parse_duration)]
     pub agent_health_interval: Duration,
+    /// How long route lookups are cached per instance (0 disables; e.g. 2, 500ms).
+    #[arg(long, global = true, env = "VOICE_ROUTE_CACHE_TTL", default_value = "2", value_parser = parse_duration)]
+    pub route_cache_ttl: Duration,
+    /// How often buffered diagnostics (signature failures, unknown numbers) are written.
+    #[arg(long, global = true, env = "VOICE_DIAGNOSTICS_FLUSH_INTERVAL", default_value = "1", value_parser = parse_duration)]
+    pub diagnostics_flush_interval: Duration,
     /// Deliveries of an event before it is dead-lettered.
     #[arg(long, global = true, env = "VOICE_WEBHOOK_MAX_ATTEMPTS", default_value = "8", value_parser = clap::value_parser!(i32).range(1..=50))]
     pub webhook_max_attempts: i32,
@@ -156,6 +162,8 @@ pub struct Config {
     pub fallback_message: String,
     pub stream_start_timeout: Duration,
     pub agent_health_interval: Duration,
+    pub route_cache_ttl: Duration,
+    pub diagnostics_flush_interval: Duration,
     pub webhook_max_attempts: i32,
     pub webhook_timeout: Duration,
     pub webhook_retry_base: Duration,
@@ -273,6 +281,8 @@ impl Config {
             fallback_message: args.fallback_message,
             stream_start_timeout: args.stream_start_timeout.max(Duration::from_secs(1)),
             agent_health_interval: args.agent_health_interval.max(Duration::from_secs(1)),
+            route_cache_ttl: args.route_cache_ttl,
+            diagnostics_flush_interval: args.diagnostics_flush_interval.max(Duration::from_millis(10)),
             webhook_max_attempts: args.webhook_max_attempts,
             webhook_timeout: args.webhook_timeout.max(Duration::from_millis(10)),
             webhook_retry_base: args.webhook_retry_base,

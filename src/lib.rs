@@ -2,6 +2,7 @@
 //!
 //! [`app`] builds the HTTP endpoint used by the server, the tests and the conformance suite.
 pub mod api;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -17,8 +18,10 @@ pub mod twilio;
 pub mod worker;
 
 use poem::{
+    http::uri::Scheme,
     listener::{Acceptor, Listener, TcpListener},
     middleware::Tracing,
+    web::{LocalAddr, RemoteAddr},
     Endpoint, EndpointExt, Route, Server,
 };
 
@@ -82,4 +85,24 @@ pub async fn serve(
     Server::new_with_acceptor(acceptor)
         .run_with_graceful_shutdown(app(state), shutdown, Some(std::time::Duration::from_secs(10)))
         .await
+}
+
+/// Accepts TCP connections with Nagle's algorithm off, so 20 ms media frames and small answers
+/// leave at once instead of waiting for the peer's delayed ACK.
+pub struct NoDelay<A>(pub A);
+
+impl<A: Acceptor<Io = tokio::net::TcpStream>> Acceptor for NoDelay<A> {
+    type Io = tokio::net::TcpStream;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        self.0.local_addr()
+    }
+
+    async fn accept(&mut self) -> std::io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
+        let (io, local, remote, scheme) = self.0.accept().await?;
+        if let Err(e) = io.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+        Ok((io, local, remote, scheme))
+    }
 }

@@ -9,7 +9,12 @@ use std::{
 
 use sea_orm::DatabaseConnection;
 
-use crate::{config::Config, domain::token::TokenIssuer, metrics::Metrics};
+use crate::{
+    cache::{AnswerCache, RouteCache},
+    config::Config,
+    domain::{alerts::DiagnosticsBuffer, token::TokenIssuer},
+    metrics::Metrics,
+};
 
 /// Everything a request handler needs; cheap to clone.
 #[derive(Clone)]
@@ -19,13 +24,25 @@ pub struct AppState {
     pub tokens: TokenIssuer,
     pub runtime: Arc<Runtime>,
     pub metrics: Arc<Metrics>,
+    pub routes: Arc<RouteCache>,
+    pub answers: Arc<AnswerCache>,
+    pub diagnostics: Arc<DiagnosticsBuffer>,
 }
 
 impl AppState {
+    /// Drops cached routes and answers after an admin change on this instance.
+    pub fn admin_changed(&self) {
+        self.routes.invalidate();
+        self.answers.invalidate();
+    }
+
     /// Builds the state for a connected, migrated database.
     pub fn new(db: DatabaseConnection, config: Config) -> Self {
         let tokens = TokenIssuer::new(config.token_secret.expose().as_bytes(), config.stream_token_ttl);
         Self {
+            routes: Arc::new(RouteCache::new(config.route_cache_ttl)),
+            answers: Arc::new(AnswerCache::new(config.stream_token_ttl)),
+            diagnostics: Arc::new(DiagnosticsBuffer::default()),
             db,
             config: Arc::new(config),
             tokens,

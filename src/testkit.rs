@@ -320,8 +320,16 @@ impl TestApp {
             .expect("events")
     }
 
-    /// Diagnostics of a kind.
+    /// Writes buffered diagnostics and raises due alerts now, as the flush worker would.
+    pub async fn flush(&self) {
+        crate::domain::alerts::flush(&self.state)
+            .await
+            .expect("diagnostics flush");
+    }
+
+    /// Diagnostics of a kind (buffered ones flushed first).
     pub async fn diagnostics(&self, kind: &str) -> Vec<entity::diagnostic::Model> {
+        self.flush().await;
         db::diagnostics::list(&self.state.db, Some(kind), None, 100)
             .await
             .expect("diagnostics")

@@ -443,6 +443,7 @@ impl TokenNames {
 }
 
 async fn state_summary(app: &TestApp, seeded: Option<&Seeded>) -> String {
+    app.flush().await;
     let db = &app.state.db;
     let name_route = |id: &str| {
         seeded

@@ -53,7 +53,7 @@ async fn upgrade(ws: WebSocket, token: Option<String>, state: AppState) -> Respo
             Ok(claims) => Some(claims),
             Err(e) => {
                 let refusal = Refusal::from_token_error(&e);
-                session::record_refusal(&state, refusal).await;
+                session::record_refusal(&state, refusal);
                 return Problem::new(StatusCode::UNAUTHORIZED, refusal.reason()).into_http();
             }
         },

@@ -58,6 +58,7 @@ impl RoutesApi {
             agent_url: b.agent_url,
         };
         let route = admin::create_route(&self.state.db, &tenant_id.0, new).await?;
+        self.state.admin_changed();
         Ok(Created::Route(Json(route.into())))
     }
 
@@ -110,11 +111,9 @@ impl RoutesApi {
             fallback: optional(b.fallback).map(|f| f.map(Into::into)),
             agent_url: optional(b.agent_url),
         };
-        Ok(Json(
-            admin::update_route(&self.state.db, &route_id.0, changes)
-                .await?
-                .into(),
-        ))
+        let updated = admin::update_route(&self.state.db, &route_id.0, changes).await?;
+        self.state.admin_changed();
+        Ok(Json(updated.into()))
     }
 
     /// Delete a route
@@ -125,6 +124,7 @@ impl RoutesApi {
     )]
     async fn delete(&self, _auth: AdminAuth, route_id: Path<String>) -> Result<Deleted, AdminError> {
         if db::routes::delete(&self.state.db, &route_id.0).await? {
+            self.state.admin_changed();
             Ok(Deleted::Gone)
         } else {
             Err(AdminError::not_found("route"))

@@ -65,6 +65,7 @@ impl TenantsApi {
             },
         )
         .await?;
+        self.state.admin_changed();
         let mut tenant = Tenant::from(created.tenant);
         tenant.webhook_secret = created.generated_webhook_secret;
         Ok(Created::Tenant(Json(tenant)))
@@ -126,11 +127,9 @@ impl TenantsApi {
             webhook_secret: b.webhook_secret,
             default_fallback: optional(b.default_fallback).map(|f| f.map(Into::into)),
         };
-        Ok(Json(
-            admin::update_tenant(&self.state.db, &tenant_id.0, changes)
-                .await?
-                .into(),
-        ))
+        let updated = admin::update_tenant(&self.state.db, &tenant_id.0, changes).await?;
+        self.state.admin_changed();
+        Ok(Json(updated.into()))
     }
 
     /// Delete a tenant
@@ -141,6 +140,7 @@ impl TenantsApi {
     )]
     async fn delete(&self, _auth: AdminAuth, tenant_id: Path<String>) -> Result<Deleted, AdminError> {
         if db::tenants::delete(&self.state.db, &tenant_id.0).await? {
+            self.state.admin_changed();
             Ok(Deleted::Gone)
         } else {
             Err(AdminError::not_found("tenant"))

@@ -65,6 +65,20 @@ pub async fn bump_attempts<C: ConnectionTrait>(db: &C, call_id: &str) -> Result<
     Ok(())
 }
 
+/// Counts one more delivery of a webhook whose answer was served from the cache.
+pub async fn bump_webhook_attempts<C: ConnectionTrait>(db: &C, webhook_id: &str) -> Result<(), DbErr> {
+    call_webhook::Entity::update_many()
+        .col_expr(
+            call_webhook::Column::Attempts,
+            Expr::col(call_webhook::Column::Attempts).add(1),
+        )
+        .col_expr(call_webhook::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(call_webhook::Column::Id.eq(webhook_id))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
 /// Marks a call as answered with a fallback, keeping Twilio's error code and URL if given.
 pub async fn set_fallback<C: ConnectionTrait>(
     db: &C,

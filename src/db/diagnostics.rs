@@ -29,24 +29,25 @@ pub struct Counts {
     pub window_start: DateTime<Utc>,
 }
 
-/// Records an occurrence atomically (one upsert), restarting the window when the current one
+/// Records `n` occurrences atomically (one upsert), restarting the window when the current one
 /// began more than `window` ago.
 pub async fn record<C: ConnectionTrait>(
     db: &C,
     occurrence: &Occurrence<'_>,
+    n: i64,
     window: std::time::Duration,
 ) -> Result<Counts, DbErr> {
     let now = Utc::now();
     let cutoff = now - chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX);
     let sql = "INSERT INTO diagnostics \
         (id, kind, key, tenant_id, route_id, detail, count, first_seen, last_seen, window_start, window_count) \
-        VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7, $7, 1) \
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $8, $7) \
         ON CONFLICT (kind, key) DO UPDATE SET \
-        count = diagnostics.count + 1, \
+        count = diagnostics.count + excluded.count, \
         last_seen = excluded.last_seen, \
         detail = COALESCE(excluded.detail, diagnostics.detail), \
-        window_count = CASE WHEN diagnostics.window_start <= $8 THEN 1 ELSE diagnostics.window_count + 1 END, \
-        window_start = CASE WHEN diagnostics.window_start <= $8 THEN excluded.window_start ELSE diagnostics.window_start END \
+        window_count = CASE WHEN diagnostics.window_start <= $9 THEN excluded.count ELSE diagnostics.window_count + excluded.count END, \
+        window_start = CASE WHEN diagnostics.window_start <= $9 THEN excluded.window_start ELSE diagnostics.window_start END \
         RETURNING count, window_count, window_start";
     let values: Vec<Value> = vec![
         new_id().into(),
@@ -55,6 +56,7 @@ pub async fn record<C: ConnectionTrait>(
         occurrence.tenant_id.map(str::to_owned).into(),
         occurrence.route_id.map(str::to_owned).into(),
         occurrence.detail.clone().into(),
+        n.into(),
         now.into(),
         cutoff.into(),
     ];
@@ -73,11 +75,12 @@ pub async fn record<C: ConnectionTrait>(
     })
 }
 
-/// Records an occurrence of a kind whose keys come from untrusted input: once the kind holds
+/// Records `n` occurrences of a kind whose keys come from untrusted input: once the kind holds
 /// `max_keys` rows, new keys are counted under [`OVERFLOW_KEY`], so storage stays bounded.
 pub async fn record_bounded<C: ConnectionTrait>(
     db: &C,
     occurrence: &Occurrence<'_>,
+    n: i64,
     window: std::time::Duration,
     max_keys: u64,
 ) -> Result<Counts, DbErr> {
@@ -98,10 +101,10 @@ pub async fn record_bounded<C: ConnectionTrait>(
                 detail: None,
                 ..*occurrence
             };
-            return record(db, &overflow, window).await;
+            return record(db, &overflow, n, window).await;
         }
     }
-    record(db, occurrence, window).await
+    record(db, occurrence, n, window).await
 }
 
 /// Lists diagnostics, newest first, optionally of one kind.

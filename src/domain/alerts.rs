@@ -1,6 +1,11 @@
-//! Signature-failure counting and alerting, and other operator diagnostics.
-use entity::{route, tenant};
-use sea_orm::{ConnectionTrait, TransactionTrait};
+//! Operator diagnostics and alerting. Occurrences (signature failures, calls to unknown numbers,
+//! refused streams, ...) are counted in memory on the request path and written in one
+//! transaction per flush interval, so a flood of forged or misdirected requests costs no
+//! database write per request. Signature failures on production routes raise an alert in the
+//! flush whose counts cross the threshold within the window: one per window.
+use std::{collections::HashMap, sync::Mutex};
+
+use sea_orm::TransactionTrait;
 use serde_json::json;
 
 use super::Error;
@@ -15,85 +20,153 @@ pub mod kind {
     pub const ACCOUNT_MISMATCH: &str = "account_mismatch";
     pub const UNKNOWN_ROUTE: &str = "unknown_route";
     pub const CALL_ROUTE_CONFLICT: &str = "call_route_conflict";
+    pub const STREAM_REFUSED: &str = "stream_refused";
 }
 
-/// Most distinct called numbers kept for unknown-route diagnostics.
-pub const MAX_UNKNOWN_ROUTE_KEYS: u64 = 1000;
+/// Most distinct keys stored per diagnostic kind (extra keys are counted under one row).
+pub const MAX_KEYS_PER_KIND: u64 = 1000;
 
-/// Counts a signature failure on a route; on a production route, the failure that reaches
-/// the threshold within the window raises one alert (row, `alert.raised` event, error log).
-/// Returns true when it raised one.
-pub async fn signature_failure(
-    state: &AppState,
-    route: &route::Model,
-    tenant: &tenant::Model,
-) -> Result<bool, Error> {
+/// Most distinct keys buffered between flushes.
+const MAX_PENDING: usize = 10_000;
+
+/// Occurrences not yet written.
+#[derive(Debug, Clone, Default)]
+struct Pending {
+    count: i64,
+    tenant_id: Option<String>,
+    route_id: Option<String>,
+    detail: Option<String>,
+    /// A signature failure on a production route (alerts apply).
+    production: bool,
+}
+
+/// The in-memory side of diagnostics.
+#[derive(Default)]
+pub struct DiagnosticsBuffer {
+    pending: Mutex<HashMap<(String, String), Pending>>,
+}
+
+impl DiagnosticsBuffer {
+    /// Counts one occurrence; `production` marks signature failures on production routes.
+    pub fn add(&self, occurrence: Occurrence<'_>, production: bool) {
+        let mut pending = self.pending.lock().expect("diagnostics lock");
+        let mut key = (occurrence.kind.to_owned(), occurrence.key.to_owned());
+        if pending.len() >= MAX_PENDING && !pending.contains_key(&key) {
+            key.1 = db::diagnostics::OVERFLOW_KEY.to_owned();
+        }
+        let entry = pending.entry(key).or_default();
+        entry.count += 1;
+        entry.tenant_id = occurrence.tenant_id.map(str::to_owned);
+        entry.route_id = occurrence.route_id.map(str::to_owned);
+        entry.detail = occurrence.detail.or(entry.detail.take());
+        entry.production |= production;
+    }
+
+    fn take(&self) -> HashMap<(String, String), Pending> {
+        std::mem::take(&mut *self.pending.lock().expect("diagnostics lock"))
+    }
+}
+
+/// Writes buffered occurrences and raises the alerts they call for; returns how many distinct
+/// keys were written. Failed writes are put back for the next flush.
+pub async fn flush(state: &AppState) -> Result<usize, Error> {
+    let pending = state.diagnostics.take();
+    let n = pending.len();
+    let mut entries = pending.into_iter();
+    while let Some(((kind, key), p)) = entries.next() {
+        if let Err(e) = write(state, &kind, &key, &p).await {
+            let mut buffer = state.diagnostics.pending.lock().expect("diagnostics lock");
+            for ((k, key), p) in std::iter::once(((kind, key), p)).chain(entries) {
+                let entry = buffer.entry((k, key)).or_default();
+                entry.count += p.count;
+                entry.production |= p.production;
+                entry.tenant_id = entry.tenant_id.take().or(p.tenant_id);
+                entry.route_id = entry.route_id.take().or(p.route_id);
+                entry.detail = entry.detail.take().or(p.detail);
+            }
+            return Err(e);
+        }
+    }
+    Ok(n)
+}
+
+async fn write(state: &AppState, kind: &str, key: &str, p: &Pending) -> Result<(), Error> {
     let config = &state.config;
+    let occurrence = Occurrence {
+        kind,
+        key,
+        tenant_id: p.tenant_id.as_deref(),
+        route_id: p.route_id.as_deref(),
+        detail: p.detail.clone(),
+    };
+    if kind != kind::SIGNATURE_FAILURE {
+        db::diagnostics::record_bounded(
+            &state.db,
+            &occurrence,
+            p.count,
+            config.alert_window,
+            MAX_KEYS_PER_KIND,
+        )
+        .await?;
+        return Ok(());
+    }
     let txn = state.db.begin().await?;
-    let counts = db::diagnostics::record(
-        &txn,
-        &Occurrence {
-            kind: kind::SIGNATURE_FAILURE,
-            key: &route.id,
-            tenant_id: Some(&tenant.id),
-            route_id: Some(&route.id),
-            detail: Some(format!(
-                "invalid or missing X-Twilio-Signature for {}",
-                route.phone_number
-            )),
-        },
-        config.alert_window,
-    )
-    .await?;
-    let raise = route.environment == "production" && counts.in_window == i64::from(config.alert_threshold);
-    if raise {
+    let counts = db::diagnostics::record(&txn, &occurrence, p.count, config.alert_window).await?;
+    let threshold = i64::from(config.alert_threshold);
+    let crossed = counts.in_window >= threshold && counts.in_window - p.count < threshold;
+    if p.production && crossed {
         let message = format!(
-            "{} signature failures within {} s on production route {} ({})",
+            "{} signature failures within {} s on production route {key} ({})",
             counts.in_window,
             config.alert_window.as_secs(),
-            route.id,
-            route.phone_number
+            p.detail.as_deref().unwrap_or("-"),
         );
         let alert = db::alerts::insert(
             &txn,
             db::alerts::NewAlert {
-                tenant_id: Some(&tenant.id),
-                route_id: Some(&route.id),
-                kind: kind::SIGNATURE_FAILURE,
+                tenant_id: p.tenant_id.as_deref(),
+                route_id: Some(key),
+                kind,
                 message: message.clone(),
                 failure_count: counts.in_window,
                 window_start: counts.window_start,
             },
         )
         .await?;
-        db::outbox::record(
-            &txn,
-            &tenant.id,
-            "alert.raised",
-            json!({
+        if let Some(tenant_id) = &p.tenant_id {
+            let data = json!({
                 "alert_id": alert.id,
                 "kind": alert.kind,
-                "route_id": route.id,
-                "phone_number": route.phone_number,
+                "route_id": key,
                 "failure_count": counts.in_window,
                 "window_seconds": config.alert_window.as_secs(),
                 "message": message,
-            }),
-        )
-        .await?;
-        tracing::error!(alert_id = %alert.id, route_id = %route.id, tenant_id = %tenant.id, "{message}");
+            });
+            db::outbox::record(&txn, tenant_id, "alert.raised", data).await?;
+        }
+        tracing::error!(alert_id = %alert.id, route_id = %key, "{message}");
         state.metrics.alerts.inc();
     }
     txn.commit().await?;
-    Ok(raise)
+    Ok(())
 }
 
-/// Counts an operator diagnostic with a bounded key space.
-pub async fn diagnostic<C: ConnectionTrait>(
-    db: &C,
-    occurrence: Occurrence<'_>,
-    window: std::time::Duration,
-) -> Result<(), Error> {
-    db::diagnostics::record_bounded(db, &occurrence, window, MAX_UNKNOWN_ROUTE_KEYS).await?;
-    Ok(())
+/// Counts a signature failure on a route.
+pub fn signature_failure(state: &AppState, route: &entity::route::Model, tenant: &entity::tenant::Model) {
+    state.metrics.signature_failures.inc();
+    state.diagnostics.add(
+        Occurrence {
+            kind: kind::SIGNATURE_FAILURE,
+            key: &route.id,
+            tenant_id: Some(&tenant.id),
+            route_id: Some(&route.id),
+            detail: Some(route.phone_number.clone()),
+        },
+        route.environment == "production",
+    );
+}
+
+/// Counts any other diagnostic.
+pub fn diagnostic(state: &AppState, occurrence: Occurrence<'_>) {
+    state.diagnostics.add(occurrence, false);
 }

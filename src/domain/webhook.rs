@@ -13,6 +13,7 @@ use super::{
     Error,
 };
 use crate::{
+    cache::CachedAnswer,
     config::TokenPlacement,
     db::{self, diagnostics::Occurrence},
     metrics::Metrics,
@@ -94,22 +95,22 @@ pub mod reason {
 pub async fn handle(state: &AppState, hook: InboundWebhook) -> Result<Answer, Error> {
     // Select the signing key. Nothing in the request is trusted yet.
     let found = match &hook.route_hint {
-        Some(route_id) => db::routes::with_tenant_by_id(&state.db, route_id).await?,
+        Some(route_id) => state.routes.by_id(&state.db, route_id).await?,
         None => match hook.params.get("To") {
             Some(to) => match E164::parse(to) {
-                Ok(number) => db::routes::with_tenant_by_number(&state.db, number.as_str()).await?,
+                Ok(number) => state.routes.by_number(&state.db, number.as_str()).await?,
                 Err(_) => None,
             },
             None => return Ok(Answer::BadRequest("missing To".to_owned())),
         },
     };
-    let Some((route, tenant)) = found else {
-        return unknown_route(state, &hook).await;
+    let Some(found) = found else {
+        return unknown_route(state, &hook);
     };
+    let (route, tenant) = (&found.0, &found.1);
 
-    if !signature_valid(&hook, &tenant) {
-        state.metrics.signature_failures.inc();
-        alerts::signature_failure(state, &route, &tenant).await?;
+    if !signature_valid(&hook, tenant) {
+        alerts::signature_failure(state, route, tenant);
         let why = if hook.signature.is_none() {
             "missing X-Twilio-Signature"
         } else {
@@ -120,7 +121,7 @@ pub async fn handle(state: &AppState, hook: InboundWebhook) -> Result<Answer, Er
     }
     if hook.params.get("AccountSid") != Some(tenant.account_sid.as_str()) {
         alerts::diagnostic(
-            &state.db,
+            state,
             Occurrence {
                 kind: kind::ACCOUNT_MISMATCH,
                 key: &route.id,
@@ -128,9 +129,7 @@ pub async fn handle(state: &AppState, hook: InboundWebhook) -> Result<Answer, Er
                 route_id: Some(&route.id),
                 detail: Some("AccountSid does not match the route's tenant".to_owned()),
             },
-            state.config.alert_window,
-        )
-        .await?;
+        );
         return Ok(Answer::Forbidden(
             "AccountSid does not match this number's account",
         ));
@@ -148,8 +147,8 @@ pub async fn handle(state: &AppState, hook: InboundWebhook) -> Result<Answer, Er
     let call = CallContext {
         state,
         hook: &hook,
-        route: &route,
-        tenant: &tenant,
+        route,
+        tenant,
         call_sid: &call_sid,
     };
     match hook.kind {
@@ -179,7 +178,7 @@ fn signature_valid(hook: &InboundWebhook, tenant: &tenant::Model) -> bool {
 }
 
 /// No route for the called number: the platform message, and a diagnostic per number.
-async fn unknown_route(state: &AppState, hook: &InboundWebhook) -> Result<Answer, Error> {
+fn unknown_route(state: &AppState, hook: &InboundWebhook) -> Result<Answer, Error> {
     let key = match (&hook.route_hint, hook.params.get("To").map(E164::parse)) {
         (Some(_), _) => "(unknown route id)".to_owned(),
         (None, Some(Ok(number))) => number.as_str().to_owned(),
@@ -188,7 +187,7 @@ async fn unknown_route(state: &AppState, hook: &InboundWebhook) -> Result<Answer
     tracing::info!(called = %key, "no route for called number");
     state.metrics.unknown_routes.inc();
     alerts::diagnostic(
-        &state.db,
+        state,
         Occurrence {
             kind: kind::UNKNOWN_ROUTE,
             key: &key,
@@ -196,9 +195,7 @@ async fn unknown_route(state: &AppState, hook: &InboundWebhook) -> Result<Answer
             route_id: None,
             detail: None,
         },
-        state.config.alert_window,
-    )
-    .await?;
+    );
     Ok(Answer::TwiML(twiml::render(&[
         Verb::Say(state.config.unknown_route_message.clone()),
         Verb::Hangup,
@@ -212,6 +209,24 @@ struct CallContext<'a> {
     route: &'a route::Model,
     tenant: &'a tenant::Model,
     call_sid: &'a CallSid,
+}
+
+/// An answer as stored.
+struct StoredAnswer {
+    id: String,
+    twiml: String,
+    token_expires_at: Option<chrono::DateTime<Utc>>,
+}
+
+impl StoredAnswer {
+    /// The answer a freshly built row stores (all its fields are set).
+    fn of(row: &call_webhook::ActiveModel) -> Self {
+        Self {
+            id: row.id.clone().unwrap(),
+            twiml: row.twiml.clone().unwrap(),
+            token_expires_at: row.token_expires_at.clone().unwrap(),
+        }
+    }
 }
 
 /// A decision before it is stored.
@@ -336,9 +351,35 @@ impl CallContext<'_> {
         })
     }
 
+    /// Remembers a stored answer so further retries need no transaction.
+    fn remember(&self, call_id: &str, stored: &StoredAnswer) {
+        if matches!(self.hook.kind, WebhookKind::Incoming | WebhookKind::Fallback) {
+            self.state.answers.put(
+                self.call_sid.as_str(),
+                self.hook.kind.as_str(),
+                CachedAnswer {
+                    call_id: call_id.to_owned(),
+                    route_id: self.route.id.clone(),
+                    webhook_id: stored.id.clone(),
+                    twiml: stored.twiml.clone(),
+                    token_expires_at: stored.token_expires_at,
+                },
+            );
+        }
+    }
+
     /// The voice URL or Fallback URL: answer once per call and kind; retries get the stored
     /// answer. One transaction claims the CallSid, stores the answer and its outbox event.
     async fn answer(&self) -> Result<Answer, Error> {
+        let kind = self.hook.kind.as_str();
+        if let Some(hit) = self.state.answers.get(self.call_sid.as_str(), kind) {
+            if hit.route_id == self.route.id {
+                // A retry of an answer this instance stored: count it, answer the same.
+                db::calls::bump_attempts(&self.state.db, &hit.call_id).await?;
+                db::calls::bump_webhook_attempts(&self.state.db, &hit.webhook_id).await?;
+                return Ok(Answer::TwiML(hit.twiml.clone()));
+            }
+        }
         let decision = self.decide();
         let now = Utc::now();
         let is_fallback = decision.fallback_reason.is_some();
@@ -362,11 +403,9 @@ impl CallContext<'_> {
         };
         let txn = self.state.db.begin().await?;
         if db::calls::claim(&txn, new_call.clone().into()).await? {
-            db::calls::claim_webhook(
-                &txn,
-                self.webhook_row(&new_call.id, self.hook.kind.as_str(), &decision),
-            )
-            .await?;
+            let row = self.webhook_row(&new_call.id, kind, &decision);
+            let stored = StoredAnswer::of(&row);
+            db::calls::claim_webhook(&txn, row).await?;
             let event = if is_fallback {
                 "call.fallback"
             } else {
@@ -379,7 +418,8 @@ impl CallContext<'_> {
                 Metrics::reason(&self.state.metrics.fallbacks, reason);
             }
             tracing::info!(call_sid = %new_call.call_sid, route_id = %self.route.id, outcome = %new_call.outcome, "call answered");
-            return Ok(Answer::TwiML(decision.twiml));
+            self.remember(&new_call.id, &stored);
+            return Ok(Answer::TwiML(stored.twiml));
         }
         // The CallSid is known: a retry, possibly racing the first delivery, which the
         // database made us wait for.
@@ -391,9 +431,11 @@ impl CallContext<'_> {
             return self.route_conflict(&existing).await;
         }
         db::calls::bump_attempts(&txn, &existing.id).await?;
-        let answer = self.replay_or_store(&txn, existing, decision).await?;
+        let call_id = existing.id.clone();
+        let stored = self.replay_or_store(&txn, existing, decision).await?;
         txn.commit().await?;
-        Ok(Answer::TwiML(answer))
+        self.remember(&call_id, &stored);
+        Ok(Answer::TwiML(stored.twiml))
     }
 
     /// For a known call: the stored answer of this kind (with a fresh token if the stored one
@@ -403,13 +445,10 @@ impl CallContext<'_> {
         txn: &DatabaseTransaction,
         existing: call::Model,
         decision: Decision,
-    ) -> Result<String, Error> {
-        if db::calls::claim_webhook(
-            txn,
-            self.webhook_row(&existing.id, self.hook.kind.as_str(), &decision),
-        )
-        .await?
-        {
+    ) -> Result<StoredAnswer, Error> {
+        let row = self.webhook_row(&existing.id, self.hook.kind.as_str(), &decision);
+        let fresh_answer = StoredAnswer::of(&row);
+        if db::calls::claim_webhook(txn, row).await? {
             if let Some(reason) = decision.fallback_reason {
                 Metrics::reason(&self.state.metrics.fallbacks, reason);
                 let updated = db::calls::set_fallback(
@@ -422,7 +461,7 @@ impl CallContext<'_> {
                 .await?;
                 db::outbox::record(txn, &self.tenant.id, "call.fallback", self.event_data(&updated)).await?;
             }
-            return Ok(decision.twiml);
+            return Ok(fresh_answer);
         }
         let stored = db::calls::webhook(txn, &existing.id, self.hook.kind.as_str())
             .await?
@@ -432,12 +471,17 @@ impl CallContext<'_> {
             let token = self.mint();
             (self.stream_twiml(&token.token), token.jti, token.expires_at)
         });
-        Ok(db::calls::bump_webhook(txn, stored, fresh).await?.twiml)
+        let stored = db::calls::bump_webhook(txn, stored, fresh).await?;
+        Ok(StoredAnswer {
+            id: stored.id,
+            twiml: stored.twiml,
+            token_expires_at: stored.token_expires_at,
+        })
     }
 
     async fn route_conflict(&self, existing: &call::Model) -> Result<Answer, Error> {
         alerts::diagnostic(
-            &self.state.db,
+            self.state,
             Occurrence {
                 kind: kind::CALL_ROUTE_CONFLICT,
                 key: self.call_sid.as_str(),
@@ -445,9 +489,7 @@ impl CallContext<'_> {
                 route_id: Some(&self.route.id),
                 detail: Some(format!("CallSid already answered on route {}", existing.route_id)),
             },
-            self.state.config.alert_window,
-        )
-        .await?;
+        );
         Ok(Answer::Conflict(format!(
             "CallSid {} was already answered on another route",
             self.call_sid.as_str()
@@ -481,7 +523,7 @@ impl CallContext<'_> {
         let txn = self.state.db.begin().await?;
         let answer = self.replay_or_store(&txn, existing, decision).await?;
         txn.commit().await?;
-        Ok(Answer::TwiML(answer))
+        Ok(Answer::TwiML(answer.twiml))
     }
 }
 

@@ -88,23 +88,21 @@ impl Refusal {
 }
 
 /// Records a refused stream (aggregated by reason) and logs it.
-pub async fn record_refusal(state: &AppState, refusal: Refusal) {
+pub fn record_refusal(state: &AppState, refusal: Refusal) {
     tracing::warn!(reason = refusal.reason(), "media stream refused");
     crate::metrics::Metrics::reason(&state.metrics.streams_refused, refusal.as_str());
     let occurrence = Occurrence {
-        kind: "stream_refused",
+        kind: alerts::kind::STREAM_REFUSED,
         key: refusal.as_str(),
         tenant_id: None,
         route_id: None,
         detail: Some(refusal.reason().to_owned()),
     };
-    if let Err(e) = alerts::diagnostic(&state.db, occurrence, state.config.alert_window).await {
-        tracing::error!(error = %e, "recording a stream refusal failed");
-    }
+    alerts::diagnostic(state, occurrence);
 }
 
 async fn refuse(state: &AppState, out: &mpsc::Sender<Reply>, refusal: Refusal) {
-    record_refusal(state, refusal).await;
+    record_refusal(state, refusal);
     let _ = out
         .send(Reply::Close {
             code: CLOSE_REFUSED,
@@ -221,24 +219,14 @@ pub async fn run(
                 }
                 Some(AgentEvent::Failed(why)) => {
                     tracing::warn!(call_sid = %call.call_sid, agent = %agent.name, reason = %why, "agent failed mid-call");
-                    let _ = out.send(Reply::Close { code: CLOSE_AGENT_FAILED, reason: "agent failed".to_owned() }).await;
                     break "agent_failed".to_owned();
                 }
-                None => {
-                    let _ = out.send(Reply::Close { code: CLOSE_AGENT_FAILED, reason: "agent ended".to_owned() }).await;
-                    break "agent_failed".to_owned();
-                }
+                None => break "agent_failed".to_owned(),
             },
         }
     };
-    if received_stop {
-        let _ = out
-            .send(Reply::Close {
-                code: CLOSE_NORMAL,
-                reason: "stream stopped".to_owned(),
-            })
-            .await;
-    }
+    // Record the end before closing: Twilio calls the <Connect action> as soon as the socket
+    // closes, and /api/v1/stream-ended decides hang-up or fallback from this record.
     if let Err(e) = finish(
         &state,
         &call,
@@ -251,6 +239,19 @@ pub async fn run(
     .await
     {
         tracing::error!(error = %e, call_sid = %call.call_sid, "recording the end of a media session failed");
+    }
+    let close = match end_reason.as_str() {
+        "stop" => Some((CLOSE_NORMAL, "stream stopped")),
+        "agent_failed" => Some((CLOSE_AGENT_FAILED, "agent failed")),
+        _ => None,
+    };
+    if let Some((code, reason)) = close {
+        let _ = out
+            .send(Reply::Close {
+                code,
+                reason: reason.to_owned(),
+            })
+            .await;
     }
 }
 

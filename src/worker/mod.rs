@@ -1,5 +1,6 @@
 //! Background tasks that run beside the HTTP server.
 pub mod agent_health;
+pub mod diagnostics;
 pub mod outbox;
 
 use tokio::task::JoinSet;
@@ -10,6 +11,7 @@ use crate::state::AppState;
 pub fn spawn_all(state: AppState) -> JoinSet<()> {
     let mut set = JoinSet::new();
     set.spawn(agent_health::run(state.clone()));
-    set.spawn(outbox::run(state));
+    set.spawn(outbox::run(state.clone()));
+    set.spawn(diagnostics::run(state));
     set
 }

@@ -75,13 +75,17 @@ async fn repeated_failures_on_production_route_alert_once_per_window(backend: Ba
             403
         );
     }
+    app.flush().await;
     let alerts = db::alerts::list(&app.state.db, None, None, 10)
         .await
         .unwrap()
         .items;
     assert_eq!(alerts.len(), 1, "one alert per window, not one per failure");
     assert_eq!(alerts[0].route_id.as_deref(), Some(route.id.as_str()));
-    assert_eq!(alerts[0].failure_count, 3);
+    assert_eq!(
+        alerts[0].failure_count, 7,
+        "the window count when the alert was raised"
+    );
     let raised = app.events("alert.raised").await;
     assert_eq!(raised.len(), 1);
     assert_eq!(raised[0].tenant_id, tenant.id);
@@ -196,7 +200,7 @@ async fn unknown_route_diagnostics_are_bounded(backend: Backend) {
             route_id: None,
             detail: None,
         };
-        db::diagnostics::record_bounded(&app.state.db, &occurrence, window, 5)
+        db::diagnostics::record_bounded(&app.state.db, &occurrence, 1, window, 5)
             .await
             .unwrap();
     }
@@ -441,7 +445,88 @@ async fn hostile_fallback_text_cannot_inject_twiml(backend: Backend) {
     );
 }
 
+async fn alerts_fire_once_across_flushes_and_again_in_a_new_window(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |a| {
+        a.alert_threshold = 3;
+        a.alert_window = std::time::Duration::from_secs(1);
+    })
+    .await
+    else {
+        return;
+    };
+    app.seed().await;
+    let forged = || async {
+        app.post_signed("/api/v1/incoming-call", &incoming_form(&call_sid()), "forged")
+            .await
+            .status()
+    };
+    // Two failures, a flush, two more: the threshold is crossed in the second flush.
+    for _ in 0..2 {
+        assert_eq!(forged().await, 403);
+    }
+    app.flush().await;
+    assert_eq!(app.count(alert::Entity).await, 0);
+    for _ in 0..2 {
+        assert_eq!(forged().await, 403);
+    }
+    app.flush().await;
+    assert_eq!(app.count(alert::Entity).await, 1);
+    assert_eq!(forged().await, 403);
+    app.flush().await;
+    assert_eq!(app.count(alert::Entity).await, 1, "still the same window");
+    // A new window starts counting afresh.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for _ in 0..3 {
+        assert_eq!(forged().await, 403);
+    }
+    app.flush().await;
+    assert_eq!(app.count(alert::Entity).await, 2);
+    assert_eq!(app.events("alert.raised").await.len(), 2);
+}
+
+async fn admin_changes_apply_at_once_despite_the_route_cache(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let (_, route) = app.seed().await;
+    assert!(app
+        .incoming(&call_sid())
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("<Stream"));
+    let res = app
+        .admin(reqwest::Method::PATCH, &format!("/api/v1/routes/{}", route.id))
+        .json(&serde_json::json!({"enabled": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let sid = call_sid();
+    assert!(!app.incoming(&sid).await.text().await.unwrap().contains("<Stream"));
+    assert_eq!(
+        app.call(&sid).await.unwrap().fallback_reason.as_deref(),
+        Some("route_disabled")
+    );
+    let res = app
+        .admin(reqwest::Method::DELETE, &format!("/api/v1/routes/{}", route.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert!(app
+        .incoming(&call_sid())
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("not in service"));
+}
+
 on_both_backends!(
+    alerts_fire_once_across_flushes_and_again_in_a_new_window,
+    admin_changes_apply_at_once_despite_the_route_cache,
     missing_or_invalid_signature_is_403_and_counted,
     repeated_failures_on_production_route_alert_once_per_window,
     failures_on_a_test_route_do_not_alert,

@@ -1,23 +1,25 @@
-//! Project automation: `cargo xtask ci | conformance | openapi [--check]`.
+//! Project automation: `cargo xtask ci | conformance | openapi [--check] | bench`.
+mod bench;
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
 };
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
     cmd.current_dir(root());
     cmd
 }
 
-fn run(step: &str, cmd: &mut Command) -> Result<(), String> {
+pub(crate) fn run(step: &str, cmd: &mut Command) -> Result<(), String> {
     eprintln!("==> {step}");
     let status = cmd.status().map_err(|e| format!("{step}: cannot start: {e}"))?;
     if status.success() {
@@ -92,9 +94,13 @@ fn main() -> ExitCode {
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["ci"] => ci(),
         ["conformance"] => conformance(),
+        ["bench", rest @ ..] => bench::bench(rest.contains(&"--postgres"), rest.contains(&"--quick")),
         ["openapi"] => openapi(false),
         ["openapi", "--check"] => openapi(true),
-        _ => Err("usage: cargo xtask ci | conformance | openapi [--check]".to_owned()),
+        _ => Err(
+            "usage: cargo xtask ci | conformance | openapi [--check] | bench [--postgres] [--quick]"
+                .to_owned(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
