@@ -409,42 +409,45 @@ async fn streams(
         .into_iter()
         .map(|(socket, stream_sid, call_sid)| {
             tokio::spawn(async move {
-                let (mut sink, mut stream) = socket.split();
-                let sent_at = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::<Instant>::new()));
-                let sender_times = sent_at.clone();
-                let sender = tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(Duration::from_millis(20));
-                    let mut seq = 0u64;
-                    let begin = Instant::now();
-                    while begin.elapsed() < run_for {
-                        tick.tick().await;
-                        seq += 1;
-                        let mut audio = [0xffu8; 160];
-                        audio[..8].copy_from_slice(&seq.to_le_bytes());
-                        let frame = serde_json::json!({"event": "media", "streamSid": stream_sid, "media": {"track": "inbound", "chunk": seq.to_string(), "timestamp": (seq * 20).to_string(), "payload": STANDARD.encode(audio)}});
-                        sender_times.lock().unwrap().push_back(Instant::now());
-                        if sink.send(Message::text(frame.to_string())).await.is_err() {
+                // Every 20 ms: send a frame, then read until its echo (matched by the sequence
+                // number in its first 8 audio bytes) arrives.
+                let mut socket = socket;
+                let mut latencies = Vec::new();
+                let mut tick = tokio::time::interval(Duration::from_millis(20));
+                let mut seq = 0u64;
+                let begin = Instant::now();
+                'frames: while begin.elapsed() < run_for {
+                    tick.tick().await;
+                    seq += 1;
+                    let mut audio = [0xffu8; 160];
+                    audio[..8].copy_from_slice(&seq.to_le_bytes());
+                    let frame = serde_json::json!({"event": "media", "streamSid": stream_sid, "media": {"track": "inbound", "chunk": seq.to_string(), "timestamp": (seq * 20).to_string(), "payload": STANDARD.encode(audio)}});
+                    let sent = Instant::now();
+                    if socket.send(Message::text(frame.to_string())).await.is_err() {
+                        break;
+                    }
+                    loop {
+                        let message = match tokio::time::timeout(Duration::from_secs(2), socket.next()).await {
+                            Ok(Some(Ok(message))) => message,
+                            _ => break 'frames,
+                        };
+                        let Message::Text(text) = message else { continue };
+                        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                        let echoed = v["media"]["payload"].as_str().and_then(|p| STANDARD.decode(p).ok()).unwrap_or_default();
+                        if echoed.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap())) == Some(seq) {
+                            latencies.push(sent.elapsed().as_micros() as u64);
                             break;
                         }
                     }
-                    let stop = serde_json::json!({"event": "stop", "streamSid": stream_sid, "stop": {"accountSid": ACCOUNT_SID, "callSid": call_sid}});
-                    let _ = sink.send(Message::text(stop.to_string())).await;
-                    seq
-                });
-                let mut latencies = Vec::new();
-                while let Some(Ok(message)) = stream.next().await {
-                    match message {
-                        Message::Text(text) if text.contains("\"event\":\"media\"") => {
-                            if let Some(sent) = sent_at.lock().unwrap().pop_front() {
-                                latencies.push(sent.elapsed().as_micros() as u64);
-                            }
-                        }
-                        Message::Close(_) => break,
-                        _ => {}
+                }
+                let stop = serde_json::json!({"event": "stop", "streamSid": stream_sid, "stop": {"accountSid": ACCOUNT_SID, "callSid": call_sid}});
+                let _ = socket.send(Message::text(stop.to_string())).await;
+                while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(2), socket.next()).await {
+                    if message.is_close() {
+                        break;
                     }
                 }
-                let sent = sender.await.unwrap_or(0);
-                (latencies, sent)
+                (latencies, seq)
             })
         })
         .collect();

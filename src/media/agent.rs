@@ -121,7 +121,7 @@ async fn remote(
 ) {
     let connect = tokio::time::timeout(
         std::time::Duration::from_secs(5),
-        tokio_tungstenite::connect_async(url.as_str()),
+        tokio_tungstenite::connect_async_with_config(url.as_str(), None, true),
     );
     let mut socket = match connect.await {
         Ok(Ok((socket, _))) => socket,
