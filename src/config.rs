@@ -115,6 +115,12 @@ pub struct ConfigArgs {
     /// How often each agent runtime is health-checked (seconds).
     #[arg(long, global = true, env = "VOICE_AGENT_HEALTH_INTERVAL", default_value = "15", value_parser = parse_duration)]
     pub agent_health_interval: Duration,
+    /// Close connections with no traffic for this long (seconds, e.g. 60).
+    #[arg(long, global = true, env = "VOICE_IDLE_TIMEOUT", default_value = "60", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Time allowed to receive a webhook body once its headers arrived (e.g. 10, 500ms).
+    #[arg(long, global = true, env = "VOICE_BODY_READ_TIMEOUT", default_value = "10", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
     /// How long route lookups are cached per instance (0 disables; e.g. 2, 500ms).
     #[arg(long, global = true, env = "VOICE_ROUTE_CACHE_TTL", default_value = "2", value_parser = parse_duration)]
     pub route_cache_ttl: Duration,
@@ -162,6 +168,8 @@ pub struct Config {
     pub fallback_message: String,
     pub stream_start_timeout: Duration,
     pub agent_health_interval: Duration,
+    pub idle_timeout: Duration,
+    pub body_read_timeout: Duration,
     pub route_cache_ttl: Duration,
     pub diagnostics_flush_interval: Duration,
     pub webhook_max_attempts: i32,
@@ -281,6 +289,8 @@ impl Config {
             fallback_message: args.fallback_message,
             stream_start_timeout: args.stream_start_timeout.max(Duration::from_secs(1)),
             agent_health_interval: args.agent_health_interval.max(Duration::from_secs(1)),
+            idle_timeout: args.idle_timeout.max(Duration::from_secs(1)),
+            body_read_timeout: args.body_read_timeout.max(Duration::from_millis(10)),
             route_cache_ttl: args.route_cache_ttl,
             diagnostics_flush_interval: args.diagnostics_flush_interval.max(Duration::from_millis(10)),
             webhook_max_attempts: args.webhook_max_attempts,

@@ -92,16 +92,31 @@ impl ParsePayload for TwilioForm {
         if declared.is_some_and(|len| len > (MAX_BODY_BYTES + MAX_DISCARD_BYTES) as u64) {
             return Err(too_large());
         }
+        let deadline = request
+            .data::<crate::state::AppState>()
+            .map_or(std::time::Duration::from_secs(10), |s| s.config.body_read_timeout);
         let mut reader = body.take()?.into_async_read();
         let mut bytes =
             Vec::with_capacity(declared.map_or(1024, |len| len.min(MAX_BODY_BYTES as u64) as usize));
-        (&mut reader)
-            .take(MAX_BODY_BYTES as u64 + 1)
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|e| {
-                poem::Error::from_string(format!("reading the body: {e}"), StatusCode::BAD_REQUEST)
-            })?;
+        let mut limited = (&mut reader).take(MAX_BODY_BYTES as u64 + 1);
+        match tokio::time::timeout(deadline, limited.read_to_end(&mut bytes)).await {
+            Err(_) => {
+                return Err(poem::Error::from_string(
+                    format!(
+                        "the request body did not arrive within {} ms",
+                        deadline.as_millis()
+                    ),
+                    StatusCode::REQUEST_TIMEOUT,
+                ))
+            }
+            Ok(Err(e)) => {
+                return Err(poem::Error::from_string(
+                    format!("reading the body: {e}"),
+                    StatusCode::BAD_REQUEST,
+                ))
+            }
+            Ok(Ok(_)) => {}
+        }
         if bytes.len() > MAX_BODY_BYTES {
             // Read (and drop) a bounded remainder so the client, still sending, gets the 413
             // instead of a reset connection.

@@ -35,6 +35,9 @@ pub enum VoiceResponse {
     /// The CallSid was already answered on another route.
     #[oai(status = 409)]
     Conflict(ProblemJson),
+    /// The body did not arrive within `VOICE_BODY_READ_TIMEOUT`.
+    #[oai(status = 408)]
+    RequestTimeout(ProblemJson),
     /// The body exceeds 64 KiB.
     #[oai(status = 413)]
     PayloadTooLarge(ProblemJson),
@@ -128,6 +131,7 @@ impl VoiceApi {
                 VoiceResponse::Forbidden(p) => StatusResponse::Forbidden(p),
                 VoiceResponse::Conflict(p) => StatusResponse::Conflict(p),
                 VoiceResponse::PayloadTooLarge(p) => StatusResponse::PayloadTooLarge(p),
+                VoiceResponse::RequestTimeout(p) => StatusResponse::RequestTimeout(p),
                 VoiceResponse::UnsupportedMediaType(p) => StatusResponse::UnsupportedMediaType(p),
                 VoiceResponse::Ok(_) | VoiceResponse::Unavailable(_) => {
                     StatusResponse::Unavailable(ProblemJson::new(
@@ -158,6 +162,9 @@ pub enum StatusResponse {
     /// The CallSid belongs to another route.
     #[oai(status = 409)]
     Conflict(ProblemJson),
+    /// The body did not arrive within `VOICE_BODY_READ_TIMEOUT`.
+    #[oai(status = 408)]
+    RequestTimeout(ProblemJson),
     /// The body exceeds 64 KiB.
     #[oai(status = 413)]
     PayloadTooLarge(ProblemJson),

@@ -524,7 +524,41 @@ async fn admin_changes_apply_at_once_despite_the_route_cache(backend: Backend) {
         .contains("not in service"));
 }
 
+async fn slow_and_oversized_inputs_get_clear_errors(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(app) = spawn_app_with(backend, |a| {
+        a.body_read_timeout = std::time::Duration::from_millis(300)
+    })
+    .await
+    else {
+        return;
+    };
+    app.seed().await;
+    // 10,000 fields fit in 64 KiB but are refused.
+    let res = app
+        .post_raw("/api/v1/incoming-call", "a=&".repeat(10_000).into_bytes(), &[])
+        .await;
+    assert_eq!(res.status(), 400);
+    assert!(res.text().await.unwrap().contains("too many form fields"));
+    // A body that stops arriving (slow-loris) is answered 408 instead of holding the connection.
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = "POST /api/v1/incoming-call HTTP/1.1\r\nHost: voice\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nCallSid=CA";
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = vec![0u8; 512];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    assert_nothing_stored(&app).await;
+}
+
 on_both_backends!(
+    slow_and_oversized_inputs_get_clear_errors,
     alerts_fire_once_across_flushes_and_again_in_a_new_window,
     admin_changes_apply_at_once_despite_the_route_cache,
     missing_or_invalid_signature_is_403_and_counted,
