@@ -122,14 +122,7 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
 
 /// Spawns the service after `configure` adjusted its flags.
 pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut ConfigArgs)) -> Option<TestApp> {
-    let acceptor = TcpListener::bind("127.0.0.1:0")
-        .into_acceptor()
-        .await
-        .expect("bind");
-    let port = acceptor.local_addr()[0]
-        .as_socket_addr()
-        .expect("socket address")
-        .port();
+    let (acceptor, port) = bind_local().await;
     let base = format!("http://127.0.0.1:{port}");
 
     let mut args = ConfigArgs::defaults();
@@ -153,6 +146,19 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config
         schema: fresh.schema,
         _dir: fresh.dir,
     })
+}
+
+/// A listener on a free loopback port, with Nagle's algorithm off as in production.
+async fn bind_local() -> (crate::NoDelay<poem::listener::TcpAcceptor>, u16) {
+    let acceptor = TcpListener::bind("127.0.0.1:0")
+        .into_acceptor()
+        .await
+        .expect("bind");
+    let port = acceptor.local_addr()[0]
+        .as_socket_addr()
+        .expect("socket address")
+        .port();
+    (crate::NoDelay(acceptor), port)
 }
 
 fn serve_on(acceptor: impl Acceptor + 'static, state: AppState) {
@@ -195,14 +201,7 @@ impl TestApp {
         let db = db::connect_url(self.state.config.database_url.expose(), 8, Some(schema))
             .await
             .expect("connects");
-        let acceptor = TcpListener::bind("127.0.0.1:0")
-            .into_acceptor()
-            .await
-            .expect("bind");
-        let port = acceptor.local_addr()[0]
-            .as_socket_addr()
-            .expect("socket address")
-            .port();
+        let (acceptor, port) = bind_local().await;
         serve_on(acceptor, AppState::new(db, (*self.state.config).clone()));
         format!("http://127.0.0.1:{port}")
     }
