@@ -65,17 +65,20 @@ pub async fn bump_attempts<C: ConnectionTrait>(db: &C, call_id: &str) -> Result<
     Ok(())
 }
 
-/// Counts one more delivery of a webhook whose answer was served from the cache.
-pub async fn bump_webhook_attempts<C: ConnectionTrait>(db: &C, webhook_id: &str) -> Result<(), DbErr> {
+/// The atomic `attempts = attempts + 1` on one webhook answer.
+fn increment_webhook(webhook_id: &str, now: DateTime<Utc>) -> sea_orm::UpdateMany<call_webhook::Entity> {
     call_webhook::Entity::update_many()
         .col_expr(
             call_webhook::Column::Attempts,
             Expr::col(call_webhook::Column::Attempts).add(1),
         )
-        .col_expr(call_webhook::Column::UpdatedAt, Expr::value(Utc::now()))
+        .col_expr(call_webhook::Column::UpdatedAt, Expr::value(now))
         .filter(call_webhook::Column::Id.eq(webhook_id))
-        .exec(db)
-        .await?;
+}
+
+/// Counts one more delivery of a webhook whose answer was served from the cache.
+pub async fn bump_webhook_attempts<C: ConnectionTrait>(db: &C, webhook_id: &str) -> Result<(), DbErr> {
+    increment_webhook(webhook_id, Utc::now()).exec(db).await?;
     Ok(())
 }
 
@@ -138,19 +141,27 @@ pub async fn webhook<C: ConnectionTrait>(
 /// token after the stored one expired).
 pub async fn bump_webhook<C: ConnectionTrait>(
     db: &C,
-    webhook: call_webhook::Model,
+    mut webhook: call_webhook::Model,
     fresh: Option<(String, String, DateTime<Utc>)>,
 ) -> Result<call_webhook::Model, DbErr> {
-    let attempts = webhook.attempts + 1;
-    let mut active: call_webhook::ActiveModel = webhook.into();
-    active.attempts = Set(attempts);
+    let now = Utc::now();
+    let mut update = increment_webhook(&webhook.id, now);
     if let Some((twiml, jti, expires_at)) = fresh {
-        active.twiml = Set(twiml);
-        active.token_jti = Set(Some(jti));
-        active.token_expires_at = Set(Some(expires_at));
+        update = update
+            .col_expr(call_webhook::Column::Twiml, Expr::value(twiml.clone()))
+            .col_expr(call_webhook::Column::TokenJti, Expr::value(Some(jti.clone())))
+            .col_expr(
+                call_webhook::Column::TokenExpiresAt,
+                Expr::value(Some(expires_at)),
+            );
+        webhook.twiml = twiml;
+        webhook.token_jti = Some(jti);
+        webhook.token_expires_at = Some(expires_at);
     }
-    active.updated_at = Set(Utc::now());
-    active.update(db).await
+    update.exec(db).await?;
+    webhook.attempts += 1;
+    webhook.updated_at = now;
+    Ok(webhook)
 }
 
 /// Lists calls, newest first, of one tenant or of all.

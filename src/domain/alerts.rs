@@ -40,6 +40,17 @@ struct Pending {
     production: bool,
 }
 
+impl Pending {
+    /// Adds `other`'s counts; its ids and detail win when present (they are the same for a key).
+    fn merge(&mut self, other: Pending) {
+        self.count += other.count;
+        self.production |= other.production;
+        self.tenant_id = other.tenant_id.or(self.tenant_id.take());
+        self.route_id = other.route_id.or(self.route_id.take());
+        self.detail = other.detail.or(self.detail.take());
+    }
+}
+
 /// The in-memory side of diagnostics.
 #[derive(Default)]
 pub struct DiagnosticsBuffer {
@@ -54,12 +65,13 @@ impl DiagnosticsBuffer {
         if pending.len() >= MAX_PENDING && !pending.contains_key(&key) {
             key.1 = db::diagnostics::OVERFLOW_KEY.to_owned();
         }
-        let entry = pending.entry(key).or_default();
-        entry.count += 1;
-        entry.tenant_id = occurrence.tenant_id.map(str::to_owned);
-        entry.route_id = occurrence.route_id.map(str::to_owned);
-        entry.detail = occurrence.detail.or(entry.detail.take());
-        entry.production |= production;
+        pending.entry(key).or_default().merge(Pending {
+            count: 1,
+            tenant_id: occurrence.tenant_id.map(str::to_owned),
+            route_id: occurrence.route_id.map(str::to_owned),
+            detail: occurrence.detail,
+            production,
+        });
     }
 
     fn take(&self) -> HashMap<(String, String), Pending> {
@@ -76,13 +88,8 @@ pub async fn flush(state: &AppState) -> Result<usize, Error> {
     while let Some(((kind, key), p)) = entries.next() {
         if let Err(e) = write(state, &kind, &key, &p).await {
             let mut buffer = state.diagnostics.pending.lock().expect("diagnostics lock");
-            for ((k, key), p) in std::iter::once(((kind, key), p)).chain(entries) {
-                let entry = buffer.entry((k, key)).or_default();
-                entry.count += p.count;
-                entry.production |= p.production;
-                entry.tenant_id = entry.tenant_id.take().or(p.tenant_id);
-                entry.route_id = entry.route_id.take().or(p.route_id);
-                entry.detail = entry.detail.take().or(p.detail);
+            for (key, p) in std::iter::once(((kind, key), p)).chain(entries) {
+                buffer.entry(key).or_default().merge(p);
             }
             return Err(e);
         }

@@ -105,7 +105,7 @@ pub async fn handle(state: &AppState, hook: InboundWebhook) -> Result<Answer, Er
         },
     };
     let Some(found) = found else {
-        return unknown_route(state, &hook);
+        return Ok(unknown_route(state, &hook));
     };
     let (route, tenant) = (&found.0, &found.1);
 
@@ -178,7 +178,7 @@ fn signature_valid(hook: &InboundWebhook, tenant: &tenant::Model) -> bool {
 }
 
 /// No route for the called number: the platform message, and a diagnostic per number.
-fn unknown_route(state: &AppState, hook: &InboundWebhook) -> Result<Answer, Error> {
+fn unknown_route(state: &AppState, hook: &InboundWebhook) -> Answer {
     let key = match (&hook.route_hint, hook.params.get("To").map(E164::parse)) {
         (Some(_), _) => "(unknown route id)".to_owned(),
         (None, Some(Ok(number))) => number.as_str().to_owned(),
@@ -196,10 +196,10 @@ fn unknown_route(state: &AppState, hook: &InboundWebhook) -> Result<Answer, Erro
             detail: None,
         },
     );
-    Ok(Answer::TwiML(twiml::render(&[
+    Answer::TwiML(twiml::render(&[
         Verb::Say(state.config.unknown_route_message.clone()),
         Verb::Hangup,
-    ])))
+    ]))
 }
 
 /// An authenticated webhook for a call on a known route.
