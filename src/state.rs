@@ -12,6 +12,7 @@ use sea_orm::DatabaseConnection;
 use crate::{
     cache::{AnswerCache, RouteCache},
     config::Config,
+    db::writer::Writer,
     domain::{alerts::DiagnosticsBuffer, token::TokenIssuer},
     metrics::Metrics,
 };
@@ -27,6 +28,8 @@ pub struct AppState {
     pub routes: Arc<RouteCache>,
     pub answers: Arc<AnswerCache>,
     pub diagnostics: Arc<DiagnosticsBuffer>,
+    /// Batches the webhook hot path's writes.
+    pub writer: Arc<Writer>,
 }
 
 impl AppState {
@@ -43,6 +46,7 @@ impl AppState {
             routes: Arc::new(RouteCache::new(config.route_cache_ttl)),
             answers: Arc::new(AnswerCache::new(config.stream_token_ttl)),
             diagnostics: Arc::new(DiagnosticsBuffer::default()),
+            writer: Arc::new(Writer::new(db.clone(), config.database_max_connections)),
             db,
             config: Arc::new(config),
             tokens,

@@ -25,16 +25,6 @@ where
     Ok(matches!(result, TryInsertResult::Inserted(n) if n > 0))
 }
 
-/// Claims a CallSid: inserts the call unless one with the same CallSid exists.
-pub async fn claim<C: ConnectionTrait>(db: &C, model: call::ActiveModel) -> Result<bool, DbErr> {
-    insert_if_absent(
-        db,
-        model,
-        OnConflict::column(call::Column::CallSid).do_nothing().to_owned(),
-    )
-    .await
-}
-
 /// Claims the answer to one kind of webhook for a call.
 pub async fn claim_webhook<C: ConnectionTrait>(
     db: &C,
@@ -74,12 +64,6 @@ fn increment_webhook(webhook_id: &str, now: DateTime<Utc>) -> sea_orm::UpdateMan
         )
         .col_expr(call_webhook::Column::UpdatedAt, Expr::value(now))
         .filter(call_webhook::Column::Id.eq(webhook_id))
-}
-
-/// Counts one more delivery of a webhook whose answer was served from the cache.
-pub async fn bump_webhook_attempts<C: ConnectionTrait>(db: &C, webhook_id: &str) -> Result<(), DbErr> {
-    increment_webhook(webhook_id, Utc::now()).exec(db).await?;
-    Ok(())
 }
 
 /// Marks a call as answered with a fallback, keeping Twilio's error code and URL if given.

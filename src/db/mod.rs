@@ -7,6 +7,7 @@ pub mod media;
 pub mod outbox;
 pub mod routes;
 pub mod tenants;
+pub mod writer;
 
 use std::time::Duration;
 

@@ -1,40 +1,48 @@
 //! The outbox: events written with the state they describe, delivered later.
 use chrono::Utc;
 use entity::outbox_event;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel, QueryFilter,
+};
 use serde_json::{json, Value};
 
 use super::Page;
 use crate::domain::phone::new_id;
 
-/// Records an event of `event_type` for a tenant. The delivered body follows the Standard
-/// Webhooks shape: `{"type", "timestamp", "data"}`.
+/// Records an event of `event_type` for a tenant.
 pub async fn record<C: ConnectionTrait>(
     db: &C,
     tenant_id: &str,
     event_type: &str,
     data: Value,
 ) -> Result<outbox_event::Model, DbErr> {
+    event(tenant_id, event_type, data)
+        .into_active_model()
+        .insert(db)
+        .await
+}
+
+/// A pending event of `event_type` for a tenant, not yet stored. The delivered body follows
+/// the Standard Webhooks shape: `{"type", "timestamp", "data"}`.
+pub fn event(tenant_id: &str, event_type: &str, data: Value) -> outbox_event::Model {
     let now = Utc::now();
     let payload = json!({
         "type": event_type,
         "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         "data": data,
     });
-    outbox_event::ActiveModel {
-        id: Set(new_id()),
-        tenant_id: Set(tenant_id.to_owned()),
-        event_type: Set(event_type.to_owned()),
-        payload: Set(payload.to_string()),
-        status: Set("pending".to_owned()),
-        attempts: Set(0),
-        next_attempt_at: Set(now),
-        last_error: Set(None),
-        created_at: Set(now),
-        delivered_at: Set(None),
+    outbox_event::Model {
+        id: new_id(),
+        tenant_id: tenant_id.to_owned(),
+        event_type: event_type.to_owned(),
+        payload: payload.to_string(),
+        status: "pending".to_owned(),
+        attempts: 0,
+        next_attempt_at: now,
+        last_error: None,
+        created_at: now,
+        delivered_at: None,
     }
-    .insert(db)
-    .await
 }
 
 /// Lists events, newest first, of one tenant or of all.

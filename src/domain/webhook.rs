@@ -2,7 +2,7 @@
 //! decide (stream or fallback), and record the answer idempotently before it is returned.
 use chrono::Utc;
 use entity::{call, call_webhook, route, tenant};
-use sea_orm::{DatabaseTransaction, Set, TransactionTrait};
+use sea_orm::{DatabaseTransaction, TransactionTrait};
 use serde_json::json;
 
 use super::{
@@ -15,7 +15,7 @@ use super::{
 use crate::{
     cache::CachedAnswer,
     config::TokenPlacement,
-    db::{self, diagnostics::Occurrence},
+    db::{self, diagnostics::Occurrence, writer::NewCall},
     metrics::Metrics,
     state::AppState,
     twilio::{
@@ -219,12 +219,12 @@ struct StoredAnswer {
 }
 
 impl StoredAnswer {
-    /// The answer a freshly built row stores (all its fields are set).
-    fn of(row: &call_webhook::ActiveModel) -> Self {
+    /// The answer a freshly built row stores.
+    fn of(row: &call_webhook::Model) -> Self {
         Self {
-            id: row.id.clone().unwrap(),
-            twiml: row.twiml.clone().unwrap(),
-            token_expires_at: row.token_expires_at.clone().unwrap(),
+            id: row.id.clone(),
+            twiml: row.twiml.clone(),
+            token_expires_at: row.token_expires_at,
         }
     }
 }
@@ -321,18 +321,18 @@ impl CallContext<'_> {
         }
     }
 
-    fn webhook_row(&self, call_id: &str, kind: &str, decision: &Decision) -> call_webhook::ActiveModel {
+    fn webhook_row(&self, call_id: &str, kind: &str, decision: &Decision) -> call_webhook::Model {
         let now = Utc::now();
-        call_webhook::ActiveModel {
-            id: Set(new_id()),
-            call_id: Set(call_id.to_owned()),
-            kind: Set(kind.to_owned()),
-            attempts: Set(1),
-            twiml: Set(decision.twiml.clone()),
-            token_jti: Set(decision.token.as_ref().map(|t| t.jti.clone())),
-            token_expires_at: Set(decision.token.as_ref().map(|t| t.expires_at)),
-            created_at: Set(now),
-            updated_at: Set(now),
+        call_webhook::Model {
+            id: new_id(),
+            call_id: call_id.to_owned(),
+            kind: kind.to_owned(),
+            attempts: 1,
+            twiml: decision.twiml.clone(),
+            token_jti: decision.token.as_ref().map(|t| t.jti.clone()),
+            token_expires_at: decision.token.as_ref().map(|t| t.expires_at),
+            created_at: now,
+            updated_at: now,
         }
     }
 
@@ -369,14 +369,16 @@ impl CallContext<'_> {
     }
 
     /// The voice URL or Fallback URL: answer once per call and kind; retries get the stored
-    /// answer. One transaction claims the CallSid, stores the answer and its outbox event.
+    /// answer. The call, its answer and its outbox event are stored in one transaction,
+    /// batched with concurrent calls (see [`db::writer`]).
     async fn answer(&self) -> Result<Answer, Error> {
         let kind = self.hook.kind.as_str();
         if let Some(hit) = self.state.answers.get(self.call_sid.as_str(), kind) {
             if hit.route_id == self.route.id {
                 // A retry of an answer this instance stored: count it, answer the same.
-                db::calls::bump_attempts(&self.state.db, &hit.call_id).await?;
-                db::calls::bump_webhook_attempts(&self.state.db, &hit.webhook_id).await?;
+                (self.state.writer)
+                    .count_retry(hit.call_id.clone(), hit.webhook_id.clone())
+                    .await?;
                 return Ok(Answer::TwiML(hit.twiml.clone()));
             }
         }
@@ -401,18 +403,22 @@ impl CallContext<'_> {
             updated_at: now,
             ended_at: None,
         };
-        let txn = self.state.db.begin().await?;
-        if db::calls::claim(&txn, new_call.clone().into()).await? {
-            let row = self.webhook_row(&new_call.id, kind, &decision);
-            let stored = StoredAnswer::of(&row);
-            db::calls::claim_webhook(&txn, row).await?;
-            let event = if is_fallback {
-                "call.fallback"
-            } else {
-                "call.received"
-            };
-            db::outbox::record(&txn, &self.tenant.id, event, self.event_data(&new_call)).await?;
-            txn.commit().await?;
+        let answer = self.webhook_row(&new_call.id, kind, &decision);
+        let stored = StoredAnswer::of(&answer);
+        let event = if is_fallback {
+            "call.fallback"
+        } else {
+            "call.received"
+        };
+        let event = db::outbox::event(&self.tenant.id, event, self.event_data(&new_call));
+        let claimed = (self.state.writer)
+            .claim(NewCall {
+                call: new_call.clone(),
+                answer,
+                event,
+            })
+            .await?;
+        if claimed {
             Metrics::outcome(&self.state.metrics.calls, &new_call.outcome);
             if let Some(reason) = decision.fallback_reason {
                 Metrics::reason(&self.state.metrics.fallbacks, reason);
@@ -421,8 +427,9 @@ impl CallContext<'_> {
             self.remember(&new_call.id, &stored);
             return Ok(Answer::TwiML(stored.twiml));
         }
-        // The CallSid is known: a retry, possibly racing the first delivery, which the
-        // database made us wait for.
+        // The CallSid is known: a retry, possibly of a delivery stored a moment ago (the
+        // writer answers only after that one is committed).
+        let txn = self.state.db.begin().await?;
         let existing = db::calls::by_sid(&txn, self.call_sid.as_str())
             .await?
             .ok_or_else(|| Error::Conflict("call disappeared while answering".to_owned()))?;
@@ -448,7 +455,7 @@ impl CallContext<'_> {
     ) -> Result<StoredAnswer, Error> {
         let row = self.webhook_row(&existing.id, self.hook.kind.as_str(), &decision);
         let fresh_answer = StoredAnswer::of(&row);
-        if db::calls::claim_webhook(txn, row).await? {
+        if db::calls::claim_webhook(txn, row.into()).await? {
             if let Some(reason) = decision.fallback_reason {
                 Metrics::reason(&self.state.metrics.fallbacks, reason);
                 let updated = db::calls::set_fallback(
@@ -554,7 +561,7 @@ impl CallContext<'_> {
             fallback_reason: None,
         };
         let txn = self.state.db.begin().await?;
-        if !db::calls::claim_webhook(&txn, self.webhook_row(&existing.id, &kind, &none)).await? {
+        if !db::calls::claim_webhook(&txn, self.webhook_row(&existing.id, &kind, &none).into()).await? {
             if let Some(stored) = db::calls::webhook(&txn, &existing.id, &kind).await? {
                 db::calls::bump_webhook(&txn, stored, None).await?;
             }

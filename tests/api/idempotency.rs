@@ -145,17 +145,7 @@ async fn same_call_on_another_route_conflicts(backend: Backend) {
     .unwrap();
     let sid = call_sid();
     assert_eq!(app.incoming(&sid).await.status(), 200);
-    let mut other = stateset_voice::twilio::form::FormParams::default();
-    for (k, v) in incoming_form(&sid).pairs() {
-        other.push(
-            k.clone(),
-            if k == "To" {
-                "+15555550000".to_owned()
-            } else {
-                v.clone()
-            },
-        );
-    }
+    let other = incoming_form_with(&sid, "To", "+15555550000");
     let res = app.post_signed("/api/v1/incoming-call", &other, AUTH_TOKEN).await;
     assert_eq!(res.status(), 409);
     let problem: serde_json::Value = res.json().await.unwrap();
@@ -170,10 +160,107 @@ async fn same_call_on_another_route_conflicts(backend: Backend) {
     assert_eq!((diags.len(), diags[0].key.as_str()), (1, sid.as_str()));
 }
 
+async fn a_burst_of_new_calls_and_their_duplicates_is_stored_exactly_once(backend: Backend) {
+    // Concurrent new calls are written in shared transactions; duplicates of a call may land
+    // in the same batch as the call itself, or in the next one.
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    app.seed().await;
+    let sids: Vec<String> = (0..50).map(|_| call_sid()).collect();
+    let burst = || {
+        futures::future::join_all((0..200).map(|i| {
+            let sid = sids[i % sids.len()].clone();
+            let app = &app;
+            async move {
+                let res = app.incoming(&sid).await;
+                (sid, res.status().as_u16(), res.text().await.unwrap())
+            }
+        }))
+    };
+    let mut answers = std::collections::HashMap::new();
+    for (sid, status, body) in burst().await.into_iter().chain(burst().await) {
+        assert_eq!(status, 200, "{body}");
+        let first = answers.entry(sid).or_insert_with(|| body.clone());
+        assert_eq!(*first, body, "every copy of a call gets the same answer");
+    }
+    assert_eq!(app.count(call::Entity).await, 50);
+    assert_eq!(app.count(call_webhook::Entity).await, 50);
+    assert_eq!(app.events("call.received").await.len(), 50);
+    for sid in &sids {
+        let stored = app.call(sid).await.unwrap();
+        assert_eq!(stored.attempts, 8, "4 copies in each of two bursts");
+        let answer = stateset_voice::db::calls::webhook(&app.state.db, &stored.id, "incoming")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.attempts, 8);
+        assert_eq!(&answer.twiml, &answers[sid]);
+    }
+}
+
+async fn one_failing_write_does_not_fail_the_others_in_its_batch(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let (tenant, route) = app.seed().await;
+    let writer = &app.state.writer;
+    let new_call = |route_id: &str| {
+        let now = chrono::Utc::now();
+        let call = call::Model {
+            id: stateset_voice::domain::phone::new_id(),
+            call_sid: call_sid(),
+            tenant_id: tenant.id.clone(),
+            route_id: route_id.to_owned(),
+            from_number: "+15550001111".to_owned(),
+            to_number: NUMBER.to_owned(),
+            status: "ringing".to_owned(),
+            outcome: "streamed".to_owned(),
+            fallback_reason: None,
+            attempts: 1,
+            error_code: None,
+            error_url: None,
+            duration_secs: None,
+            created_at: now,
+            updated_at: now,
+            ended_at: None,
+        };
+        let answer = call_webhook::Model {
+            id: stateset_voice::domain::phone::new_id(),
+            call_id: call.id.clone(),
+            kind: "incoming".to_owned(),
+            attempts: 1,
+            twiml: "<Response/>".to_owned(),
+            token_jti: None,
+            token_expires_at: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let event = stateset_voice::db::outbox::event(&tenant.id, "call.received", serde_json::json!({}));
+        stateset_voice::db::writer::NewCall { call, answer, event }
+    };
+    // A route that does not exist breaks the foreign key of one call among many.
+    let mut calls: Vec<_> = (0..30).map(|_| new_call(&route.id)).collect();
+    calls.insert(15, new_call("no-such-route"));
+    let results = futures::future::join_all(calls.iter().map(|c| writer.claim(c.clone()))).await;
+    for (c, result) in calls.iter().zip(&results) {
+        if c.call.route_id == route.id {
+            assert!(matches!(result, Ok(true)), "{result:?}");
+        } else {
+            assert!(result.is_err(), "the broken call is refused: {result:?}");
+        }
+    }
+    assert_eq!(app.count(call::Entity).await, 30);
+    assert_eq!(app.count(call_webhook::Entity).await, 30);
+    assert_eq!(app.count(outbox_event::Entity).await, 30);
+}
+
 on_both_backends!(
     retry_returns_the_same_answer,
     retry_after_token_expiry_gets_a_fresh_token,
     fifty_concurrent_duplicates_make_one_call,
     concurrent_duplicates_across_two_instances,
     same_call_on_another_route_conflicts,
+    a_burst_of_new_calls_and_their_duplicates_is_stored_exactly_once,
+    one_failing_write_does_not_fail_the_others_in_its_batch,
 );

@@ -1,0 +1,240 @@
+//! Group commit for the webhook hot path. Concurrent new calls and retry counts queue up while
+//! a batch is being written; the next batch writes all of them in one transaction, so the
+//! database commits once for many requests. Every request still gets its answer only after
+//! its rows are committed.
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{Arc, OnceLock},
+};
+
+use chrono::Utc;
+use entity::{call, call_webhook, outbox_event};
+use sea_orm::{
+    sea_query::{Expr, OnConflict},
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, IntoActiveModel,
+    QueryFilter, QueryTrait, TransactionTrait,
+};
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+/// Most requests written in one transaction.
+const MAX_BATCH: usize = 256;
+/// Requests that may wait for a writer before callers wait to enqueue.
+const QUEUE: usize = 4096;
+
+/// A new call with its answer and its outbox event: written together or not at all.
+#[derive(Debug, Clone)]
+pub struct NewCall {
+    pub call: call::Model,
+    pub answer: call_webhook::Model,
+    pub event: outbox_event::Model,
+}
+
+enum Job {
+    Claim(Box<NewCall>, oneshot::Sender<Result<bool, DbErr>>),
+    CountRetry {
+        call_id: String,
+        webhook_id: String,
+        done: oneshot::Sender<Result<(), DbErr>>,
+    },
+}
+
+/// Batches hot-path writes. Writer tasks start on first use; they stop when the last handle
+/// is dropped.
+pub struct Writer {
+    db: DatabaseConnection,
+    max_connections: u32,
+    queue: OnceLock<mpsc::Sender<Job>>,
+}
+
+impl Writer {
+    /// A writer on `db`. SQLite has one writer task (it serialises writes anyway);
+    /// PostgreSQL writes batches on up to a quarter of its pool at once.
+    pub fn new(db: DatabaseConnection, max_connections: u32) -> Self {
+        Self {
+            db,
+            max_connections,
+            queue: OnceLock::new(),
+        }
+    }
+
+    fn queue(&self) -> &mpsc::Sender<Job> {
+        self.queue.get_or_init(|| {
+            let lanes = match self.db.get_database_backend() {
+                DbBackend::Postgres => (self.max_connections as usize / 4).clamp(1, 8),
+                _ => 1,
+            };
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let rx = Arc::new(Mutex::new(rx));
+            for _ in 0..lanes {
+                tokio::spawn(run(self.db.clone(), rx.clone()));
+            }
+            tx
+        })
+    }
+
+    async fn submit<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, DbErr>>) -> Job,
+    ) -> Result<T, DbErr> {
+        let (tx, rx) = oneshot::channel();
+        let stopped = || DbErr::Custom("the database writer stopped".to_owned());
+        self.queue().send(job(tx)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Stores a new call, its answer and its event unless a call with the same CallSid exists
+    /// (or is being stored by an earlier request). True when this request stored it; the
+    /// database's unique index decides, so concurrent duplicates cannot both store.
+    pub async fn claim(&self, new_call: NewCall) -> Result<bool, DbErr> {
+        self.submit(|done| Job::Claim(Box::new(new_call), done)).await
+    }
+
+    /// Counts one more delivery of a call's webhook and of its stored answer.
+    pub async fn count_retry(&self, call_id: String, webhook_id: String) -> Result<(), DbErr> {
+        self.submit(|done| Job::CountRetry {
+            call_id,
+            webhook_id,
+            done,
+        })
+        .await
+    }
+}
+
+/// One writer: takes whatever is queued (at least one request) and writes it as a batch.
+async fn run(db: DatabaseConnection, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let received = queue.lock().await.recv_many(&mut jobs, MAX_BATCH).await;
+        if received == 0 {
+            return;
+        }
+        execute(&db, std::mem::take(&mut jobs)).await;
+    }
+}
+
+/// Writes a batch and answers each request. If the batch fails as a whole, each request is
+/// written alone, so one bad request cannot fail the others.
+async fn execute(db: &DatabaseConnection, jobs: Vec<Job>) {
+    if jobs.len() > 1 {
+        match write(db, &jobs).await {
+            Ok(claimed) => {
+                for (job, claimed) in jobs.into_iter().zip(claimed) {
+                    answer(job, Ok(claimed));
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, size = jobs.len(), "batch write failed; writing its requests one by one")
+            }
+        }
+    }
+    for job in jobs {
+        let one = [job];
+        let result = write(db, &one).await.map(|claimed| claimed[0]);
+        let [job] = one;
+        answer(job, result);
+    }
+}
+
+/// Answers one request. A caller that went away (client disconnected) needs no answer.
+fn answer(job: Job, result: Result<bool, DbErr>) {
+    match job {
+        Job::Claim(_, done) => {
+            let _ = done.send(result);
+        }
+        Job::CountRetry { done, .. } => {
+            let _ = done.send(result.map(|_| ()));
+        }
+    }
+}
+
+/// Writes `jobs` in one transaction; for each job, whether it stored a new call.
+async fn write(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<bool>, DbErr> {
+    // One candidate per CallSid (the first request), in CallSid order, so that concurrent
+    // batches on PostgreSQL take the unique-index locks in the same order.
+    let mut seen = HashSet::new();
+    let mut candidates: Vec<(usize, &NewCall)> = jobs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, job)| match job {
+            Job::Claim(new_call, _) if seen.insert(new_call.call.call_sid.as_str()) => Some((i, &**new_call)),
+            _ => None,
+        })
+        .collect();
+    candidates.sort_by(|a, b| a.1.call.call_sid.cmp(&b.1.call.call_sid));
+
+    let txn = db.begin().await?;
+    let mut claimed = vec![false; jobs.len()];
+    if !candidates.is_empty() {
+        let mut insert =
+            call::Entity::insert_many(candidates.iter().map(|(_, c)| c.call.clone().into_active_model()))
+                .on_conflict(OnConflict::column(call::Column::CallSid).do_nothing().to_owned())
+                .into_query();
+        insert.returning_col(call::Column::CallSid);
+        let rows = txn.query_all(txn.get_database_backend().build(&insert)).await?;
+        let inserted = rows
+            .iter()
+            .map(|row| row.try_get::<String>("", "call_sid"))
+            .collect::<Result<HashSet<_>, _>>()?;
+        let won: Vec<&NewCall> = candidates
+            .iter()
+            .filter(|(_, c)| inserted.contains(&c.call.call_sid))
+            .map(|&(i, c)| {
+                claimed[i] = true;
+                c
+            })
+            .collect();
+        if !won.is_empty() {
+            call_webhook::Entity::insert_many(won.iter().map(|c| c.answer.clone().into_active_model()))
+                .exec_without_returning(&txn)
+                .await?;
+            outbox_event::Entity::insert_many(won.iter().map(|c| c.event.clone().into_active_model()))
+                .exec_without_returning(&txn)
+                .await?;
+        }
+    }
+
+    // Retry counts, summed per row.
+    let mut calls: BTreeMap<&str, i32> = BTreeMap::new();
+    let mut answers: BTreeMap<&str, i32> = BTreeMap::new();
+    for job in jobs {
+        if let Job::CountRetry {
+            call_id, webhook_id, ..
+        } = job
+        {
+            *calls.entry(call_id).or_default() += 1;
+            *answers.entry(webhook_id).or_default() += 1;
+        }
+    }
+    let now = Utc::now();
+    for (by, ids) in by_count(&calls) {
+        call::Entity::update_many()
+            .col_expr(call::Column::Attempts, Expr::col(call::Column::Attempts).add(by))
+            .col_expr(call::Column::UpdatedAt, Expr::value(now))
+            .filter(call::Column::Id.is_in(ids))
+            .exec(&txn)
+            .await?;
+    }
+    for (by, ids) in by_count(&answers) {
+        call_webhook::Entity::update_many()
+            .col_expr(
+                call_webhook::Column::Attempts,
+                Expr::col(call_webhook::Column::Attempts).add(by),
+            )
+            .col_expr(call_webhook::Column::UpdatedAt, Expr::value(now))
+            .filter(call_webhook::Column::Id.is_in(ids))
+            .exec(&txn)
+            .await?;
+    }
+    txn.commit().await?;
+    Ok(claimed)
+}
+
+/// Rows grouped by how much to add to them (usually all by one: a single statement).
+fn by_count<'a>(counts: &BTreeMap<&'a str, i32>) -> BTreeMap<i32, Vec<&'a str>> {
+    let mut grouped: BTreeMap<i32, Vec<&str>> = BTreeMap::new();
+    for (&id, &n) in counts {
+        grouped.entry(n).or_default().push(id);
+    }
+    grouped
+}
