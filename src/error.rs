@@ -135,6 +135,52 @@ impl From<sea_orm::DbErr> for AdminError {
     }
 }
 
+/// Error responses of the admin operations that take a JSON body: those of [`AdminError`], and
+/// 415 when the body is not JSON.
+#[derive(Debug, ApiResponse)]
+pub enum AdminBodyError {
+    /// The request is malformed, or the body is not valid JSON of the documented shape.
+    #[oai(status = 400)]
+    BadRequest(ProblemJson),
+    /// Missing or wrong bearer token, or the admin API is disabled.
+    #[oai(status = 401)]
+    Unauthorized(ProblemJson),
+    /// No such record.
+    #[oai(status = 404)]
+    NotFound(ProblemJson),
+    /// The change conflicts with an existing record.
+    #[oai(status = 409)]
+    Conflict(ProblemJson),
+    /// The body is not `application/json`.
+    #[oai(status = 415)]
+    UnsupportedMediaType(ProblemJson),
+    /// A value is well-formed but not acceptable.
+    #[oai(status = 422)]
+    Unprocessable(ProblemJson),
+    /// The service failed; the cause is logged.
+    #[oai(status = 500)]
+    Internal(ProblemJson),
+}
+
+impl From<AdminError> for AdminBodyError {
+    fn from(err: AdminError) -> Self {
+        match err {
+            AdminError::BadRequest(p) => Self::BadRequest(p),
+            AdminError::Unauthorized(p) => Self::Unauthorized(p),
+            AdminError::NotFound(p) => Self::NotFound(p),
+            AdminError::Conflict(p) => Self::Conflict(p),
+            AdminError::Unprocessable(p) => Self::Unprocessable(p),
+            AdminError::Internal(p) => Self::Internal(p),
+        }
+    }
+}
+
+impl From<domain::Error> for AdminBodyError {
+    fn from(err: domain::Error) -> Self {
+        AdminError::from(err).into()
+    }
+}
+
 /// Turns any framework error (unknown path, bad JSON, wrong content type, oversized body,
 /// failed authentication) into a problem body with the same status.
 pub async fn problem_for(err: poem::Error) -> Response {

@@ -55,6 +55,20 @@ async fn check_admin_token(req: &Request, bearer: Bearer) -> poem::Result<()> {
     }
 }
 
+/// Refuses an API request whose path or query encodes a NUL byte (`%00`) with 400: no id,
+/// cursor or filter contains one, and PostgreSQL cannot compare text with it.
+pub async fn reject_nul_in_url(req: Request) -> poem::Result<Request> {
+    let encodes_nul = |s: &str| s.as_bytes().windows(3).any(|w| w == b"%00");
+    let uri = req.uri();
+    if uri.path().starts_with("/api/") && (encodes_nul(uri.path()) || uri.query().is_some_and(encodes_nul)) {
+        return Err(poem::Error::from_string(
+            "the URL must not contain NUL characters (%00)",
+            poem::http::StatusCode::BAD_REQUEST,
+        ));
+    }
+    Ok(req)
+}
+
 /// All operations, as one OpenAPI service.
 pub type Service = OpenApiService<
     (

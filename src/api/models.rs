@@ -110,7 +110,9 @@ pub struct Tenant {
     pub name: String,
     pub account_sid: String,
     pub environment: String,
+    #[oai(nullable)]
     pub webhook_url: Option<String>,
+    #[oai(nullable)]
     pub default_fallback: Option<Fallback>,
     /// Whether a secondary auth token (rotation) is set.
     pub has_secondary_auth_token: bool,
@@ -174,15 +176,17 @@ pub struct TenantPatch {
     pub name: Option<String>,
     #[oai(write_only)]
     pub auth_token: Option<String>,
-    #[oai(write_only)]
+    #[oai(write_only, nullable)]
     pub secondary_auth_token: MaybeUndefined<String>,
-    #[oai(write_only)]
+    #[oai(write_only, nullable)]
     pub shared_key: MaybeUndefined<String>,
     pub environment: Option<TenantEnvironment>,
+    #[oai(nullable)]
     pub webhook_url: MaybeUndefined<String>,
     /// Rotates the webhook signing secret.
     #[oai(write_only)]
     pub webhook_secret: Option<String>,
+    #[oai(nullable)]
     pub default_fallback: MaybeUndefined<Fallback>,
 }
 
@@ -193,11 +197,14 @@ pub struct Route {
     pub tenant_id: String,
     /// E.164.
     pub phone_number: String,
+    #[oai(nullable)]
     pub label: Option<String>,
     pub environment: String,
     pub enabled: bool,
+    #[oai(nullable)]
     pub fallback: Option<Fallback>,
     /// WebSocket URL of the agent runtime; the built-in echo agent when absent.
+    #[oai(nullable)]
     pub agent_url: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -241,10 +248,13 @@ pub struct RouteCreate {
 #[oai(deny_unknown_fields)]
 pub struct RoutePatch {
     pub phone_number: Option<String>,
+    #[oai(nullable)]
     pub label: MaybeUndefined<String>,
     pub environment: Option<RouteEnvironment>,
     pub enabled: Option<bool>,
+    #[oai(nullable)]
     pub fallback: MaybeUndefined<Fallback>,
+    #[oai(nullable)]
     pub agent_url: MaybeUndefined<String>,
 }
 
@@ -252,14 +262,17 @@ pub struct RoutePatch {
 #[derive(Debug, Object)]
 pub struct MediaSession {
     pub id: String,
+    #[oai(nullable)]
     pub stream_sid: Option<String>,
     pub status: String,
+    #[oai(nullable)]
     pub end_reason: Option<String>,
     pub received_stop: bool,
     pub inbound_frames: i64,
     pub outbound_frames: i64,
     pub malformed_frames: i64,
     pub started_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub ended_at: Option<DateTime<Utc>>,
 }
 
@@ -293,14 +306,19 @@ pub struct Call {
     pub status: String,
     /// `streamed` or `fallback`.
     pub outcome: String,
+    #[oai(nullable)]
     pub fallback_reason: Option<String>,
     /// Deliveries of the voice webhook for this call (1 + retries).
     pub attempts: i32,
+    #[oai(nullable)]
     pub error_code: Option<String>,
+    #[oai(nullable)]
     pub error_url: Option<String>,
+    #[oai(nullable)]
     pub duration_secs: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub ended_at: Option<DateTime<Utc>>,
     pub media_sessions: Vec<MediaSession>,
 }
@@ -338,8 +356,11 @@ pub struct Diagnostic {
     pub kind: String,
     /// The called number, route id or CallSid the occurrences share.
     pub key: String,
+    #[oai(nullable)]
     pub tenant_id: Option<String>,
+    #[oai(nullable)]
     pub route_id: Option<String>,
+    #[oai(nullable)]
     pub detail: Option<String>,
     pub count: i64,
     pub first_seen: DateTime<Utc>,
@@ -366,7 +387,9 @@ impl From<diagnostic::Model> for Diagnostic {
 #[derive(Debug, Object)]
 pub struct Alert {
     pub id: String,
+    #[oai(nullable)]
     pub tenant_id: Option<String>,
+    #[oai(nullable)]
     pub route_id: Option<String>,
     pub kind: String,
     pub message: String,
@@ -403,8 +426,10 @@ pub struct Event {
     pub status: String,
     pub attempts: i32,
     pub next_attempt_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub delivered_at: Option<DateTime<Utc>>,
 }
 
@@ -430,6 +455,7 @@ impl From<outbox_event::Model> for Event {
 pub struct List<T: poem_openapi::types::ParseFromJSON + poem_openapi::types::ToJSON> {
     pub items: Vec<T>,
     /// Pass as `cursor` to get the next page; null on the last page.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 

@@ -2,7 +2,11 @@
 use poem_openapi::{param::Query, payload::Json, Object, OpenApi};
 
 use super::{models::*, tenants::DEFAULT_LIMIT, AdminAuth, ApiTags};
-use crate::{db, error::AdminError, state::AppState};
+use crate::{
+    db,
+    error::{AdminBodyError, AdminError},
+    state::AppState,
+};
 
 /// Operations endpoints.
 pub struct OpsApi {
@@ -101,17 +105,21 @@ impl OpsApi {
 
     /// This instance's runtime state
     #[oai(path = "/api/v1/runtime", method = "get", operation_id = "getRuntime")]
-    async fn runtime(&self, _auth: AdminAuth) -> Json<RuntimeStatus> {
-        Json(self.status())
+    async fn runtime(&self, _auth: AdminAuth) -> Result<Json<RuntimeStatus>, AdminError> {
+        Ok(Json(self.status()))
     }
 
     /// Turn drain mode on or off on this instance
     ///
     /// While draining, new calls are answered with their fallback; open streams continue.
     #[oai(path = "/api/v1/runtime/drain", method = "put", operation_id = "setDrain")]
-    async fn drain(&self, _auth: AdminAuth, body: Json<DrainRequest>) -> Json<RuntimeStatus> {
+    async fn drain(
+        &self,
+        _auth: AdminAuth,
+        body: Json<DrainRequest>,
+    ) -> Result<Json<RuntimeStatus>, AdminBodyError> {
         self.state.runtime.set_draining(body.0.draining);
         tracing::warn!(draining = body.0.draining, "drain mode changed");
-        Json(self.status())
+        Ok(Json(self.status()))
     }
 }

@@ -9,7 +9,7 @@ use super::{models::*, tenants::optional, tenants::DEFAULT_LIMIT, AdminAuth, Api
 use crate::{
     db,
     domain::admin::{self, NewRoute, RouteChanges},
-    error::AdminError,
+    error::{AdminBodyError, AdminError},
     state::AppState,
 };
 
@@ -47,7 +47,7 @@ impl RoutesApi {
         _auth: AdminAuth,
         tenant_id: Path<String>,
         body: Json<RouteCreate>,
-    ) -> Result<Created, AdminError> {
+    ) -> Result<Created, AdminBodyError> {
         let b = body.0;
         let new = NewRoute {
             phone_number: b.phone_number,
@@ -101,7 +101,7 @@ impl RoutesApi {
         _auth: AdminAuth,
         route_id: Path<String>,
         body: Json<RoutePatch>,
-    ) -> Result<Json<Route>, AdminError> {
+    ) -> Result<Json<Route>, AdminBodyError> {
         let b = body.0;
         let changes = RouteChanges {
             phone_number: b.phone_number,

@@ -10,7 +10,7 @@ use super::{models::*, AdminAuth, ApiTags};
 use crate::{
     db,
     domain::admin::{self, NewTenant, TenantChanges},
-    error::AdminError,
+    error::{AdminBodyError, AdminError},
     state::AppState,
 };
 
@@ -48,7 +48,7 @@ pub(super) fn optional<T>(value: MaybeUndefined<T>) -> Option<Option<T>> {
 impl TenantsApi {
     /// Create a tenant
     #[oai(path = "/api/v1/tenants", method = "post", operation_id = "createTenant")]
-    async fn create(&self, _auth: AdminAuth, body: Json<TenantCreate>) -> Result<Created, AdminError> {
+    async fn create(&self, _auth: AdminAuth, body: Json<TenantCreate>) -> Result<Created, AdminBodyError> {
         let b = body.0;
         let created = admin::create_tenant(
             &self.state.db,
@@ -115,7 +115,7 @@ impl TenantsApi {
         _auth: AdminAuth,
         tenant_id: Path<String>,
         body: Json<TenantPatch>,
-    ) -> Result<Json<Tenant>, AdminError> {
+    ) -> Result<Json<Tenant>, AdminBodyError> {
         let b = body.0;
         let changes = TenantChanges {
             name: b.name,

@@ -99,6 +99,10 @@ fn one_of(field: &str, value: Option<String>, allowed: [&str; 2]) -> Result<Stri
 }
 
 fn url_with_scheme(field: &str, value: String, schemes: &[&str]) -> Result<String, Error> {
+    // The parser drops or escapes control characters, but the value is stored as given.
+    if value.chars().any(char::is_control) {
+        return Err(invalid(format!("{field} must not contain control characters")));
+    }
     let parsed = url::Url::parse(&value).map_err(|e| invalid(format!("{field}: {e}")))?;
     if !schemes.contains(&parsed.scheme()) || parsed.host_str().is_none() {
         return Err(invalid(format!("{field} must be an absolute {schemes:?} URL")));

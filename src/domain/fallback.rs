@@ -46,6 +46,9 @@ impl FallbackAction {
                 Ok(Self::Say { message })
             }
             Self::Redirect { url } => {
+                if url.chars().any(char::is_control) {
+                    return Err("redirect url must not contain control characters".to_owned());
+                }
                 let parsed = url::Url::parse(&url).map_err(|e| format!("redirect url: {e}"))?;
                 if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
                     return Err("redirect url must be an absolute http(s) URL".to_owned());
