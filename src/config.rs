@@ -118,6 +118,9 @@ pub struct ConfigArgs {
     /// Close connections with no traffic for this long (seconds, e.g. 60).
     #[arg(long, global = true, env = "VOICE_IDLE_TIMEOUT", default_value = "60", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// Time allowed to receive a request head once its first byte arrived (e.g. 10, 500ms).
+    #[arg(long, global = true, env = "VOICE_HEADER_READ_TIMEOUT", default_value = "10", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
     /// Time allowed to receive a webhook body once its headers arrived (e.g. 10, 500ms).
     #[arg(long, global = true, env = "VOICE_BODY_READ_TIMEOUT", default_value = "10", value_parser = parse_duration)]
     pub body_read_timeout: Duration,
@@ -169,6 +172,7 @@ pub struct Config {
     pub stream_start_timeout: Duration,
     pub agent_health_interval: Duration,
     pub idle_timeout: Duration,
+    pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
     pub route_cache_ttl: Duration,
     pub diagnostics_flush_interval: Duration,
@@ -290,6 +294,7 @@ impl Config {
             stream_start_timeout: args.stream_start_timeout.max(Duration::from_secs(1)),
             agent_health_interval: args.agent_health_interval.max(Duration::from_secs(1)),
             idle_timeout: args.idle_timeout.max(Duration::from_secs(1)),
+            header_read_timeout: args.header_read_timeout.max(Duration::from_millis(10)),
             body_read_timeout: args.body_read_timeout.max(Duration::from_millis(10)),
             route_cache_ttl: args.route_cache_ttl,
             diagnostics_flush_interval: args.diagnostics_flush_interval.max(Duration::from_millis(10)),

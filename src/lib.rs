@@ -9,6 +9,7 @@ pub mod db;
 pub mod demo;
 pub mod domain;
 pub mod error;
+pub mod head_deadline;
 pub mod media;
 pub mod metrics;
 pub mod state;
@@ -19,7 +20,7 @@ pub mod worker;
 
 use poem::{
     http::uri::Scheme,
-    listener::{Acceptor, Listener, TcpListener},
+    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
     middleware::Tracing,
     web::{LocalAddr, RemoteAddr},
     Endpoint, EndpointExt, Route, Server,
@@ -41,6 +42,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .at("/media-stream/:token", poem::get(api::media::media_stream_path))
         .nest("/docs", docs)
         .data(state.clone())
+        .before(api::reject_nul_in_url)
         .catch_all_error(error::problem_for)
         .around(move |endpoint, req| {
             let metrics = state.metrics.clone();
@@ -71,7 +73,8 @@ pub async fn prepare(config: Config) -> Result<AppState, sea_orm::DbErr> {
     Ok(AppState::new(db, config))
 }
 
-/// Serves `state` on its configured address until `shutdown` completes.
+/// Serves `state` on its configured address, with the background workers (event delivery,
+/// diagnostics flush, agent health checks), until `shutdown` completes.
 pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -82,8 +85,36 @@ pub async fn serve(
     for addr in acceptor.local_addr() {
         tracing::info!(address = %addr, public_url = %state.config.public_url, "listening");
     }
+    let workers = worker::spawn_all(state.clone());
+    let served = serve_on(
+        acceptor,
+        state.clone(),
+        shutdown,
+        Some(std::time::Duration::from_secs(10)),
+    )
+    .await;
+    drop(workers);
+    // Diagnostics still buffered would otherwise be lost with the process.
+    if let Err(e) = domain::alerts::flush(&state).await {
+        tracing::warn!(error = %e, "writing diagnostics at shutdown failed");
+    }
+    served
+}
+
+/// Serves [`app`] on `acceptor` with the connection limits of the configuration (Nagle off,
+/// request head deadline, idle timeout) until `shutdown` completes, then gives open connections
+/// `grace` to finish.
+pub async fn serve_on(
+    acceptor: TcpAcceptor,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()>,
+    grace: Option<std::time::Duration>,
+) -> std::io::Result<()> {
+    let acceptor = head_deadline::HeadDeadline::new(NoDelay(acceptor), state.config.header_read_timeout);
+    let endpoint = acceptor.watch(app(state.clone()));
     Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(app(state), shutdown, Some(std::time::Duration::from_secs(10)))
+        .idle_timeout(state.config.idle_timeout)
+        .run_with_graceful_shutdown(endpoint, shutdown, grace)
         .await
 }
 

@@ -13,10 +13,7 @@ use crate::{
         signature::{self, Algorithm},
     },
 };
-use poem::{
-    listener::{Acceptor, Listener, TcpListener},
-    Server,
-};
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait};
 use serde_json::Value;
 
@@ -61,6 +58,20 @@ pub struct FreshDatabase {
     /// The PostgreSQL schema holding it.
     pub schema: Option<String>,
     pub dir: Option<tempfile::TempDir>,
+}
+
+impl FreshDatabase {
+    /// The `VOICE_DATABASE_URL` that points another process at this database: the SQLite
+    /// file, or the PostgreSQL database with `search_path` set to the schema at connect.
+    pub fn process_url(&self) -> String {
+        match &self.schema {
+            None => self.url.clone(),
+            Some(schema) => {
+                let separator = if self.url.contains('?') { '&' } else { '?' };
+                format!("{}{separator}options%5Bsearch_path%5D={schema}", self.url)
+            }
+        }
+    }
 }
 
 /// Connects to a fresh database for `backend`; `None` only when PostgreSQL tests were
@@ -148,8 +159,8 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config
     })
 }
 
-/// A listener on a free loopback port, with Nagle's algorithm off as in production.
-async fn bind_local() -> (crate::NoDelay<poem::listener::TcpAcceptor>, u16) {
+/// A listener on a free loopback port.
+async fn bind_local() -> (TcpAcceptor, u16) {
     let acceptor = TcpListener::bind("127.0.0.1:0")
         .into_acceptor()
         .await
@@ -158,14 +169,12 @@ async fn bind_local() -> (crate::NoDelay<poem::listener::TcpAcceptor>, u16) {
         .as_socket_addr()
         .expect("socket address")
         .port();
-    (crate::NoDelay(acceptor), port)
+    (acceptor, port)
 }
 
-fn serve_on(acceptor: impl Acceptor + 'static, state: AppState) {
-    let app = crate::app(state);
-    tokio::spawn(async move {
-        let _ = Server::new_with_acceptor(acceptor).run(app).await;
-    });
+/// Serves `state` on `acceptor` as [`crate::serve`] does, without the background workers.
+fn serve_on(acceptor: TcpAcceptor, state: AppState) {
+    tokio::spawn(crate::serve_on(acceptor, state, std::future::pending(), None));
 }
 
 /// The inbound-call fields Twilio sends, from the recorded example, for `call_sid`.
@@ -182,6 +191,16 @@ pub fn incoming_form(call_sid: &str) -> FormParams {
             p[1].as_str().unwrap()
         };
         (key.to_owned(), value.to_owned())
+    }))
+}
+
+/// [`incoming_form`] with the value of `field` replaced by `value`.
+pub fn incoming_form_with(call_sid: &str, field: &str, value: &str) -> FormParams {
+    let form = incoming_form(call_sid);
+    assert!(form.get(field).is_some(), "the incoming-call form has no {field}");
+    FormParams::from_pairs(form.pairs().iter().map(|(k, v)| {
+        let v = if k == field { value } else { v.as_str() };
+        (k.clone(), v.to_owned())
     }))
 }
 

@@ -132,15 +132,7 @@ async fn account_mismatch_is_403_with_diagnostic(backend: Backend) {
         return;
     };
     app.seed().await;
-    let mut form = FormParams::default();
-    for (k, v) in incoming_form(&call_sid()).pairs() {
-        let v = if k == "AccountSid" {
-            "AC00000000000000000000000000000000".to_owned()
-        } else {
-            v.clone()
-        };
-        form.push(k.clone(), v);
-    }
+    let form = incoming_form_with(&call_sid(), "AccountSid", "AC00000000000000000000000000000000");
     let res = app.post_signed("/api/v1/incoming-call", &form, AUTH_TOKEN).await;
     assert_eq!(res.status(), 403);
     assert_nothing_stored(&app).await;
@@ -156,17 +148,7 @@ async fn unknown_route_answers_platform_message(backend: Backend) {
         return;
     };
     app.seed().await;
-    let mut form = FormParams::default();
-    for (k, v) in incoming_form(&call_sid()).pairs() {
-        form.push(
-            k.clone(),
-            if k == "To" {
-                "+1 (555) 999-0000".to_owned()
-            } else {
-                v.clone()
-            },
-        );
-    }
+    let form = incoming_form_with(&call_sid(), "To", "+1 (555) 999-0000");
     for _ in 0..3 {
         // Unsigned: an unknown number has no key, and the answer must not reveal more.
         let res = app

@@ -1,10 +1,13 @@
 //! Integration tests over real HTTP, each on SQLite and on PostgreSQL.
 mod admin;
 mod cli;
+mod contract;
 mod events;
 mod failure_modes;
+mod hostile_input;
 mod idempotency;
 mod media;
 mod openapi;
+mod signature_props;
 mod signature_rules;
 mod webhook;

@@ -326,6 +326,34 @@ async fn refused_streams_close_with_a_reason_and_bridge_nothing(backend: Backend
     );
 }
 
+/// The request head deadline ends with the upgrade: a stream on which the caller keeps sending
+/// frames that get no reply (marks), while the service writes nothing for several times that
+/// deadline, stays open and is then answered as usual.
+async fn quiet_streams_outlive_the_head_deadline(backend: Backend) {
+    let head_limit = std::time::Duration::from_millis(300);
+    let Some(app) = spawn_app_with(backend, |a| a.header_read_timeout = head_limit).await else {
+        return;
+    };
+    app.seed().await;
+    let (sid, token) = answered_call(&app).await;
+    let mut socket = connect(&app, "/media-stream").await;
+    let frames = session_frames(&sid, &token);
+    send_all(&mut socket, &frames[..2]).await;
+    let mark = frames.iter().find(|f| f.contains("\"event\":\"mark\"")).unwrap();
+    let quiet_until = std::time::Instant::now() + head_limit * 5;
+    while std::time::Instant::now() < quiet_until {
+        socket.send(Message::text(mark.clone())).await.unwrap();
+        let reply = tokio::time::timeout(std::time::Duration::from_millis(100), socket.next()).await;
+        assert!(reply.is_err(), "the service wrote {reply:?}");
+    }
+    send_all(&mut socket, &frames[2..3]).await;
+    let got = read_until(&mut socket, 1, Received::default()).await;
+    assert_eq!(got.media.len(), 1, "the stream is still bridged: {got:?}");
+    send_all(&mut socket, &frames[frames.len() - 1..]).await;
+    let got = read_all(&mut socket).await;
+    assert_eq!(got.close.map(|c| c.0), Some(CloseCode::from(CLOSE_NORMAL)));
+}
+
 /// A test agent runtime: checks the call context comes first, answers every media frame with
 /// its own audio, and hangs up after `fail_after` frames when set.
 async fn spawn_agent(fail_after: Option<usize>) -> (String, tokio::task::JoinHandle<serde_json::Value>) {
@@ -488,4 +516,5 @@ on_both_backends!(
     remote_agent_gets_context_then_audio_both_ways,
     agent_failure_mid_call_ends_in_fallback,
     failing_health_checks_open_the_circuit,
+    quiet_streams_outlive_the_head_deadline,
 );

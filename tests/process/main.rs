@@ -1,0 +1,7 @@
+//! Reliability tests over real server processes: the `stateset-voice` binary killed mid-load
+//! and restarted, two instances sharing one PostgreSQL schema, and what `serve` runs beside
+//! the HTTP server.
+mod crash;
+mod multi_instance;
+mod serve;
+mod support;
