@@ -55,6 +55,8 @@ pub struct Metrics {
     pub deliveries: Family<Outcome, Counter>,
     /// Request latency in seconds.
     pub http: Family<HttpLabels, Histogram>,
+    /// Requests written per database transaction by the hot-path writer.
+    pub write_batch_size: Histogram,
 }
 
 fn latency_histogram() -> Histogram {
@@ -75,6 +77,7 @@ impl Default for Metrics {
             outbox_backlog: Gauge::default(),
             deliveries: Family::default(),
             http: Family::new_with_constructor(latency_histogram),
+            write_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
             registry: Registry::default(),
         };
         // Known series exist from the start, at zero, so rates and alerts see them.
@@ -125,6 +128,11 @@ impl Default for Metrics {
             "http_request_duration_seconds",
             "HTTP request latency",
             m.http.clone(),
+        );
+        registry.register(
+            "write_batch_size",
+            "Requests written per database transaction by the hot-path writer",
+            m.write_batch_size.clone(),
         );
         Self { registry, ..m }
     }

@@ -41,17 +41,24 @@ impl AppState {
 
     /// Builds the state for a connected, migrated database.
     pub fn new(db: DatabaseConnection, config: Config) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let writer = Writer::new(
+            db.clone(),
+            config.database_max_connections,
+            metrics.write_batch_size.clone(),
+        );
         let tokens = TokenIssuer::new(config.token_secret.expose().as_bytes(), config.stream_token_ttl);
         Self {
             routes: Arc::new(RouteCache::new(config.route_cache_ttl)),
             answers: Arc::new(AnswerCache::new(config.stream_token_ttl)),
             diagnostics: Arc::new(DiagnosticsBuffer::default()),
-            writer: Arc::new(Writer::new(db.clone(), config.database_max_connections)),
+
             db,
             config: Arc::new(config),
             tokens,
             runtime: Arc::new(Runtime::default()),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
+            writer: Arc::new(writer),
         }
     }
 }

@@ -47,6 +47,10 @@ pub async fn connect_url(
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
         });
+    if url.starts_with("sqlite:") {
+        // A local file cannot drop the connection: no ping before each use.
+        options.test_before_acquire(false);
+    }
     if let Some(schema) = pg_schema {
         options.set_schema_search_path(schema.to_owned());
     }

@@ -15,6 +15,17 @@ pub async fn get<C: ConnectionTrait>(db: &C, id: &str) -> Result<Option<tenant::
     tenant::Entity::find_by_id(id.to_owned()).one(db).await
 }
 
+/// The tenants with these ids that exist.
+pub async fn by_ids<'a, C: ConnectionTrait>(
+    db: &C,
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<tenant::Model>, DbErr> {
+    tenant::Entity::find()
+        .filter(tenant::Column::Id.is_in(ids))
+        .all(db)
+        .await
+}
+
 /// Finds a tenant by its Twilio account SID.
 pub async fn by_account_sid<C: ConnectionTrait>(
     db: &C,

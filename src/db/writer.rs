@@ -9,6 +9,7 @@ use std::{
 
 use chrono::Utc;
 use entity::{call, call_webhook, outbox_event};
+use prometheus_client::metrics::histogram::Histogram;
 use sea_orm::{
     sea_query::{Expr, OnConflict},
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, IntoActiveModel,
@@ -43,16 +44,19 @@ enum Job {
 pub struct Writer {
     db: DatabaseConnection,
     max_connections: u32,
+    batch_sizes: Histogram,
     queue: OnceLock<mpsc::Sender<Job>>,
 }
 
 impl Writer {
     /// A writer on `db`. SQLite has one writer task (it serialises writes anyway);
     /// PostgreSQL writes batches on up to a quarter of its pool at once.
-    pub fn new(db: DatabaseConnection, max_connections: u32) -> Self {
+    /// `batch_sizes` observes how many requests each transaction writes.
+    pub fn new(db: DatabaseConnection, max_connections: u32, batch_sizes: Histogram) -> Self {
         Self {
             db,
             max_connections,
+            batch_sizes,
             queue: OnceLock::new(),
         }
     }
@@ -66,7 +70,7 @@ impl Writer {
             let (tx, rx) = mpsc::channel(QUEUE);
             let rx = Arc::new(Mutex::new(rx));
             for _ in 0..lanes {
-                tokio::spawn(run(self.db.clone(), rx.clone()));
+                tokio::spawn(run(self.db.clone(), rx.clone(), self.batch_sizes.clone()));
             }
             tx
         })
@@ -101,13 +105,14 @@ impl Writer {
 }
 
 /// One writer: takes whatever is queued (at least one request) and writes it as a batch.
-async fn run(db: DatabaseConnection, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
+async fn run(db: DatabaseConnection, queue: Arc<Mutex<mpsc::Receiver<Job>>>, batch_sizes: Histogram) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     loop {
         let received = queue.lock().await.recv_many(&mut jobs, MAX_BATCH).await;
         if received == 0 {
             return;
         }
+        batch_sizes.observe(received as f64);
         execute(&db, std::mem::take(&mut jobs)).await;
     }
 }

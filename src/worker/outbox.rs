@@ -5,11 +5,15 @@
 //! instances share the work). A worker that dies mid-delivery leaves the event to be claimed
 //! again when the lease ends, so events survive restarts; a receiver may then see an event
 //! twice and can drop the repeat by its `webhook-id`. A delivered event is never sent again.
-use std::{net::IpAddr, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+    time::Duration,
+};
 
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use chrono::Utc;
-use entity::outbox_event;
+use entity::{outbox_event, tenant};
 use hmac::{Hmac, Mac};
 use sea_orm::{
     sea_query::Expr, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, Statement,
@@ -19,14 +23,16 @@ use sha2::Sha256;
 use crate::{db, metrics::Metrics, state::AppState};
 
 /// Events claimed per round.
-pub const BATCH: u64 = 32;
+pub const BATCH: u64 = 128;
 
-/// Delivers due events until the process ends.
+/// Delivers due events until the process ends: rounds follow each other while they come back
+/// full (a backlog), otherwise the next round waits one poll interval, so a steady trickle of
+/// events is delivered in batches rather than one round per event.
 pub async fn run(state: AppState) {
     let client = http_client();
     loop {
         match deliver_due(&state, &client).await {
-            Ok(n) if n > 0 => continue,
+            Ok(n) if n as u64 >= BATCH => continue,
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "outbox round failed"),
         }
@@ -43,12 +49,27 @@ pub fn http_client() -> reqwest::Client {
         .expect("HTTP client builds")
 }
 
-/// Claims and delivers one batch of due events; returns how many were claimed.
+/// Claims and delivers one batch of due events; returns how many were claimed. The batch's
+/// tenants are loaded in one query and its results recorded in a few statements.
 pub async fn deliver_due(state: &AppState, client: &reqwest::Client) -> Result<usize, DbErr> {
     let events = claim(state).await?;
-    let n = events.len();
-    futures::future::join_all(events.into_iter().map(|e| deliver(state, client, e))).await;
-    Ok(n)
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let tenant_ids: BTreeSet<&str> = events.iter().map(|e| e.tenant_id.as_str()).collect();
+    let tenants: HashMap<String, tenant::Model> = db::tenants::by_ids(&state.db, tenant_ids)
+        .await?
+        .into_iter()
+        .map(|t| (t.id.clone(), t))
+        .collect();
+    let results = futures::future::join_all(
+        events
+            .iter()
+            .map(|e| attempt(state, client, tenants.get(&e.tenant_id), e)),
+    )
+    .await;
+    record(state, &events, results).await;
+    Ok(events.len())
 }
 
 /// Leases up to [`BATCH`] due events to this worker and counts the attempt.
@@ -99,46 +120,77 @@ pub fn backoff(base: Duration, attempt: i32) -> Duration {
     exp.mul_f64(jitter)
 }
 
-async fn deliver(state: &AppState, client: &reqwest::Client, event: outbox_event::Model) {
-    let result = attempt(state, client, &event).await;
-    let outcome = match result {
+/// How a delivery attempt ends for the event.
+fn outcome(state: &AppState, event: &outbox_event::Model, result: &Result<(), Failure>) -> &'static str {
+    match result {
         Ok(()) => "delivered",
         Err(Failure::Skip(_)) => "skipped",
         Err(Failure::Refuse(_)) => "dead",
         Err(Failure::Retry(_)) if event.attempts >= state.config.webhook_max_attempts => "dead",
         Err(Failure::Retry(_)) => "failed",
-    };
-    Metrics::outcome(&state.metrics.deliveries, outcome);
-    let error = match &result {
-        Ok(()) => None,
-        Err(Failure::Skip(e) | Failure::Refuse(e) | Failure::Retry(e)) => Some(e.clone()),
-    };
-    if let Some(e) = &error {
-        tracing::warn!(event_id = %event.id, attempts = event.attempts, outcome, error = %e, "event delivery failed");
     }
+}
+
+/// Records the results of a round. Final results are written per (outcome, error, attempt)
+/// group; a failure to retry is written alone, with its own backoff.
+async fn record(state: &AppState, events: &[outbox_event::Model], results: Vec<Result<(), Failure>>) {
     let now = Utc::now();
-    let mut update =
-        outbox_event::Entity::update_many().col_expr(outbox_event::Column::LastError, Expr::value(error));
-    update = match outcome {
-        "delivered" => update
-            .col_expr(outbox_event::Column::Status, Expr::value("delivered"))
-            .col_expr(outbox_event::Column::DeliveredAt, Expr::value(Some(now))),
-        "failed" => {
+    let mut finals: BTreeMap<(&'static str, Option<String>, i32), Vec<&str>> = BTreeMap::new();
+    let mut updates = Vec::new();
+    for (event, result) in events.iter().zip(results) {
+        let outcome = outcome(state, event, &result);
+        Metrics::outcome(&state.metrics.deliveries, outcome);
+        let error = match result {
+            Ok(()) => None,
+            Err(Failure::Skip(e) | Failure::Refuse(e) | Failure::Retry(e)) => Some(e),
+        };
+        match (outcome, &error) {
+            ("skipped", Some(e)) => {
+                tracing::debug!(event_id = %event.id, reason = %e, "event not delivered");
+            }
+            (_, Some(e)) => {
+                tracing::warn!(event_id = %event.id, attempts = event.attempts, outcome, error = %e, "event delivery failed");
+            }
+            _ => {}
+        }
+        if outcome == "failed" {
             let delay = backoff(state.config.webhook_retry_base, event.attempts);
             let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
-            update.col_expr(outbox_event::Column::NextAttemptAt, Expr::value(next))
+            updates.push(
+                leased(&event.id, event.attempts)
+                    .col_expr(outbox_event::Column::LastError, Expr::value(error))
+                    .col_expr(outbox_event::Column::NextAttemptAt, Expr::value(next)),
+            );
+        } else {
+            finals
+                .entry((outcome, error, event.attempts))
+                .or_default()
+                .push(&event.id);
         }
-        other => update.col_expr(outbox_event::Column::Status, Expr::value(other)),
-    };
-    // Only the holder of this lease may record its result.
-    let recorded = update
-        .filter(outbox_event::Column::Id.eq(&event.id))
-        .filter(outbox_event::Column::Attempts.eq(event.attempts))
-        .exec(&state.db)
-        .await;
-    if let Err(e) = recorded {
-        tracing::error!(event_id = %event.id, error = %e, "recording a delivery result failed");
     }
+    for ((outcome, error, attempts), ids) in finals {
+        let mut update = outbox_event::Entity::update_many()
+            .col_expr(outbox_event::Column::Status, Expr::value(outcome))
+            .col_expr(outbox_event::Column::LastError, Expr::value(error))
+            .filter(outbox_event::Column::Id.is_in(ids))
+            .filter(outbox_event::Column::Attempts.eq(attempts));
+        if outcome == "delivered" {
+            update = update.col_expr(outbox_event::Column::DeliveredAt, Expr::value(Some(now)));
+        }
+        updates.push(update);
+    }
+    for update in updates {
+        if let Err(e) = update.exec(&state.db).await {
+            tracing::error!(error = %e, "recording delivery results failed");
+        }
+    }
+}
+
+/// An update of one event that only the holder of its lease (its attempt count) can make.
+fn leased(id: &str, attempts: i32) -> sea_orm::UpdateMany<outbox_event::Entity> {
+    outbox_event::Entity::update_many()
+        .filter(outbox_event::Column::Id.eq(id))
+        .filter(outbox_event::Column::Attempts.eq(attempts))
 }
 
 enum Failure {
@@ -153,14 +205,13 @@ enum Failure {
 async fn attempt(
     state: &AppState,
     client: &reqwest::Client,
+    tenant: Option<&tenant::Model>,
     event: &outbox_event::Model,
 ) -> Result<(), Failure> {
-    let tenant = db::tenants::get(&state.db, &event.tenant_id)
-        .await
-        .map_err(|e| Failure::Retry(format!("loading the tenant: {e}")))?
-        .ok_or_else(|| Failure::Skip("tenant deleted".to_owned()))?;
+    let tenant = tenant.ok_or_else(|| Failure::Skip("tenant deleted".to_owned()))?;
     let url = tenant
         .webhook_url
+        .clone()
         .ok_or_else(|| Failure::Skip("tenant has no webhook_url".to_owned()))?;
     if state.config.webhook_deny_private {
         refuse_private(&url).await.map_err(Failure::Refuse)?;

@@ -237,14 +237,85 @@ async fn tenant_without_webhook_url_is_skipped(backend: Backend) {
     );
 }
 
-fn status_form(sid: &str, status: &str, duration: Option<&str>) -> FormParams {
-    let mut form = FormParams::default();
-    for (k, v) in incoming_form(sid).pairs() {
-        match k.as_str() {
-            "CallStatus" => form.push(k.clone(), status),
-            _ => form.push(k.clone(), v.clone()),
+async fn one_round_records_mixed_results_per_event(backend: Backend) {
+    // Events of a tenant with a receiver and of a tenant without one, claimed together: each
+    // gets its own result.
+    let server = receiver(ResponseTemplate::new(204)).await;
+    let Some((app, with_url)) = app_with_receiver(backend, &server, |_| {}).await else {
+        return;
+    };
+    let without_url = stateset_voice::domain::admin::create_tenant(
+        &app.state.db,
+        NewTenant {
+            name: "No receiver".to_owned(),
+            account_sid: "AC0123456789abcdef0123456789abcdef".to_owned(),
+            auth_token: AUTH_TOKEN.to_owned(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+    .tenant;
+    let record = |tenant_id: String, n: usize| {
+        let db = app.state.db.clone();
+        async move {
+            for i in 0..n {
+                stateset_voice::db::outbox::record(
+                    &db,
+                    &tenant_id,
+                    "call.received",
+                    serde_json::json!({ "i": i }),
+                )
+                .await
+                .unwrap();
+            }
         }
-    }
+    };
+    record(with_url.id.clone(), 4).await;
+    record(without_url.id.clone(), 3).await;
+
+    let client = outbox::http_client();
+    assert_eq!(outbox::deliver_due(&app.state, &client).await.unwrap(), 7);
+    let mut results: Vec<(String, String, Option<String>, bool)> = all_events(&app)
+        .await
+        .into_iter()
+        .map(|e| (e.tenant_id, e.status, e.last_error, e.delivered_at.is_some()))
+        .collect();
+    results.sort();
+    let expected = |tenant: &str, status: &str, error: Option<&str>, delivered: bool| {
+        (
+            tenant.to_owned(),
+            status.to_owned(),
+            error.map(str::to_owned),
+            delivered,
+        )
+    };
+    let mut wanted = Vec::new();
+    wanted.extend(std::iter::repeat_n(
+        expected(&with_url.id, "delivered", None, true),
+        4,
+    ));
+    wanted.extend(std::iter::repeat_n(
+        expected(
+            &without_url.id,
+            "skipped",
+            Some("tenant has no webhook_url"),
+            false,
+        ),
+        3,
+    ));
+    wanted.sort();
+    assert_eq!(results, wanted);
+    assert_eq!(server.received_requests().await.unwrap().len(), 4);
+    assert_eq!(
+        outbox::deliver_due(&app.state, &client).await.unwrap(),
+        0,
+        "nothing is left due"
+    );
+}
+
+fn status_form(sid: &str, status: &str, duration: Option<&str>) -> FormParams {
+    let mut form = incoming_form_with(sid, "CallStatus", status);
     if let Some(d) = duration {
         form.push("CallDuration", d);
     }
@@ -364,17 +435,7 @@ async fn metrics_scrape_shows_counters_moving(backend: Backend) {
             .status(),
         403
     );
-    let mut unknown = FormParams::default();
-    for (k, v) in incoming_form(&call_sid()).pairs() {
-        unknown.push(
-            k.clone(),
-            if k == "To" {
-                "+15550009999".to_owned()
-            } else {
-                v.clone()
-            },
-        );
-    }
+    let unknown = incoming_form_with(&call_sid(), "To", "+15550009999");
     app.post_raw("/api/v1/incoming-call", unknown.encode().into_bytes(), &[])
         .await;
     app.state.runtime.set_draining(true);
@@ -408,6 +469,7 @@ on_both_backends!(
     delivery_resumes_after_a_crash_mid_delivery,
     private_destinations_refused_when_guarded,
     tenant_without_webhook_url_is_skipped,
+    one_round_records_mixed_results_per_event,
     status_callbacks_update_the_call_once,
     metrics_scrape_shows_counters_moving,
 );
