@@ -1,5 +1,7 @@
-//! Project automation: `cargo xtask ci | conformance | openapi [--check] | bench`.
+//! Project automation: `cargo xtask ci | conformance | openapi [--check] | bench | schemathesis | fuzz`.
 mod bench;
+mod fuzz;
+mod schemathesis;
 
 use std::{
     path::{Path, PathBuf},
@@ -86,19 +88,24 @@ fn ci() -> Result<(), String> {
         "tests (SQLite and PostgreSQL)",
         cargo().args(["test", "--workspace", "--exclude", "conformance", "--locked"]),
     )?;
-    conformance()
+    schemathesis::schemathesis()?;
+    conformance()?;
+    fuzz::ci()
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
         ["ci"] => ci(),
+        ["fuzz", rest @ ..] => fuzz::main(rest),
+        ["schemathesis"] => schemathesis::schemathesis(),
         ["conformance"] => conformance(),
         ["bench", rest @ ..] => bench::bench(rest.contains(&"--postgres"), rest.contains(&"--quick")),
         ["openapi"] => openapi(false),
         ["openapi", "--check"] => openapi(true),
         _ => Err(
-            "usage: cargo xtask ci | conformance | openapi [--check] | bench [--postgres] [--quick]"
+            "usage: cargo xtask ci | conformance | openapi [--check] | bench [--postgres] [--quick] \
+             | schemathesis | fuzz [--seconds N]"
                 .to_owned(),
         ),
     };
