@@ -46,24 +46,35 @@ pub async fn by_sid<C: ConnectionTrait>(db: &C, call_sid: &str) -> Result<Option
 
 /// Counts one more delivery of the call's voice webhook.
 pub async fn bump_attempts<C: ConnectionTrait>(db: &C, call_id: &str) -> Result<(), DbErr> {
-    call::Entity::update_many()
-        .col_expr(call::Column::Attempts, Expr::col(call::Column::Attempts).add(1))
-        .col_expr(call::Column::UpdatedAt, Expr::value(Utc::now()))
-        .filter(call::Column::Id.eq(call_id))
-        .exec(db)
-        .await?;
+    add_attempts([call_id], 1, Utc::now()).exec(db).await?;
     Ok(())
 }
 
-/// The atomic `attempts = attempts + 1` on one webhook answer.
-fn increment_webhook(webhook_id: &str, now: DateTime<Utc>) -> sea_orm::UpdateMany<call_webhook::Entity> {
+/// The atomic `attempts = attempts + by` on the calls `ids`.
+pub fn add_attempts<'a>(
+    ids: impl IntoIterator<Item = &'a str>,
+    by: i32,
+    now: DateTime<Utc>,
+) -> sea_orm::UpdateMany<call::Entity> {
+    call::Entity::update_many()
+        .col_expr(call::Column::Attempts, Expr::col(call::Column::Attempts).add(by))
+        .col_expr(call::Column::UpdatedAt, Expr::value(now))
+        .filter(call::Column::Id.is_in(ids))
+}
+
+/// The atomic `attempts = attempts + by` on the webhook answers `ids`.
+pub fn add_webhook_attempts<'a>(
+    ids: impl IntoIterator<Item = &'a str>,
+    by: i32,
+    now: DateTime<Utc>,
+) -> sea_orm::UpdateMany<call_webhook::Entity> {
     call_webhook::Entity::update_many()
         .col_expr(
             call_webhook::Column::Attempts,
-            Expr::col(call_webhook::Column::Attempts).add(1),
+            Expr::col(call_webhook::Column::Attempts).add(by),
         )
         .col_expr(call_webhook::Column::UpdatedAt, Expr::value(now))
-        .filter(call_webhook::Column::Id.eq(webhook_id))
+        .filter(call_webhook::Column::Id.is_in(ids))
 }
 
 /// Marks a call as answered with a fallback, keeping Twilio's error code and URL if given.
@@ -129,7 +140,7 @@ pub async fn bump_webhook<C: ConnectionTrait>(
     fresh: Option<(String, String, DateTime<Utc>)>,
 ) -> Result<call_webhook::Model, DbErr> {
     let now = Utc::now();
-    let mut update = increment_webhook(&webhook.id, now);
+    let mut update = add_webhook_attempts([webhook.id.as_str()], 1, now);
     if let Some((twiml, jti, expires_at)) = fresh {
         update = update
             .col_expr(call_webhook::Column::Twiml, Expr::value(twiml.clone()))

@@ -11,9 +11,8 @@ use chrono::Utc;
 use entity::{call, call_webhook, outbox_event};
 use prometheus_client::metrics::histogram::Histogram;
 use sea_orm::{
-    sea_query::{Expr, OnConflict},
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, IntoActiveModel,
-    QueryFilter, QueryTrait, TransactionTrait,
+    sea_query::OnConflict, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    IntoActiveModel, QueryTrait, TransactionTrait,
 };
 use tokio::sync::{mpsc, oneshot, Mutex};
 
@@ -213,21 +212,10 @@ async fn write(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<bool>, DbErr
     }
     let now = Utc::now();
     for (by, ids) in by_count(&calls) {
-        call::Entity::update_many()
-            .col_expr(call::Column::Attempts, Expr::col(call::Column::Attempts).add(by))
-            .col_expr(call::Column::UpdatedAt, Expr::value(now))
-            .filter(call::Column::Id.is_in(ids))
-            .exec(&txn)
-            .await?;
+        super::calls::add_attempts(ids, by, now).exec(&txn).await?;
     }
     for (by, ids) in by_count(&answers) {
-        call_webhook::Entity::update_many()
-            .col_expr(
-                call_webhook::Column::Attempts,
-                Expr::col(call_webhook::Column::Attempts).add(by),
-            )
-            .col_expr(call_webhook::Column::UpdatedAt, Expr::value(now))
-            .filter(call_webhook::Column::Id.is_in(ids))
+        super::calls::add_webhook_attempts(ids, by, now)
             .exec(&txn)
             .await?;
     }
