@@ -49,6 +49,10 @@ pub struct Metrics {
     pub active_streams: Gauge,
     /// Media streams refused, by reason.
     pub streams_refused: Family<Reason, Counter>,
+    /// Frames from agents dropped (never fatal), by reason.
+    pub agent_frames_dropped: Family<Reason, Counter>,
+    /// Media streams ended, by end reason.
+    pub streams_ended: Family<Reason, Counter>,
     /// Outbox events waiting for delivery (set at scrape time).
     pub outbox_backlog: Gauge,
     /// Event deliveries by result (`delivered`, `failed`, `dead`, `skipped`).
@@ -74,6 +78,8 @@ impl Default for Metrics {
             alerts: Counter::default(),
             active_streams: Gauge::default(),
             streams_refused: Family::default(),
+            agent_frames_dropped: Family::default(),
+            streams_ended: Family::default(),
             outbox_backlog: Gauge::default(),
             deliveries: Family::default(),
             http: Family::new_with_constructor(latency_histogram),
@@ -89,6 +95,16 @@ impl Default for Metrics {
         for outcome in ["delivered", "failed", "dead", "skipped"] {
             let _ = m.deliveries.get_or_create(&Outcome {
                 outcome: outcome.to_owned(),
+            });
+        }
+        for reason in ["binary", "malformed", "unknown_event", "nameless_mark"] {
+            let _ = m.agent_frames_dropped.get_or_create(&Reason {
+                reason: reason.to_owned(),
+            });
+        }
+        for reason in ["stop", "agent_hangup", "agent_failed", "socket_closed"] {
+            let _ = m.streams_ended.get_or_create(&Reason {
+                reason: reason.to_owned(),
             });
         }
         registry.register("calls", "Calls answered, by outcome", m.calls.clone());
@@ -113,6 +129,16 @@ impl Default for Metrics {
             "streams_refused",
             "Media streams refused, by reason",
             m.streams_refused.clone(),
+        );
+        registry.register(
+            "agent_frames_dropped",
+            "Frames from agent runtimes dropped, by reason",
+            m.agent_frames_dropped.clone(),
+        );
+        registry.register(
+            "streams_ended",
+            "Media streams ended, by end reason",
+            m.streams_ended.clone(),
         );
         registry.register(
             "outbox_backlog",

@@ -129,6 +129,13 @@ pub fn check_webhook_secret(value: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// The HMAC key of a webhook secret: the bytes the base64 after `whsec_` encodes.
+pub fn webhook_secret_key(secret: &str) -> Option<Vec<u8>> {
+    STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap_or(secret))
+        .ok()
+}
+
 /// A new random webhook secret (32 bytes).
 pub fn generate_webhook_secret() -> String {
     let mut bytes = [0u8; 32];
