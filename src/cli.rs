@@ -98,6 +98,10 @@ pub enum RouteCommand {
         /// ws(s):// URL of the agent runtime.
         #[arg(long)]
         agent_url: Option<String>,
+        /// http(s):// URL of the agent's health endpoint (GET, 2xx = healthy); without it the
+        /// health check only opens a TCP connection to the agent's host and port.
+        #[arg(long)]
+        agent_health_url: Option<String>,
     },
     /// List routes.
     List {
@@ -273,6 +277,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     disabled,
                     fallback,
                     agent_url,
+                    agent_health_url,
                 } => {
                     let route = admin::create_route(
                         &state.db,
@@ -284,6 +289,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                             enabled: Some(!disabled),
                             fallback: parse_fallback(fallback)?,
                             agent_url,
+                            agent_health_url,
                         },
                     )
                     .await?;

@@ -12,6 +12,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::worker::probe::ProbeKind;
+
 /// A label set with one label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
@@ -30,6 +32,24 @@ pub struct HttpLabels {
     pub method: String,
     pub path: String,
     pub status: u16,
+}
+
+/// Agent health check labels: the kind of check (`http`, `tcp`) and its outcome (`healthy`,
+/// `unhealthy`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthCheckLabels {
+    pub check: &'static str,
+    pub outcome: &'static str,
+}
+
+impl HealthCheckLabels {
+    /// The labels of one check's result.
+    pub fn new(kind: ProbeKind, healthy: bool) -> Self {
+        Self {
+            check: kind.as_str(),
+            outcome: if healthy { "healthy" } else { "unhealthy" },
+        }
+    }
 }
 
 /// Every metric the service exports.
@@ -61,6 +81,8 @@ pub struct Metrics {
     pub http: Family<HttpLabels, Histogram>,
     /// Requests written per database transaction by the hot-path writer.
     pub write_batch_size: Histogram,
+    /// Agent health checks by kind and outcome.
+    pub agent_health_checks: Family<HealthCheckLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -84,6 +106,7 @@ impl Default for Metrics {
             deliveries: Family::default(),
             http: Family::new_with_constructor(latency_histogram),
             write_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
+            agent_health_checks: Family::default(),
             registry: Registry::default(),
         };
         // Known series exist from the start, at zero, so rates and alerts see them.
@@ -106,6 +129,13 @@ impl Default for Metrics {
             let _ = m.streams_ended.get_or_create(&Reason {
                 reason: reason.to_owned(),
             });
+        }
+        for kind in [ProbeKind::Http, ProbeKind::Tcp] {
+            for healthy in [true, false] {
+                let _ = m
+                    .agent_health_checks
+                    .get_or_create(&HealthCheckLabels::new(kind, healthy));
+            }
         }
         registry.register("calls", "Calls answered, by outcome", m.calls.clone());
         registry.register("fallbacks", "Fallback answers, by reason", m.fallbacks.clone());
@@ -159,6 +189,11 @@ impl Default for Metrics {
             "write_batch_size",
             "Requests written per database transaction by the hot-path writer",
             m.write_batch_size.clone(),
+        );
+        registry.register(
+            "agent_health_checks",
+            "Agent runtime health checks, by kind of check and outcome",
+            m.agent_health_checks.clone(),
         );
         Self { registry, ..m }
     }

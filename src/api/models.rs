@@ -206,6 +206,10 @@ pub struct Route {
     /// WebSocket URL of the agent runtime; the built-in echo agent when absent.
     #[oai(nullable)]
     pub agent_url: Option<String>,
+    /// HTTP(S) URL the health check GETs (2xx = healthy); when absent the check only opens a
+    /// TCP connection to the agent's host and port.
+    #[oai(nullable)]
+    pub agent_health_url: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -221,6 +225,7 @@ impl From<route::Model> for Route {
             environment: r.environment,
             enabled: r.enabled,
             agent_url: r.agent_url,
+            agent_health_url: r.agent_health_url,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -241,6 +246,8 @@ pub struct RouteCreate {
     pub fallback: Option<Fallback>,
     /// ws:// or wss:// URL of the agent runtime.
     pub agent_url: Option<String>,
+    /// http:// or https:// URL of the agent's health endpoint (GET, 2xx = healthy).
+    pub agent_health_url: Option<String>,
 }
 
 /// Changes to a route; `null` clears an optional field.
@@ -256,6 +263,8 @@ pub struct RoutePatch {
     pub fallback: MaybeUndefined<Fallback>,
     #[oai(nullable)]
     pub agent_url: MaybeUndefined<String>,
+    #[oai(nullable)]
+    pub agent_health_url: MaybeUndefined<String>,
 }
 
 /// Why a media stream ended.

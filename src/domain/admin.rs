@@ -54,6 +54,7 @@ pub struct NewRoute {
     pub enabled: Option<bool>,
     pub fallback: Option<FallbackAction>,
     pub agent_url: Option<String>,
+    pub agent_health_url: Option<String>,
 }
 
 /// Changes to a route; `Some(None)` clears a nullable field.
@@ -65,6 +66,7 @@ pub struct RouteChanges {
     pub enabled: Option<bool>,
     pub fallback: Option<Option<FallbackAction>>,
     pub agent_url: Option<Option<String>>,
+    pub agent_health_url: Option<Option<String>>,
 }
 
 fn invalid(message: impl Into<String>) -> Error {
@@ -109,6 +111,9 @@ fn url_with_scheme(field: &str, value: String, schemes: &[&str]) -> Result<Strin
     }
     Ok(value)
 }
+
+const AGENT_SCHEMES: &[&str] = &["ws", "wss"];
+const HEALTH_SCHEMES: &[&str] = &["http", "https"];
 
 fn fallback(action: FallbackAction) -> Result<String, Error> {
     Ok(action
@@ -258,7 +263,11 @@ pub async fn create_route<C: ConnectionTrait>(
         fallback: Set(new.fallback.map(fallback).transpose()?),
         agent_url: Set(new
             .agent_url
-            .map(|u| url_with_scheme("agent_url", u, &["ws", "wss"]))
+            .map(|u| url_with_scheme("agent_url", u, AGENT_SCHEMES))
+            .transpose()?),
+        agent_health_url: Set(new
+            .agent_health_url
+            .map(|u| url_with_scheme("agent_health_url", u, HEALTH_SCHEMES))
             .transpose()?),
         created_at: Set(now),
         updated_at: Set(now),
@@ -293,7 +302,12 @@ pub async fn update_route<C: ConnectionTrait>(
     }
     if let Some(url) = changes.agent_url {
         model.agent_url = Set(url
-            .map(|u| url_with_scheme("agent_url", u, &["ws", "wss"]))
+            .map(|u| url_with_scheme("agent_url", u, AGENT_SCHEMES))
+            .transpose()?);
+    }
+    if let Some(url) = changes.agent_health_url {
+        model.agent_health_url = Set(url
+            .map(|u| url_with_scheme("agent_health_url", u, HEALTH_SCHEMES))
             .transpose()?);
     }
     db::routes::update(db, model)

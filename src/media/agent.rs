@@ -274,15 +274,3 @@ where
     let _ = sink.send(Message::Close(Some(frame))).await;
     let _ = sink.close().await;
 }
-
-/// Checks that an agent accepts a WebSocket connection within `timeout`.
-pub async fn probe(url: &str, timeout: std::time::Duration) -> Result<(), String> {
-    match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url)).await {
-        Ok(Ok((mut socket, _))) => {
-            let _ = socket.close(None).await;
-            Ok(())
-        }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-    }
-}

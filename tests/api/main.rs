@@ -1,5 +1,6 @@
 //! Integration tests over real HTTP, each on SQLite and on PostgreSQL.
 mod admin;
+mod agent_health;
 mod agent_protocol;
 mod cli;
 mod contract;
