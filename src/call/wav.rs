@@ -145,9 +145,12 @@ impl Fmt {
     }
 }
 
+/// A RIFF chunk: its four-byte id and its body.
+type Chunk<'a> = ([u8; 4], &'a [u8]);
+
 /// The chunks of a RIFF/WAVE file as (id, body). A last chunk cut short (a recorder that
 /// stopped before fixing the sizes) keeps the bytes present.
-fn riff_chunks(bytes: &[u8]) -> Result<Vec<([u8; 4], &[u8])>, WavError> {
+fn riff_chunks(bytes: &[u8]) -> Result<Vec<Chunk<'_>>, WavError> {
     if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
         return Err(WavError::NotWav("no RIFF/WAVE header".to_owned()));
     }
