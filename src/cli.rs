@@ -129,6 +129,9 @@ pub struct SignArgs {
     pub fields: Vec<String>,
 }
 
+/// The help heading of `call`'s own flags (the service options are not used by `call`).
+const CALL_HEADING: &str = "Call options (the service options above are not used)";
+
 /// `call` arguments.
 #[derive(Args, Debug)]
 #[command(
@@ -139,38 +142,44 @@ Exit status: 0 when the call went as the TwiML said, 1 when it did not (the summ
 pub struct CallArgs {
     /// The deployment's public base URL (VOICE_PUBLIC_URL), or its full webhook URL ending in
     /// /api/v1/incoming-call.
-    #[arg(long)]
+    #[arg(help_heading = CALL_HEADING, long)]
     pub url: String,
     /// The tenant's Twilio auth token: signs every request.
-    #[arg(long, env = "VOICE_CALL_AUTH_TOKEN", hide_env_values = true)]
+    #[arg(help_heading = CALL_HEADING, long, env = "VOICE_CALL_AUTH_TOKEN", hide_env_values = true)]
     pub token: String,
     /// The tenant's Twilio account SID (AC...).
-    #[arg(long)]
+    #[arg(help_heading = CALL_HEADING, long)]
     pub account_sid: String,
     /// The called number (the route's number), E.164.
-    #[arg(long)]
+    #[arg(help_heading = CALL_HEADING, long)]
     pub to: String,
     /// The caller number.
-    #[arg(long, default_value = crate::call::DEFAULT_FROM)]
+    #[arg(help_heading = CALL_HEADING, long, default_value = crate::call::DEFAULT_FROM)]
     pub from: String,
     /// The caller's audio: a WAV file, 8 kHz mono, 16-bit PCM or mu-law [default: 6.4 s of
     /// built-in speech].
-    #[arg(long, value_name = "WAV")]
+    #[arg(help_heading = CALL_HEADING, long, value_name = "WAV")]
     pub audio: Option<std::path::PathBuf>,
     /// Write what the agent played to this WAV file (8 kHz mono 16-bit PCM).
-    #[arg(long, value_name = "WAV")]
+    #[arg(help_heading = CALL_HEADING, long, value_name = "WAV")]
     pub record: Option<std::path::PathBuf>,
     /// Key presses sent during the audio, spread through it (0-9, *, #).
-    #[arg(long, value_name = "DIGITS", default_value = "")]
-    pub dtmf: String,
+    #[arg(help_heading = CALL_HEADING, long, value_name = "DIGITS")]
+    pub dtmf: Option<String>,
     /// Write a JSON report of the call to this file.
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = CALL_HEADING, long, value_name = "FILE")]
     pub report: Option<std::path::PathBuf>,
     /// The CallSid to use [default: a fresh CA + 32 hex digits].
-    #[arg(long)]
+    #[arg(help_heading = CALL_HEADING, long)]
     pub call_sid: Option<String>,
     /// Seconds to keep listening after the audio was sent, before sending stop.
-    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_seconds)]
+    #[arg(
+        help_heading = CALL_HEADING,
+        long,
+        value_name = "SECS",
+        default_value = "2",
+        value_parser = parse_seconds
+    )]
     pub tail: std::time::Duration,
 }
 
@@ -191,7 +200,7 @@ pub async fn call(args: &CallArgs) -> Result<ExitCode, CliError> {
     options.call_sid = args.call_sid.clone();
     options.audio = args.audio.clone();
     options.record = args.record.clone();
-    options.dtmf = args.dtmf.clone();
+    options.dtmf = args.dtmf.clone().unwrap_or_default();
     options.tail = args.tail;
     options.on_step = Some(std::sync::Arc::new(|line: &str| println!("{line}")));
     let report = crate::call::run(options)
@@ -295,7 +304,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 println!("{}", crate::demo::curl_command(&state.config, &tenant));
                 // stdout stays the one curl command; the whole-call command goes to stderr.
                 eprintln!(
-                    "\nFor a whole test call (media stream to the echo agent, recorded to out.wav), run:\n\n{}\n",
+                    "\nFor a whole test call (media stream to the echo agent, recorded to out.wav), \
+                     run:\n\n{}\n",
                     crate::demo::call_command(&state.config, &tenant)
                 );
             }

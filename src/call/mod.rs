@@ -18,7 +18,7 @@ use serde::Serialize;
 use url::Url;
 
 use crate::twilio::{
-    audio::{FRAME_MS, FRAME_SAMPLES},
+    audio::{FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE},
     form::FormParams,
     signature::{self, Algorithm},
     twiml::{self, Instruction, Method},
@@ -136,8 +136,9 @@ pub struct Report {
     pub redirects: u32,
     /// Why the call did not go as the TwiML said (the first reason).
     pub error: Option<String>,
-    /// Where the agent's audio was written, and how many seconds of it.
+    /// Where the agent's audio was written (`--record`).
     pub recording: Option<String>,
+    /// Seconds of audio the agent sent.
     pub recorded_seconds: f64,
     /// The one-line summary (the last step).
     pub summary: String,
@@ -618,10 +619,10 @@ impl Call<'_> {
     }
 
     fn save_recording(&mut self) {
+        self.report.recorded_seconds = self.recorded.len() as f64 / f64::from(SAMPLE_RATE);
         let Some(path) = &self.options.record else {
             return;
         };
-        self.report.recorded_seconds = self.recorded.len() as f64 / 8000.0;
         match wav::write_pcm(path, &self.recorded) {
             Ok(()) => {
                 self.steps.say(format!(

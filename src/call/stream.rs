@@ -451,6 +451,8 @@ pub async fn run(plan: StreamPlan<'_>, steps: &Steps) -> StreamOutcome {
             _ => never(),
         };
         let mark_due = playback.next_due().unwrap_or_else(never);
+        // After `stop` Twilio sends nothing more: marks are no longer answered.
+        let after_stop = matches!(phase, Phase::Closing { stopped: true, .. });
         let mut outgoing: Vec<String> = Vec::new();
         tokio::select! {
             _ = ticks.tick(), if matches!(phase, Phase::Sending) => {
@@ -490,7 +492,15 @@ pub async fn run(plan: StreamPlan<'_>, steps: &Steps) -> StreamOutcome {
             }
             _ = sleep_until(mark_due), if playback.next_due().is_some() => {
                 for name in playback.due(Instant::now()) {
-                    answer_mark(&mut out, &mut report, steps, &mut outgoing, &name, "its audio played");
+                    answer_mark(
+                        after_stop,
+                        &mut out,
+                        &mut report,
+                        steps,
+                        &mut outgoing,
+                        &name,
+                        "its audio played",
+                    );
                 }
             }
             message = socket.next() => {
@@ -508,21 +518,39 @@ pub async fn run(plan: StreamPlan<'_>, steps: &Steps) -> StreamOutcome {
                                 report.marks_received += 1;
                                 report.marks.push(name.clone());
                                 if let Some(name) = playback.mark(now, name) {
-                                    answer_mark(&mut out, &mut report, steps, &mut outgoing, &name, "nothing was queued");
+                                    answer_mark(
+                                        after_stop,
+                                        &mut out,
+                                        &mut report,
+                                        steps,
+                                        &mut outgoing,
+                                        &name,
+                                        "nothing was queued",
+                                    );
                                 }
                             }
                             Incoming::Clear => {
                                 report.clears += 1;
                                 steps.say("agent sent clear: queued audio dropped");
                                 for name in playback.clear(now) {
-                                    answer_mark(&mut out, &mut report, steps, &mut outgoing, &name, "clear");
+                                    answer_mark(
+                                        after_stop,
+                                        &mut out,
+                                        &mut report,
+                                        steps,
+                                        &mut outgoing,
+                                        &name,
+                                        "clear",
+                                    );
                                 }
                             }
                             Incoming::ForeignStream(sid) => {
                                 report.frames_ignored += 1;
                                 if !reported_foreign_sid {
                                     reported_foreign_sid = true;
-                                    steps.say(format!("ignoring frames addressed to streamSid {sid:?}, not ours"));
+                                    steps.say(format!(
+                                        "ignoring frames addressed to streamSid {sid:?}, not ours"
+                                    ));
                                 }
                             }
                             Incoming::Unusable => report.frames_ignored += 1,
@@ -572,6 +600,7 @@ pub async fn run(plan: StreamPlan<'_>, steps: &Steps) -> StreamOutcome {
 }
 
 fn answer_mark(
+    after_stop: bool,
     out: &mut Frames<'_>,
     report: &mut StreamReport,
     steps: &Steps,
@@ -579,6 +608,9 @@ fn answer_mark(
     name: &str,
     why: &str,
 ) {
+    if after_stop {
+        return;
+    }
     outgoing.push(out.mark(name));
     report.marks_answered += 1;
     steps.say(format!("answered mark {name:?} ({why})"));
