@@ -290,7 +290,7 @@ fn stream_connect_url(url: &str) -> Result<String, String> {
 }
 
 /// A URL fit for printing: path segments that look like JWTs are elided.
-fn printable(url: &str) -> String {
+pub(crate) fn printable(url: &str) -> String {
     url.split('/')
         .map(|segment| {
             if segment.starts_with("eyJ") {

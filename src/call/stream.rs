@@ -379,7 +379,7 @@ pub async fn run(plan: StreamPlan<'_>, steps: &Steps) -> StreamOutcome {
     let mut recorded = Vec::new();
     steps.say(format!(
         "connecting to {} (query string removed, as Twilio does)",
-        plan.url
+        super::printable(&plan.url)
     ));
     let connected = tokio::time::timeout(
         CONNECT_TIMEOUT,

@@ -227,6 +227,32 @@ async fn failed_agent_leads_to_a_signed_redirect_that_is_followed(backend: Backe
     assert!(signature::validate(Algorithm::HmacSha1, &[b"another token"], &redirect, &form, sig).is_none());
 }
 
+async fn token_in_the_stream_path_is_kept_and_never_printed(backend: Backend) {
+    let Some(app) = spawn_app_with(backend, |args| {
+        args.stream_token_placement = stateset_voice::config::TokenPlacement::Path;
+    })
+    .await
+    else {
+        return;
+    };
+    app.seed().await;
+    let dir = tempfile::tempdir().unwrap();
+    let report = place(options(&app, dir.path(), 5)).await;
+
+    assert!(report.ok, "{report:#?}");
+    assert_eq!(report.stream.unwrap().ended_by, EndedBy::Stop);
+    assert!(
+        report.steps.iter().any(|s| s.contains("/media-stream/<token>")),
+        "{:#?}",
+        report.steps
+    );
+    assert!(
+        !report.steps.iter().any(|s| s.contains("eyJ")),
+        "a stream token was printed: {:#?}",
+        report.steps
+    );
+}
+
 async fn wrong_auth_token_is_refused(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
@@ -398,6 +424,7 @@ on_both_backends!(
     key_presses_are_cleared_and_acknowledged,
     disabled_route_answers_its_fallback_without_a_stream,
     failed_agent_leads_to_a_signed_redirect_that_is_followed,
+    token_in_the_stream_path_is_kept_and_never_printed,
     wrong_auth_token_is_refused,
     binary_exit_codes_and_summary,
     demo_call_command_places_a_good_call,
