@@ -309,11 +309,25 @@ enum Next {
     Fetch { url: String, method: Method, hop: Hop },
 }
 
-/// Why a document is fetched.
+/// Why a TwiML document is fetched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Hop {
+    /// The inbound-call webhook.
+    Webhook,
+    /// The `<Connect action>`, after the stream.
     Action,
+    /// A `<Redirect>`.
     Redirect,
+}
+
+impl Hop {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Webhook => "incoming call",
+            Self::Action => "Connect action",
+            Self::Redirect => "Redirect",
+        }
+    }
 }
 
 struct Call<'a> {
@@ -418,13 +432,17 @@ impl Call<'_> {
     /// Fetches a TwiML document; `None` (after recording why) when it is not 200 TwiML.
     async fn fetch(
         &mut self,
-        what: &str,
+        hop: Hop,
         method: Method,
         url: &str,
         form: &FormParams,
     ) -> Option<Vec<Instruction>> {
-        self.steps
-            .say(format!("{} {} ({what})", method.as_str(), printable(url)));
+        self.steps.say(format!(
+            "{} {} ({what})",
+            method.as_str(),
+            printable(url),
+            what = hop.describe()
+        ));
         let answer = match self.request(method, url, form).await {
             Ok(answer) => answer,
             Err(e) => {
@@ -432,11 +450,12 @@ impl Call<'_> {
                 return None;
             }
         };
-        match what {
-            "incoming call" => self.report.webhook_status = Some(answer.status),
-            "Connect action" => self.report.action_status = Some(answer.status),
-            _ => {}
+        match hop {
+            Hop::Webhook => self.report.webhook_status = Some(answer.status),
+            Hop::Action => self.report.action_status = Some(answer.status),
+            Hop::Redirect => {}
         }
+        let what = hop.describe();
         if answer.status != 200 {
             let first_line = answer.body.lines().next().unwrap_or("").trim();
             self.fail(format!(
@@ -470,7 +489,7 @@ impl Call<'_> {
     async fn place(&mut self) {
         let mut url = self.report.webhook_url.clone();
         let form = self.fields("ringing");
-        let Some(mut verbs) = self.fetch("incoming call", Method::Post, &url, &form).await else {
+        let Some(mut verbs) = self.fetch(Hop::Webhook, Method::Post, &url, &form).await else {
             return;
         };
         let mut hops = 0;
@@ -488,19 +507,16 @@ impl Call<'_> {
                 return;
             }
             let mut form = self.fields("in-progress");
-            let what = match hop {
+            match hop {
                 Hop::Action => {
                     if let Some(stream) = &self.report.stream {
                         form.push("StreamSid", stream.stream_sid.clone());
                     }
-                    "Connect action"
                 }
-                Hop::Redirect => {
-                    self.report.redirects += 1;
-                    "Redirect"
-                }
-            };
-            let Some(next) = self.fetch(what, method, &next_url, &form).await else {
+                Hop::Redirect => self.report.redirects += 1,
+                Hop::Webhook => {}
+            }
+            let Some(next) = self.fetch(hop, method, &next_url, &form).await else {
                 return;
             };
             verbs = next;
