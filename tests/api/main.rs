@@ -2,6 +2,7 @@
 mod admin;
 mod agent_health;
 mod agent_protocol;
+mod call_command;
 mod cli;
 mod contract;
 mod events;
