@@ -799,6 +799,7 @@ fn run_case(
         .arg(&record)
         .arg("--report")
         .arg(&report_path)
+        .args(["--tail", "1"])
         .env("VOICE_LOG", "warn")
         .stdout(log_file)
         .stderr(log_err)
@@ -870,9 +871,14 @@ fn run_case(
         )
     });
     if case.ending == Ending::AgentFailed {
-        let said = std::fs::read_to_string(&log).unwrap_or_default();
-        expect(&mut problems, said.contains(FALLBACK_MESSAGE), || {
-            "the call did not show the route's fallback message".to_owned()
+        let said = report["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .any(|step| step.starts_with("<Say>") && step.contains(FALLBACK_MESSAGE));
+        expect(&mut problems, said, || {
+            "the call did not reach the route's fallback message".to_owned()
         });
     }
 
@@ -1075,4 +1081,78 @@ pub fn interop() -> Result<(), String> {
         return Err(format!("{failed} interop case(s) failed"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The caller's sweep, through a WAV file of its own (tests run in parallel).
+    fn sweep() -> Vec<f64> {
+        static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("interop-test-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("caller.wav");
+        let written = write_caller_wav(&path).unwrap();
+        let read = read_wav(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(written, read);
+        read
+    }
+
+    fn tone(hz: f64, seconds: f64) -> Vec<f64> {
+        (0..(seconds * 8000.0) as usize)
+            .map(|n| (0.4 * 32767.0 * (2.0 * std::f64::consts::PI * hz * n as f64 / 8000.0).sin()).round())
+            .collect()
+    }
+
+    #[test]
+    fn an_echo_is_found_where_it_is_in_the_recording() {
+        let sent = sweep();
+        // Half a second of silence, then the caller's audio, cut short like a stream that ended.
+        let mut recorded = vec![0.0; 4000];
+        recorded.extend(&sent[..sent.len() - 4000]);
+        let (ncc, at) = echo_correlation(&sent, &recorded);
+        assert!(ncc > 0.99, "{ncc}");
+        assert!((at - 1.5).abs() < 0.001, "{at}");
+        let (summary, problems) = check_audio(Heard::Echo, &sent, &recorded);
+        assert!(problems.is_empty(), "{summary}: {problems:?}");
+    }
+
+    #[test]
+    fn a_tone_is_not_an_echo_and_silence_is_nothing() {
+        let sent = sweep();
+        let (ncc, _) = echo_correlation(&sent, &tone(440.0, 3.0));
+        assert!(ncc < 0.3, "{ncc}");
+        let (_, problems) = check_audio(Heard::Echo, &sent, &tone(440.0, 3.0));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let (_, problems) = check_audio(Heard::Echo, &sent, &[]);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        let (_, problems) = check_audio(Heard::Nothing, &sent, &vec![0.0; 8000]);
+        assert!(problems.is_empty(), "{problems:?}");
+        let (_, problems) = check_audio(Heard::Nothing, &sent, &tone(440.0, 0.5));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+    }
+
+    #[test]
+    fn a_tone_is_told_by_its_frequency() {
+        let mut recorded = tone(660.0, 1.0);
+        recorded.extend(vec![0.0; 4000]);
+        assert!(tone_purity(&recorded, 660.0) > 0.95);
+        assert!(tone_purity(&recorded, 440.0) < 0.05);
+        assert!((voiced_seconds(&recorded) - 1.0).abs() < 0.021);
+        let (_, problems) = check_audio(Heard::Tone(660.0, 0.8), &[], &recorded);
+        assert!(problems.is_empty(), "{problems:?}");
+        let (_, problems) = check_audio(Heard::Tone(440.0, 0.8), &[], &recorded);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(tone_purity(&sweep(), 440.0) < 0.3);
+    }
+
+    #[test]
+    fn verbs_are_named_however_the_report_spells_them() {
+        let verbs = serde_json::json!(["Say", "<Hangup/>", {"verb": "Dial"}]);
+        assert_eq!(verb_names(&verbs), ["Say", "Hangup", "Dial"]);
+        assert!(verb_names(&Value::Null).is_empty());
+    }
 }
