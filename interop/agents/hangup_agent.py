@@ -32,6 +32,7 @@ async def handler(ws):
             start = data["start"]
             break
     if start is None:
+        common.report(agent=NAME, event="connection_without_start")
         return
     stream_sid = start["streamSid"]
     echoed = asyncio.Event()

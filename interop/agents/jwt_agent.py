@@ -84,6 +84,9 @@ async def handler(ws):
                 media_out += 1
     except ConnectionClosed:
         pass
+    if start is None:
+        common.report(agent=NAME, event="connection_without_start", call_sid=claims["sub"])
+        return
     common.report(
         agent=NAME,
         event="call_ended",

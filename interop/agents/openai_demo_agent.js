@@ -123,6 +123,10 @@ function handleConnection(twilioConn) {
 
   twilioConn.on("close", (code) => {
     if (timer) clearInterval(timer);
+    if (!session.streamSid) {
+      report({ agent: NAME, event: "connection_without_start", close_code: code });
+      return;
+    }
     report({
       agent: NAME,
       event: "call_ended",
@@ -132,6 +136,8 @@ function handleConnection(twilioConn) {
       route_id: (session.customParameters || {}).route_id || null,
       close_code: code,
       ...counts,
+      // Every mark it sends has no name: the service is to drop and count each one.
+      nameless_marks_sent: counts.marks_sent,
     });
   });
   twilioConn.on("error", (e) => console.error(`${NAME}: ${e.message}`));

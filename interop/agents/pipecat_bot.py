@@ -65,7 +65,12 @@ class Echo(FrameProcessor):
 @app.websocket("/ws")
 async def websocket_endpoint(websocket: WebSocket):
     await websocket.accept()
-    transport_type, call_data = await parse_telephony_websocket(websocket)
+    try:
+        transport_type, call_data = await parse_telephony_websocket(websocket)
+    except ValueError:
+        # Closed before Twilio's handshake: not a call.
+        common.report(agent=NAME, event="connection_without_start")
+        return
     if transport_type != "twilio":
         common.report(agent=NAME, event="refused", reason=f"not a Twilio stream: {transport_type}")
         await websocket.close(code=1008)

@@ -66,6 +66,9 @@ async def handle_media_stream(websocket: WebSocket):
                 common.log(f"{NAME}: stream {stream_sid} stopped")
     except WebSocketDisconnect:
         pass
+    if stream_sid is None:
+        common.report(agent=NAME, event="connection_without_start", frames=before_start)
+        return
     common.report(
         agent=NAME,
         event="call_ended",

@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::{
     cargo, root, run,
-    support::{fingerprint, free_port, get_status, python_venv, Killed},
+    support::{fingerprint, free_port, get_body, get_status, python_venv, Killed},
 };
 
 /// Tenant A: its routes point at every agent; the JWT agent holds its webhook secret.
@@ -733,6 +733,9 @@ fn start_server(work: &Path, port: u16) -> Result<Killed, String> {
         .env("VOICE_BIND", format!("127.0.0.1:{port}"))
         .env("VOICE_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
         .env("VOICE_OUTBOX_POLL_INTERVAL", "60m")
+        // One round of health checks, at start: the calls test the relay, not the circuit
+        // breaker, and `check_probes` looks at what that round did to the agents.
+        .env("VOICE_AGENT_HEALTH_INTERVAL", "60m")
         .env("VOICE_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log_file)
@@ -752,9 +755,11 @@ fn start_server(work: &Path, port: u16) -> Result<Killed, String> {
     Err("the server was not ready within 60 s".to_owned())
 }
 
-/// A case's outcome.
+/// A row of the table: a call, or a check over the whole run.
 struct Outcome {
-    case: &'static Case,
+    name: &'static str,
+    agent: &'static str,
+    expected: &'static str,
     seconds: f64,
     summary: String,
     problems: Vec<String>,
@@ -767,21 +772,74 @@ struct Seeded {
     number: String,
 }
 
+/// The service's counts of frames from agents it dropped, by reason.
+fn dropped_frames(port: u16) -> BTreeMap<String, f64> {
+    let metrics = get_body(port, "/metrics").unwrap_or_default();
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("voice_agent_frames_dropped_total{reason=\""))
+        .filter_map(|l| {
+            let (reason, rest) = l.split_once("\"}")?;
+            Some((reason.to_owned(), rest.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Frames the service should have dropped, by reason, against what it counted during the call:
+/// only the nameless marks the agent says it sent.
+fn check_dropped(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    ended: Option<&Value>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if after.is_empty() {
+        problems.push("no voice_agent_frames_dropped_total in /metrics".to_owned());
+    }
+    let nameless = ended.map_or(0, |l| l["nameless_marks_sent"].as_i64().unwrap_or(0));
+    for (reason, count) in after {
+        let delta = count - before.get(reason).copied().unwrap_or(0.0);
+        let want = if reason == "nameless_mark" {
+            nameless as f64
+        } else {
+            0.0
+        };
+        expect(&mut problems, delta == want, || {
+            format!("the service dropped {delta} agent frames as {reason} (want {want})")
+        });
+    }
+    problems
+}
+
+/// What every call shares: the server, the work directory and the caller's audio.
+struct Harness<'a> {
+    port: u16,
+    base: String,
+    work: &'a Path,
+    caller_wav: &'a Path,
+    sent: &'a [f64],
+}
+
 /// Places the case's call and checks what happened.
 fn run_case(
     case: &'static Case,
-    base: &str,
-    work: &Path,
+    harness: &Harness,
     seeded: &Seeded,
     agent: &Running,
-    sent: &[f64],
-    caller_wav: &Path,
 ) -> Result<Outcome, String> {
+    let Harness {
+        port,
+        ref base,
+        work,
+        caller_wav,
+        sent,
+    } = *harness;
     let started = Instant::now();
     let record = work.join(format!("{}.wav", case.name));
     let report_path = work.join(format!("{}.json", case.name));
     let log = work.join(format!("{}.log", case.name));
     let lines_before = agent_lines(&agent.out).len();
+    let dropped_before = dropped_frames(port);
     let (account, token) = match case.tenant {
         Tenant::A => (ACCOUNT_A, AUTH_TOKEN_A),
         Tenant::B => (ACCOUNT_B, AUTH_TOKEN_B),
@@ -913,12 +971,41 @@ fn run_case(
         number: &seeded.number,
     };
     problems.extend((case.check)(&seen));
+    problems.extend(check_dropped(&dropped_before, &dropped_frames(port), seen.ended));
     Ok(Outcome {
-        case,
+        name: case.name,
+        agent: case.agent,
+        expected: case.ending.describe(),
         seconds: started.elapsed().as_secs_f64(),
         summary,
         problems,
     })
+}
+
+/// Health checks must never open a WebSocket to an agent (they look like calls to it, and an
+/// agent demanding the JWT refuses them): no agent may have seen a connection without a call.
+fn check_probes(agents: &BTreeMap<&'static str, Running>) -> Outcome {
+    let mut problems = Vec::new();
+    for (name, agent) in agents {
+        let strays = agent_lines(&agent.out)
+            .into_iter()
+            .filter(|l| {
+                l["event"] == "connection_without_start"
+                    || (l["event"] == "refused" && l["reason"] == "no bearer token")
+            })
+            .count();
+        expect(&mut problems, strays == 0, || {
+            format!("the {name} agent saw {strays} WebSocket connection(s) that were not calls")
+        });
+    }
+    Outcome {
+        name: "health-probes",
+        agent: "all",
+        expected: "no WebSocket outside calls",
+        seconds: 0.0,
+        summary: format!("{} agents", agents.len()),
+        problems,
+    }
 }
 
 fn table(outcomes: &[Outcome]) -> String {
@@ -932,9 +1019,9 @@ fn table(outcomes: &[Outcome]) -> String {
         let _ = writeln!(
             out,
             "{:<20} {:<14} {:<42} {:>6.1}  {:<6} {}",
-            o.case.name,
-            o.case.agent,
-            o.case.ending.describe(),
+            o.name,
+            o.agent,
+            o.expected,
             o.seconds,
             if o.problems.is_empty() { "pass" } else { "FAIL" },
             o.summary
@@ -1044,23 +1131,22 @@ pub fn interop() -> Result<(), String> {
 
     let port = free_port()?;
     let server = start_server(&work, port)?;
-    let base = format!("http://127.0.0.1:{port}");
+    let harness = Harness {
+        port,
+        base: format!("http://127.0.0.1:{port}"),
+        work: &work,
+        caller_wav: &caller_wav,
+        sent: &sent,
+    };
     let ready = started.elapsed();
 
     let mut outcomes = Vec::new();
     for (case, seeded) in CASES.iter().zip(&seeded) {
         eprintln!("==> call {} ({})", case.name, case.ending.describe());
-        outcomes.push(run_case(
-            case,
-            &base,
-            &work,
-            seeded,
-            &agents[case.agent],
-            &sent,
-            &caller_wav,
-        )?);
+        outcomes.push(run_case(case, &harness, seeded, &agents[case.agent])?);
     }
     drop(server);
+    outcomes.push(check_probes(&agents));
     drop(agents);
 
     let failed = outcomes.iter().filter(|o| !o.problems.is_empty()).count();
