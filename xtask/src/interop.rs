@@ -733,9 +733,9 @@ fn start_server(work: &Path, port: u16) -> Result<Killed, String> {
         .env("VOICE_BIND", format!("127.0.0.1:{port}"))
         .env("VOICE_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
         .env("VOICE_OUTBOX_POLL_INTERVAL", "60m")
-        // One round of health checks, at start: the calls test the relay, not the circuit
-        // breaker, and `check_probes` looks at what that round did to the agents.
-        .env("VOICE_AGENT_HEALTH_INTERVAL", "60m")
+        // Health checks every 2 s, so several rounds run beside the calls; `check_probes`
+        // looks at what they did to the agents.
+        .env("VOICE_AGENT_HEALTH_INTERVAL", "2")
         .env("VOICE_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log_file)
@@ -772,15 +772,28 @@ struct Seeded {
     number: String,
 }
 
-/// The service's counts of frames from agents it dropped, by reason.
-fn dropped_frames(port: u16) -> BTreeMap<String, f64> {
+/// The samples of one counter family in the service's `/metrics`, by their label text
+/// (`reason="binary"`).
+fn counters(port: u16, family: &str) -> BTreeMap<String, f64> {
     let metrics = get_body(port, "/metrics").unwrap_or_default();
+    let prefix = format!("{family}_total{{");
     metrics
         .lines()
-        .filter_map(|l| l.strip_prefix("voice_agent_frames_dropped_total{reason=\""))
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
         .filter_map(|l| {
-            let (reason, rest) = l.split_once("\"}")?;
-            Some((reason.to_owned(), rest.trim().parse().ok()?))
+            let (labels, value) = l.split_once('}')?;
+            Some((labels.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The service's counts of frames from agents it dropped, by reason.
+fn dropped_frames(port: u16) -> BTreeMap<String, f64> {
+    counters(port, "voice_agent_frames_dropped")
+        .into_iter()
+        .filter_map(|(labels, n)| {
+            let reason = labels.strip_prefix("reason=\"")?.strip_suffix('"')?;
+            Some((reason.to_owned(), n))
         })
         .collect()
 }
@@ -982,10 +995,20 @@ fn run_case(
     })
 }
 
-/// Health checks must never open a WebSocket to an agent (they look like calls to it, and an
-/// agent demanding the JWT refuses them): no agent may have seen a connection without a call.
-fn check_probes(agents: &BTreeMap<&'static str, Running>) -> Outcome {
+/// Health checks must never open a WebSocket to an agent (they would look like calls to it,
+/// and an agent demanding the JWT refuses them, which opens the circuit breaker): no agent may
+/// have seen a connection without a call. `checks` are the service's health-check counters.
+fn check_probes(agents: &BTreeMap<&'static str, Running>, checks: &BTreeMap<String, f64>) -> Outcome {
     let mut problems = Vec::new();
+    let count = |labels: &str| checks.get(labels).copied().unwrap_or(0.0);
+    let healthy = count(r#"check="tcp",outcome="healthy""#);
+    let unhealthy = count(r#"check="tcp",outcome="unhealthy""#);
+    expect(&mut problems, healthy >= agents.len() as f64, || {
+        format!("{healthy} TCP health checks passed (want a round at least): {checks:?}")
+    });
+    expect(&mut problems, unhealthy == 0.0, || {
+        format!("{unhealthy} TCP health checks failed")
+    });
     for (name, agent) in agents {
         let strays = agent_lines(&agent.out)
             .into_iter()
@@ -1003,7 +1026,7 @@ fn check_probes(agents: &BTreeMap<&'static str, Running>) -> Outcome {
         agent: "all",
         expected: "no WebSocket outside calls",
         seconds: 0.0,
-        summary: format!("{} agents", agents.len()),
+        summary: format!("{healthy} TCP checks, no stray connection"),
         problems,
     }
 }
@@ -1145,8 +1168,9 @@ pub fn interop() -> Result<(), String> {
         eprintln!("==> call {} ({})", case.name, case.ending.describe());
         outcomes.push(run_case(case, &harness, seeded, &agents[case.agent])?);
     }
+    let health_checks = counters(port, "voice_agent_health_checks");
     drop(server);
-    outcomes.push(check_probes(&agents));
+    outcomes.push(check_probes(&agents, &health_checks));
     drop(agents);
 
     let failed = outcomes.iter().filter(|o| !o.problems.is_empty()).count();
