@@ -653,6 +653,7 @@ fn node_modules() -> Result<PathBuf, String> {
 
 /// A started agent.
 struct Running {
+    /// The port it listens on, from its ready line (it picks a free one itself).
     port: u16,
     out: PathBuf,
     err: PathBuf,
@@ -665,7 +666,6 @@ fn start_agent(
     python_bin: &Path,
     node_modules: &Path,
 ) -> Result<Running, String> {
-    let port = free_port()?;
     let out = work.join(format!("{}.out", agent.name));
     let err = work.join(format!("{}.err", agent.name));
     let file = |p: &Path| std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()));
@@ -685,7 +685,7 @@ fn start_agent(
     };
     let child = cmd
         .arg(&script)
-        .args(["--port", &port.to_string()])
+        .args(["--port", "0"])
         .env("AGENT_WEBHOOK_SECRET", SECRET_A)
         .env("TWILIO_ACCOUNT_SID", ACCOUNT_A)
         .stdin(Stdio::null())
@@ -695,19 +695,24 @@ fn start_agent(
         .spawn()
         .map_err(|e| format!("starting the {} agent: {e}", agent.name))?;
     Ok(Running {
-        port,
+        port: 0,
         out,
         err,
         process: Killed(child),
     })
 }
 
-/// Waits until the agent has printed its ready line.
+/// Waits until the agent has printed its ready line, and takes its port from it.
 fn wait_ready(name: &str, agent: &mut Running) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(90);
-    let line = format!("READY {name} 127.0.0.1:{}", agent.port);
+    let prefix = format!("READY {name} 127.0.0.1:");
     while Instant::now() < deadline {
-        if std::fs::read_to_string(&agent.out).is_ok_and(|t| t.lines().any(|l| l == line)) {
+        let text = std::fs::read_to_string(&agent.out).unwrap_or_default();
+        if let Some(port) = text
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str())?.parse().ok())
+        {
+            agent.port = port;
             return Ok(());
         }
         if let Ok(Some(status)) = agent.process.0.try_wait() {
