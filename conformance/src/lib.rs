@@ -4,8 +4,14 @@
 //! the requests over HTTP and renders a stable transcript (status, content type, body, then the
 //! stored calls, events, diagnostics and alerts) for snapshot testing. Stream tokens are decoded
 //! and their claims checked before they are replaced by placeholders.
+//!
+//! A request may carry a media-stream step ([`media_step::MediaStream`]): the runner then opens
+//! the stream of its answer, plays Twilio's side from the recorded session against the echo
+//! agent or a scripted agent ([`scripted_agent`]), and renders both sides of the call.
 use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
 
+use media_step::{Agent, MediaStream, StreamContext};
+use scripted_agent::AgentServer;
 use sea_orm::{EntityTrait, QueryOrder};
 use serde::{Deserialize, Serialize};
 use stateset_voice::{
@@ -21,6 +27,10 @@ use stateset_voice::{
         signature::{self, Algorithm},
     },
 };
+
+mod frames;
+pub mod media_step;
+pub mod scripted_agent;
 
 /// The public URL every fixture is signed for.
 pub const PUBLIC_URL: &str = "https://voice.example.com";
@@ -123,6 +133,10 @@ pub struct Request {
     /// Deliver all `times` copies at once.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub concurrent: bool,
+    /// After the answer, open the stream of its `<Stream>` and play it (see `media_step`).
+    /// The next request, if any, is Twilio's `<Connect action>` callback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_stream: Option<MediaStream>,
 }
 
 fn one() -> usize {
@@ -196,7 +210,42 @@ pub fn load_fixtures() -> Vec<(String, Fixture)> {
 /// Ids the transcript replaces with stable names.
 struct Seeded {
     tenant_id: String,
+    webhook_secret: String,
     route_ids: BTreeMap<String, String>,
+}
+
+impl Fixture {
+    /// The media-stream steps of the requests, in order.
+    fn media_streams(&self) -> impl Iterator<Item = &MediaStream> {
+        self.requests.iter().filter_map(|r| r.media_stream.as_ref())
+    }
+}
+
+/// The scripted agent the fixture's streams talk to, when they do; its URL becomes the
+/// route's `agent_url`. All streams of a fixture use the same kind of agent (the route has
+/// one `agent_url`).
+async fn spawn_agent(fixture: &Fixture) -> Option<AgentServer> {
+    let agents: Vec<&Agent> = fixture.media_streams().map(|m| &m.agent).collect();
+    let scripts: Vec<_> = agents
+        .iter()
+        .filter_map(|a| match a {
+            Agent::Script(script) => Some(script.clone()),
+            Agent::Echo => None,
+        })
+        .collect();
+    if scripts.is_empty() {
+        return None;
+    }
+    assert_eq!(
+        scripts.len(),
+        agents.len(),
+        "the streams of a fixture all use the echo agent or all a scripted one"
+    );
+    assert!(
+        fixture.setup.route_agent_url.is_none(),
+        "a scripted agent sets the route's agent_url; leave setup.route_agent_url out"
+    );
+    Some(AgentServer::spawn(scripts).await)
 }
 
 async fn seed(app: &TestApp, setup: &Setup) -> Option<Seeded> {
@@ -222,6 +271,7 @@ async fn seed(app: &TestApp, setup: &Setup) -> Option<Seeded> {
     .await
     .expect("seed tenant")
     .tenant;
+    let webhook_secret = tenant.webhook_secret.clone();
     let route = admin::create_route(
         db,
         &tenant.id,
@@ -259,6 +309,7 @@ async fn seed(app: &TestApp, setup: &Setup) -> Option<Seeded> {
     app.state.runtime.set_draining(setup.draining);
     Some(Seeded {
         tenant_id: tenant.id,
+        webhook_secret,
         route_ids,
     })
 }
@@ -281,15 +332,21 @@ pub async fn replay(backend: Backend, fixture: &Fixture) -> Option<String> {
         }
     })
     .await?;
-    let seeded = seed(&app, &fixture.setup).await;
+    let mut agent = spawn_agent(fixture).await;
+    let mut setup = fixture.setup.clone();
+    if let Some(agent) = &agent {
+        setup.route_agent_url = Some(agent.url.clone());
+    }
+    let seeded = seed(&app, &setup).await;
     let _open_streams: Vec<_> = (0..fixture.setup.open_streams.unwrap_or(0))
         .map(|_| app.state.runtime.stream_opened())
         .collect();
 
     let mut transcript = format!("# {}\n", fixture.description);
     let mut tokens = TokenNames::default();
-    for request in &fixture.requests {
+    for (index, request) in fixture.requests.iter().enumerate() {
         let exchanges = send(&app, request).await;
+        let answer = exchanges.first().map(|e| e.2.clone()).unwrap_or_default();
         let _ = writeln!(
             transcript,
             "\n>>> POST {} ({}{})",
@@ -334,9 +391,48 @@ pub async fn replay(backend: Backend, fixture: &Fixture) -> Option<String> {
                 transcript.push('\n');
             }
         }
+        if let Some(step) = &request.media_stream {
+            assert_eq!(request.times, 1, "a media_stream step follows a single delivery");
+            let seeded = seeded
+                .as_ref()
+                .expect("a media_stream step needs a seeded tenant");
+            if let Some(callback) = fixture.requests.get(index + 1) {
+                check_connect_action(&answer, callback);
+            }
+            let form = request.form();
+            let ctx = StreamContext {
+                app: &app,
+                answer: &answer,
+                call_sid: form.get("CallSid").expect("the request has a CallSid"),
+                tenant_id: &seeded.tenant_id,
+                webhook_secret: &seeded.webhook_secret,
+                names: seeded
+                    .route_ids
+                    .iter()
+                    .map(|(id, name)| (id.clone(), name.clone()))
+                    .chain([(seeded.tenant_id.clone(), "[tenant]".to_owned())])
+                    .collect(),
+            };
+            let section = media_step::play(step, &ctx, agent.as_mut(), &mut tokens).await;
+            transcript.push_str(&section);
+        }
     }
-    transcript.push_str(&state_summary(&app, seeded.as_ref()).await);
+    let streams = fixture.media_streams().next().is_some();
+    transcript.push_str(&state_summary(&app, seeded.as_ref(), streams).await);
+    // The server task outlives the replay; its pool must not (PostgreSQL allows 100 clients).
+    let _ = app.state.db.close_by_ref().await;
     Some(transcript)
+}
+
+/// The request after a stream is Twilio's callback to the answer's `<Connect action>`.
+fn check_connect_action(answer: &str, callback: &Request) {
+    let action = media_step::attribute(answer, "Connect", "action")
+        .expect("an answer with a <Stream> has a <Connect action>");
+    assert_eq!(
+        action,
+        callback.signed_url(),
+        "the request after a media_stream step is Twilio's <Connect action> callback"
+    );
 }
 
 fn describe_unsigned(request: &Request) -> String {
@@ -423,10 +519,11 @@ fn tokens_in(body: &str) -> impl Iterator<Item = &str> {
 
 /// Names tokens by order of first appearance, so a snapshot shows whether a retry reused one.
 #[derive(Default)]
-struct TokenNames(Vec<String>);
+pub struct TokenNames(Vec<String>);
 
 impl TokenNames {
-    fn redact(&mut self, body: &str) -> String {
+    /// `body` with every stream token replaced by its name.
+    pub fn redact(&mut self, body: &str) -> String {
         let mut out = body.to_owned();
         let found: Vec<String> = tokens_in(body).map(str::to_owned).collect();
         for token in found {
@@ -443,7 +540,8 @@ impl TokenNames {
     }
 }
 
-async fn state_summary(app: &TestApp, seeded: Option<&Seeded>) -> String {
+/// The stored state after the requests; `streams` adds the media sessions.
+async fn state_summary(app: &TestApp, seeded: Option<&Seeded>, streams: bool) -> String {
     app.flush().await;
     let db = &app.state.db;
     let name_route = |id: &str| {
@@ -460,6 +558,8 @@ async fn state_summary(app: &TestApp, seeded: Option<&Seeded>) -> String {
     if calls.is_empty() {
         out.push_str("  (none)\n");
     }
+    let call_sids: BTreeMap<String, String> =
+        calls.iter().map(|c| (c.id.clone(), c.call_sid.clone())).collect();
     for c in calls {
         let _ = writeln!(
             out,
@@ -474,6 +574,9 @@ async fn state_summary(app: &TestApp, seeded: Option<&Seeded>) -> String {
             c.attempts,
             c.error_code.as_deref().unwrap_or("-"),
         );
+    }
+    if streams {
+        out.push_str(&media_sessions(app, &call_sids).await);
     }
     let events = entity::outbox_event::Entity::find()
         .order_by_asc(entity::outbox_event::Column::Id)
@@ -511,6 +614,35 @@ async fn state_summary(app: &TestApp, seeded: Option<&Seeded>) -> String {
             a.kind,
             name_route(a.route_id.as_deref().unwrap_or("-")),
             a.failure_count
+        );
+    }
+    out
+}
+
+/// The stored media sessions, by call.
+async fn media_sessions(app: &TestApp, call_sids: &BTreeMap<String, String>) -> String {
+    let mut sessions = entity::media_session::Entity::find()
+        .all(&app.state.db)
+        .await
+        .expect("media sessions");
+    let call_sid = |s: &entity::media_session::Model| call_sids.get(&s.call_id).cloned().unwrap_or_default();
+    sessions.sort_by_key(|s| (call_sid(s), s.started_at));
+    let mut out = String::from("media sessions:\n");
+    if sessions.is_empty() {
+        out.push_str("  (none)\n");
+    }
+    for s in sessions {
+        let _ = writeln!(
+            out,
+            "  {} stream {}: status={} end_reason={} received_stop={} inbound={} outbound={} malformed={}",
+            call_sid(&s),
+            s.stream_sid.as_deref().unwrap_or("-"),
+            s.status,
+            s.end_reason.as_deref().unwrap_or("-"),
+            s.received_stop,
+            s.inbound_frames,
+            s.outbound_frames,
+            s.malformed_frames,
         );
     }
     out

@@ -1,5 +1,6 @@
 //! Replays every recorded fixture on SQLite and on PostgreSQL and compares the transcripts with
 //! the reviewed snapshots. Both backends must produce the same transcript.
+//! `CONFORMANCE_FIXTURES=name,name` replays only those fixtures (while writing one).
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use conformance::{assert_matches_snapshot, load_fixtures, replay};
@@ -13,9 +14,15 @@ async fn fixtures_replay_to_their_snapshots() {
         "expected at least 30 fixtures, found {}",
         fixtures.len()
     );
+    let only: Option<Vec<String>> = std::env::var("CONFORMANCE_FIXTURES")
+        .ok()
+        .map(|names| names.split(',').map(str::to_owned).collect());
     let mut failures = Vec::new();
     let mut replays = 0;
     for (name, fixture) in &fixtures {
+        if only.as_ref().is_some_and(|only| !only.contains(name)) {
+            continue;
+        }
         for request in &fixture.requests {
             if let Some(genuine) = request.genuine_signature() {
                 assert_eq!(

@@ -37,3 +37,40 @@ async fn a_changed_twiml_attribute_fails_the_snapshot() {
         "a changed <Parameter name> must not match the snapshot"
     );
 }
+
+#[tokio::test]
+async fn a_changed_agent_frame_fails_the_snapshot() {
+    std::env::set_var("INSTA_UPDATE", "no");
+    std::env::set_var("INSTA_FORCE_PASS", "0");
+    let (name, fixture) = load_fixtures()
+        .into_iter()
+        .find(|(name, _)| name == "stream-agent-twilio-relay")
+        .expect("the relay fixture exists");
+    let transcript = replay(Backend::Sqlite, &fixture)
+        .await
+        .expect("SQLite is always available");
+    assert_matches_snapshot(&name, &transcript);
+    assert!(
+        transcript.contains("Authorization: Bearer [agent_token]"),
+        "the agent token is checked and never shown: {transcript}"
+    );
+
+    // The metadata the service adds to the agent's `start`.
+    let original = r#","route_id":"[route:main]""#;
+    assert!(transcript.contains(original), "{transcript}");
+    let changed = transcript.replacen(original, "", 1);
+    let outcome = catch_unwind(AssertUnwindSafe(|| assert_matches_snapshot(&name, &changed)));
+    assert!(
+        outcome.is_err(),
+        "a start without route_id must not match the snapshot"
+    );
+
+    // A frame the agent got that is no longer byte-identical to what Twilio sent.
+    let changed = transcript.replacen("= #13 ", "~ ", 1);
+    assert_ne!(changed, transcript);
+    let outcome = catch_unwind(AssertUnwindSafe(|| assert_matches_snapshot(&name, &changed)));
+    assert!(
+        outcome.is_err(),
+        "an edited relayed frame must not match the snapshot"
+    );
+}

@@ -253,6 +253,78 @@ async fn token_in_the_stream_path_is_kept_and_never_printed(backend: Backend) {
     );
 }
 
+/// An agent runtime that, after `frames` media frames of the caller, plays one frame with a
+/// mark and hangs up (close 1000).
+async fn hanging_up_agent(frames: usize) -> String {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{
+        protocol::{frame::coding::CloseCode, CloseFrame},
+        Message,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/agent", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let mut media = 0;
+        while let Some(Ok(Message::Text(text))) = ws.next().await {
+            if text.contains("\"event\":\"media\"") {
+                media += 1;
+                if media == frames {
+                    break;
+                }
+            }
+        }
+        let goodbye = serde_json::json!({"event": "media", "media": {"payload": "AAAA"}});
+        ws.send(Message::text(goodbye.to_string())).await.unwrap();
+        let mark = serde_json::json!({"event": "mark", "mark": {"name": "goodbye"}});
+        ws.send(Message::text(mark.to_string())).await.unwrap();
+        let _ = ws
+            .close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "bye".into(),
+            }))
+            .await;
+        while ws.next().await.is_some() {}
+    });
+    url
+}
+
+async fn agent_hanging_up_is_a_good_call(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let agent_url = hanging_up_agent(5).await;
+    app.seed_with(
+        NewTenant::default(),
+        NewRoute {
+            agent_url: Some(agent_url),
+            ..Default::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let report = place(options(&app, dir.path(), FRAMES)).await;
+
+    assert!(report.ok, "{report:#?}");
+    let stream = report.stream.as_ref().expect("a stream");
+    assert_eq!(stream.ended_by, EndedBy::AgentHangup);
+    assert_eq!(stream.close_code, Some(1000));
+    assert!(stream.frames_sent < FRAMES as u64, "{}", stream.frames_sent);
+    assert_eq!(stream.frames_received, 1);
+    // The service marks the end of the agent's audio and closes once that mark is answered,
+    // so the caller hears the goodbye: every mark was answered after its audio played.
+    assert_eq!(
+        stream.marks,
+        ["goodbye", stateset_voice::media::session::HANGUP_MARK]
+    );
+    assert_eq!(stream.marks_answered, 2);
+    assert_eq!(report.action_status, Some(200));
+    assert_eq!(report.final_verbs, ["Hangup"]);
+    // What the agent played: three zero bytes of mu-law, padded by nothing.
+    assert_eq!(recorded(dir.path()), vec![audio::decode(0); 3]);
+}
+
 async fn wrong_auth_token_is_refused(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
@@ -425,6 +497,7 @@ on_both_backends!(
     disabled_route_answers_its_fallback_without_a_stream,
     failed_agent_leads_to_a_signed_redirect_that_is_followed,
     token_in_the_stream_path_is_kept_and_never_printed,
+    agent_hanging_up_is_a_good_call,
     wrong_auth_token_is_refused,
     binary_exit_codes_and_summary,
     demo_call_command_places_a_good_call,
