@@ -68,6 +68,10 @@ pub enum TenantCommand {
         environment: Option<String>,
         #[arg(long)]
         webhook_url: Option<String>,
+        /// Webhook signing secret, `whsec_` + base64 of at least 24 bytes (or set
+        /// VOICE_TENANT_WEBHOOK_SECRET); generated and printed once when not given.
+        #[arg(long, env = "VOICE_TENANT_WEBHOOK_SECRET", hide_env_values = true)]
+        webhook_secret: Option<String>,
         /// Default fallback as JSON, e.g. '{"type":"say","message":"Sorry"}'.
         #[arg(long)]
         default_fallback: Option<String>,
@@ -329,6 +333,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     auth_token,
                     environment,
                     webhook_url,
+                    webhook_secret,
                     default_fallback,
                 } => {
                     let created = admin::create_tenant(
@@ -339,6 +344,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                             auth_token,
                             environment,
                             webhook_url,
+                            webhook_secret,
                             default_fallback: parse_fallback(default_fallback)?,
                             ..NewTenant::default()
                         },

@@ -1,7 +1,8 @@
 //! Reliability tests over real server processes: the `stateset-voice` binary killed mid-load
 //! and restarted, two instances sharing one PostgreSQL schema, and what `serve` runs beside
-//! the HTTP server.
+//! the HTTP server; CLI subcommands that write to the database.
 mod crash;
 mod multi_instance;
 mod serve;
 mod support;
+mod tenant_cli;

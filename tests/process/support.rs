@@ -43,6 +43,16 @@ fn command(database_url: &str) -> Command {
     cmd
 }
 
+/// Runs a subcommand to completion and returns what it exited with and printed.
+pub async fn cli_output(database_url: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = command(database_url);
+    cmd.args(args);
+    tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("join")
+        .expect("the binary runs")
+}
+
 /// Runs a subcommand to completion and returns its standard output.
 pub async fn cli(database_url: &str, args: &[&str]) -> String {
     let mut cmd = command(database_url);

@@ -3,47 +3,20 @@
 //! criterion micro-benchmarks; results go to `bench/results.md`.
 use std::{
     fmt::Write as _,
-    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
 };
 
 use serde_json::Value;
 
-use crate::{cargo, root, run};
+use crate::{
+    cargo, root, run,
+    support::{free_port, wait_for_port, Killed},
+};
 
 const ADMIN_TOKEN: &str = "bench-admin-token";
 /// The auth token loadgen signs with (see loadgen).
 const AUTH_TOKEN: &str = "bench-auth-token-0123456789abcdef";
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-fn wait_for_port(port: u16, what: &str) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err(format!("{what} did not start listening on port {port}"))
-}
 
 fn loadgen(args: &[&str]) -> Result<Value, String> {
     let out = Command::new(root().join("target/release/loadgen"))
@@ -231,7 +204,7 @@ pub fn bench(postgres: bool, quick: bool) -> Result<(), String> {
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
     let (database_url, pg_name) = database(postgres, &work)?;
     let n = if quick { "3000" } else { "20000" };
-    let port = free_port();
+    let port = free_port()?;
     let server = start_server(port, &database_url)?;
     let target = format!("http://127.0.0.1:{port}");
     loadgen(&["seed", "--target", &target, "--admin-token", ADMIN_TOKEN])?;
@@ -289,7 +262,7 @@ pub fn bench(postgres: bool, quick: bool) -> Result<(), String> {
     eprintln!("==> reference peer");
     let peer = match prepare_peer() {
         Ok(dir) => {
-            let peer_port = free_port();
+            let peer_port = free_port()?;
             let child = Command::new("node")
                 .args(["peer.js", &peer_port.to_string(), AUTH_TOKEN])
                 .current_dir(&dir)

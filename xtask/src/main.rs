@@ -1,7 +1,10 @@
-//! Project automation: `cargo xtask ci | conformance | openapi [--check] | bench | schemathesis | fuzz`.
+//! Project automation: `cargo xtask ci | conformance | openapi [--check] | bench | schemathesis |
+//! interop | fuzz`.
 mod bench;
 mod fuzz;
+mod interop;
 mod schemathesis;
+mod support;
 
 use std::{
     path::{Path, PathBuf},
@@ -90,6 +93,7 @@ fn ci() -> Result<(), String> {
     )?;
     schemathesis::schemathesis()?;
     conformance()?;
+    interop::interop()?;
     fuzz::ci()
 }
 
@@ -99,13 +103,14 @@ fn main() -> ExitCode {
         ["ci"] => ci(),
         ["fuzz", rest @ ..] => fuzz::main(rest),
         ["schemathesis"] => schemathesis::schemathesis(),
+        ["interop"] => interop::interop(),
         ["conformance"] => conformance(),
         ["bench", rest @ ..] => bench::bench(rest.contains(&"--postgres"), rest.contains(&"--quick")),
         ["openapi"] => openapi(false),
         ["openapi", "--check"] => openapi(true),
         _ => Err(
             "usage: cargo xtask ci | conformance | openapi [--check] | bench [--postgres] [--quick] \
-             | schemathesis | fuzz [--seconds N]"
+             | schemathesis | interop | fuzz [--seconds N]"
                 .to_owned(),
         ),
     };

@@ -2,16 +2,17 @@
 //! Schemathesis (installed from PyPI into `target/schemathesis-venv`), against the debug binary
 //! on a fresh SQLite database with the demo tenant and route.
 use std::{
-    io::{Read as _, Write as _},
-    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-use crate::{cargo, root, run};
+use crate::{
+    cargo, root, run,
+    support::{free_port, get_status, python_venv, Killed},
+};
 
 /// The Schemathesis release this project is tested with.
 const VERSION: &str = "4.32.5";
@@ -37,16 +38,6 @@ const CHECKS: &[&str] = &[
     "ensure_resource_availability",
 ];
 
-/// Kills and reaps the server when dropped, on every path out.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A scratch directory removed when dropped.
 struct Scratch(PathBuf);
 
@@ -56,40 +47,15 @@ impl Drop for Scratch {
     }
 }
 
-/// Creates the virtual environment and installs the pinned Schemathesis unless it is there.
+/// The pinned Schemathesis in `target/schemathesis-venv`, installed unless it is there.
 fn install() -> Result<PathBuf, String> {
-    let venv = root().join("target/schemathesis-venv");
-    let st = venv.join("bin/schemathesis");
-    let installed = |st: &Path| {
-        Command::new(st).arg("--version").output().ok().is_some_and(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .ends_with(&format!(" {VERSION}"))
-        })
-    };
-    if installed(&st) {
-        return Ok(st);
-    }
-    if !venv.join("bin/python").exists() {
-        let _ = std::fs::remove_dir_all(&venv);
-        run(
-            "create target/schemathesis-venv",
-            Command::new("python3").arg("-m").arg("venv").arg(&venv),
-        )?;
-    }
-    run(
-        &format!("pip install schemathesis=={VERSION}"),
-        Command::new(venv.join("bin/python")).args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-input",
-            &format!("schemathesis=={VERSION}"),
-        ]),
-    )?;
-    if installed(&st) {
+    let st = python_venv("schemathesis-venv", &format!("schemathesis=={VERSION}\n"))?.join("schemathesis");
+    let installed = Command::new(&st).arg("--version").output().ok().is_some_and(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .ends_with(&format!(" {VERSION}"))
+    });
+    if installed {
         Ok(st)
     } else {
         Err(format!(
@@ -99,29 +65,8 @@ fn install() -> Result<PathBuf, String> {
     }
 }
 
-fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
-}
-
-/// The status code of `GET path`, or `None` when nothing answers.
-fn get_status(port: u16, path: &str) -> Option<u16> {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        tcp,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut head = [0u8; 12];
-    tcp.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
-}
-
 /// Starts `serve --demo` on `port` with a database in `dir` and waits until it is ready.
-fn start_server(dir: &Path, port: u16) -> Result<Server, String> {
+fn start_server(dir: &Path, port: u16) -> Result<Killed, String> {
     let log = dir.join("server.log");
     let log_file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     let mut cmd = Command::new(root().join("target/debug/stateset-voice"));
@@ -148,7 +93,7 @@ fn start_server(dir: &Path, port: u16) -> Result<Server, String> {
         .stderr(log_file)
         .spawn()
         .map_err(|e| format!("starting the server: {e}"))?;
-    let mut server = Server(child);
+    let mut server = Killed(child);
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if get_status(port, "/readyz") == Some(200) {
