@@ -122,6 +122,9 @@ struct Report {
     frames_sent: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     frames_echoed: Option<u64>,
+    /// Stream scenarios: streams the server closed before their last frame was sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    streams_cut_short: Option<u64>,
     /// Stream scenarios with `--agent-pid`: the agent process's CPU per stream.
     #[serde(skip_serializing_if = "Option::is_none")]
     agent_cpu_per_stream_percent: Option<f64>,
@@ -252,6 +255,7 @@ fn report(
         cpu_per_stream_percent: cpu,
         frames_sent: None,
         frames_echoed: None,
+        streams_cut_short: None,
         agent_cpu_per_stream_percent: None,
     }
 }
@@ -605,9 +609,12 @@ async fn streams(
         })
         .collect();
     let mut all = Vec::new();
-    let (mut sent, mut echoed) = (0u64, 0u64);
+    let (mut sent, mut echoed, mut cut_short) = (0u64, 0u64, 0u64);
     for task in tasks {
         let measured = task.await.expect("stream task");
+        if measured.sent < frames {
+            cut_short += 1;
+        }
         sent += measured.sent;
         echoed += measured.echoed;
         all.extend(measured.latencies);
@@ -624,6 +631,7 @@ async fn streams(
     );
     report.frames_sent = Some(sent);
     report.frames_echoed = Some(echoed);
+    report.streams_cut_short = Some(cut_short);
     report.agent_cpu_per_stream_percent = agent_cpu;
     report
 }

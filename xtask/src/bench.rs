@@ -64,13 +64,15 @@ fn loadgen(args: &[&str]) -> Result<Value, String> {
     serde_json::from_str(text.trim()).map_err(|e| format!("loadgen output: {e}: {text}"))
 }
 
-/// Runs `loadgen streams` and fails when any frame went without its echo.
+/// Runs `loadgen streams` and fails when any frame went without its echo or the server closed
+/// a stream early.
 fn stream_scenario(args: &[&str], what: &str) -> Result<Value, String> {
     let r = loadgen(args)?;
     let lost = r["errors"].as_u64().unwrap_or(u64::MAX);
-    if lost != 0 {
+    let cut_short = r["streams_cut_short"].as_u64().unwrap_or(u64::MAX);
+    if lost != 0 || cut_short != 0 {
         return Err(format!(
-            "{what}: {lost} of {} frames lost (no echo): {r}",
+            "{what}: {lost} of {} frames lost (no echo), {cut_short} streams closed early: {r}",
             r["frames_sent"]
         ));
     }
