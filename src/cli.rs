@@ -45,6 +45,8 @@ pub enum Command {
     Route(RouteCommand),
     /// Print the X-Twilio-Signature of a form, or check one with --check.
     Sign(SignArgs),
+    /// Place a test call without a phone: play Twilio's part against a deployment.
+    Call(CallArgs),
     /// Print the OpenAPI document (YAML).
     #[command(hide = true)]
     Openapi,
@@ -98,6 +100,10 @@ pub enum RouteCommand {
         /// ws(s):// URL of the agent runtime.
         #[arg(long)]
         agent_url: Option<String>,
+        /// http(s):// URL of the agent's health endpoint (GET, 2xx = healthy); without it the
+        /// health check only opens a TCP connection to the agent's host and port.
+        #[arg(long)]
+        agent_health_url: Option<String>,
     },
     /// List routes.
     List {
@@ -125,6 +131,95 @@ pub struct SignArgs {
     /// Decoded form fields, KEY=VALUE; repeated keys allowed.
     #[arg(value_name = "KEY=VALUE")]
     pub fields: Vec<String>,
+}
+
+/// The help heading of `call`'s own flags (the service options are not used by `call`).
+const CALL_HEADING: &str = "Call options (the service options above are not used)";
+
+/// `call` arguments.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Steps are printed as they happen; the last line is a one-line summary. \
+Exit status: 0 when the call went as the TwiML said, 1 when it did not (the summary says why), \
+2 for usage errors (bad flags, unreadable or unsupported WAV)."
+)]
+pub struct CallArgs {
+    /// The deployment's public base URL (VOICE_PUBLIC_URL), or its full webhook URL ending in
+    /// /api/v1/incoming-call.
+    #[arg(help_heading = CALL_HEADING, long)]
+    pub url: String,
+    /// The tenant's Twilio auth token: signs every request.
+    #[arg(help_heading = CALL_HEADING, long, env = "VOICE_CALL_AUTH_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// The tenant's Twilio account SID (AC...).
+    #[arg(help_heading = CALL_HEADING, long)]
+    pub account_sid: String,
+    /// The called number (the route's number), E.164.
+    #[arg(help_heading = CALL_HEADING, long)]
+    pub to: String,
+    /// The caller number.
+    #[arg(help_heading = CALL_HEADING, long, default_value = crate::call::DEFAULT_FROM)]
+    pub from: String,
+    /// The caller's audio: a WAV file, 8 kHz mono, 16-bit PCM or mu-law [default: 6.4 s of
+    /// built-in speech].
+    #[arg(help_heading = CALL_HEADING, long, value_name = "WAV")]
+    pub audio: Option<std::path::PathBuf>,
+    /// Write what the agent played to this WAV file (8 kHz mono 16-bit PCM).
+    #[arg(help_heading = CALL_HEADING, long, value_name = "WAV")]
+    pub record: Option<std::path::PathBuf>,
+    /// Key presses sent during the audio, spread through it (0-9, *, #).
+    #[arg(help_heading = CALL_HEADING, long, value_name = "DIGITS")]
+    pub dtmf: Option<String>,
+    /// Write a JSON report of the call to this file.
+    #[arg(help_heading = CALL_HEADING, long, value_name = "FILE")]
+    pub report: Option<std::path::PathBuf>,
+    /// The CallSid to use [default: a fresh CA + 32 hex digits].
+    #[arg(help_heading = CALL_HEADING, long)]
+    pub call_sid: Option<String>,
+    /// Seconds to keep listening after the audio was sent, before sending stop.
+    #[arg(
+        help_heading = CALL_HEADING,
+        long,
+        value_name = "SECS",
+        default_value = "2",
+        value_parser = parse_seconds
+    )]
+    pub tail: std::time::Duration,
+}
+
+fn parse_seconds(value: &str) -> Result<std::time::Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && (0.0..=3600.0).contains(s))
+        .map(std::time::Duration::from_secs_f64)
+        .ok_or_else(|| format!("{value:?} is not a number of seconds (0 to 3600)"))
+}
+
+/// Runs `call`: prints each step, writes the report, exits 0 when the call went as the TwiML
+/// said and 1 when not.
+pub async fn call(args: &CallArgs) -> Result<ExitCode, CliError> {
+    let mut options = crate::call::CallOptions::new(&args.url, &args.token, &args.account_sid, &args.to);
+    options.from = args.from.clone();
+    options.call_sid = args.call_sid.clone();
+    options.audio = args.audio.clone();
+    options.record = args.record.clone();
+    options.dtmf = args.dtmf.clone().unwrap_or_default();
+    options.tail = args.tail;
+    options.on_step = Some(std::sync::Arc::new(|line: &str| println!("{line}")));
+    let report = crate::call::run(options)
+        .await
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&report).expect("reports serialise");
+        std::fs::write(path, json + "\n")
+            .map_err(|e| CliError::Usage(format!("--report {}: {e}", path.display())))?;
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Errors of the command line.
@@ -186,6 +281,7 @@ fn parse_fallback(json: Option<String>) -> Result<Option<FallbackAction>, CliErr
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match &cli.command {
         Command::Sign(args) => return sign(args),
+        Command::Call(args) => return call(args).await,
         Command::Openapi => {
             print!("{}", crate::openapi_yaml());
             return Ok(ExitCode::SUCCESS);
@@ -194,7 +290,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     }
     let config = Config::from_args(cli.config)?;
     match cli.command {
-        Command::Sign(_) | Command::Openapi => unreachable!("handled above"),
+        Command::Sign(_) | Command::Call(_) | Command::Openapi => unreachable!("handled above"),
         Command::Serve { demo } => {
             if config.token_secret_generated {
                 tracing::warn!(
@@ -210,6 +306,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 let tenant = crate::demo::seed(&state.db).await?;
                 tracing::info!(tenant_id = %tenant.id, number = crate::demo::DEMO_NUMBER, "demo tenant ready");
                 println!("{}", crate::demo::curl_command(&state.config, &tenant));
+                // stdout stays the one curl command; the whole-call command goes to stderr.
+                eprintln!(
+                    "\nFor a whole test call (media stream to the echo agent, recorded to out.wav), \
+                     run:\n\n{}\n",
+                    crate::demo::call_command(&state.config, &tenant)
+                );
             }
             crate::serve(state, shutdown_signal()).await?;
         }
@@ -273,6 +375,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     disabled,
                     fallback,
                     agent_url,
+                    agent_health_url,
                 } => {
                     let route = admin::create_route(
                         &state.db,
@@ -284,6 +387,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                             enabled: Some(!disabled),
                             fallback: parse_fallback(fallback)?,
                             agent_url,
+                            agent_health_url,
                         },
                     )
                     .await?;

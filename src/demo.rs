@@ -1,4 +1,5 @@
-//! `serve --demo`: a demo tenant and route, and a signed curl command to try them.
+//! `serve --demo`: a demo tenant and route, a signed curl command to try them, and a
+//! `stateset-voice call` command for a whole test call.
 use entity::tenant;
 use sea_orm::DatabaseConnection;
 
@@ -77,5 +78,14 @@ pub fn curl_command(config: &Config, tenant: &tenant::Model) -> String {
     format!(
         "curl -sS -i -X POST '{url}' \\\n  -H 'Content-Type: application/x-www-form-urlencoded' \\\n  -H 'X-Twilio-Signature: {sig}' \\\n  --data '{}'",
         form.encode()
+    )
+}
+
+/// A ready-to-paste `stateset-voice call` command for the demo number: a whole test call
+/// against the echo agent, recording what it plays back to `out.wav`.
+pub fn call_command(config: &Config, tenant: &tenant::Model) -> String {
+    format!(
+        "cargo run --release -- call --url '{}' \\\n  --token '{}' --account-sid {} \\\n  --to '{DEMO_NUMBER}' --record out.wav",
+        config.public_url, tenant.auth_token, tenant.account_sid
     )
 }

@@ -3,6 +3,7 @@
 //! [`app`] builds the HTTP endpoint used by the server, the tests and the conformance suite.
 pub mod api;
 pub mod cache;
+pub mod call;
 pub mod cli;
 pub mod config;
 pub mod db;

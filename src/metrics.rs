@@ -12,6 +12,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::worker::probe::ProbeKind;
+
 /// A label set with one label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
@@ -32,6 +34,24 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
+/// Agent health check labels: the kind of check (`http`, `tcp`) and its outcome (`healthy`,
+/// `unhealthy`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthCheckLabels {
+    pub check: &'static str,
+    pub outcome: &'static str,
+}
+
+impl HealthCheckLabels {
+    /// The labels of one check's result.
+    pub fn new(kind: ProbeKind, healthy: bool) -> Self {
+        Self {
+            check: kind.as_str(),
+            outcome: if healthy { "healthy" } else { "unhealthy" },
+        }
+    }
+}
+
 /// Every metric the service exports.
 pub struct Metrics {
     registry: Registry,
@@ -49,6 +69,10 @@ pub struct Metrics {
     pub active_streams: Gauge,
     /// Media streams refused, by reason.
     pub streams_refused: Family<Reason, Counter>,
+    /// Frames from agents dropped (never fatal), by reason.
+    pub agent_frames_dropped: Family<Reason, Counter>,
+    /// Media streams ended, by end reason.
+    pub streams_ended: Family<Reason, Counter>,
     /// Outbox events waiting for delivery (set at scrape time).
     pub outbox_backlog: Gauge,
     /// Event deliveries by result (`delivered`, `failed`, `dead`, `skipped`).
@@ -57,6 +81,8 @@ pub struct Metrics {
     pub http: Family<HttpLabels, Histogram>,
     /// Requests written per database transaction by the hot-path writer.
     pub write_batch_size: Histogram,
+    /// Agent health checks by kind and outcome.
+    pub agent_health_checks: Family<HealthCheckLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -74,10 +100,13 @@ impl Default for Metrics {
             alerts: Counter::default(),
             active_streams: Gauge::default(),
             streams_refused: Family::default(),
+            agent_frames_dropped: Family::default(),
+            streams_ended: Family::default(),
             outbox_backlog: Gauge::default(),
             deliveries: Family::default(),
             http: Family::new_with_constructor(latency_histogram),
             write_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
+            agent_health_checks: Family::default(),
             registry: Registry::default(),
         };
         // Known series exist from the start, at zero, so rates and alerts see them.
@@ -90,6 +119,23 @@ impl Default for Metrics {
             let _ = m.deliveries.get_or_create(&Outcome {
                 outcome: outcome.to_owned(),
             });
+        }
+        for reason in ["binary", "malformed", "unknown_event", "nameless_mark"] {
+            let _ = m.agent_frames_dropped.get_or_create(&Reason {
+                reason: reason.to_owned(),
+            });
+        }
+        for reason in ["stop", "agent_hangup", "agent_failed", "socket_closed"] {
+            let _ = m.streams_ended.get_or_create(&Reason {
+                reason: reason.to_owned(),
+            });
+        }
+        for kind in [ProbeKind::Http, ProbeKind::Tcp] {
+            for healthy in [true, false] {
+                let _ = m
+                    .agent_health_checks
+                    .get_or_create(&HealthCheckLabels::new(kind, healthy));
+            }
         }
         registry.register("calls", "Calls answered, by outcome", m.calls.clone());
         registry.register("fallbacks", "Fallback answers, by reason", m.fallbacks.clone());
@@ -115,6 +161,16 @@ impl Default for Metrics {
             m.streams_refused.clone(),
         );
         registry.register(
+            "agent_frames_dropped",
+            "Frames from agent runtimes dropped, by reason",
+            m.agent_frames_dropped.clone(),
+        );
+        registry.register(
+            "streams_ended",
+            "Media streams ended, by end reason",
+            m.streams_ended.clone(),
+        );
+        registry.register(
             "outbox_backlog",
             "Outbox events waiting for delivery",
             m.outbox_backlog.clone(),
@@ -133,6 +189,11 @@ impl Default for Metrics {
             "write_batch_size",
             "Requests written per database transaction by the hot-path writer",
             m.write_batch_size.clone(),
+        );
+        registry.register(
+            "agent_health_checks",
+            "Agent runtime health checks, by kind of check and outcome",
+            m.agent_health_checks.clone(),
         );
         Self { registry, ..m }
     }

@@ -232,6 +232,7 @@ async fn seed(app: &TestApp, setup: &Setup) -> Option<Seeded> {
             enabled: setup.route_enabled,
             fallback: setup.route_fallback.clone(),
             agent_url: setup.route_agent_url.clone(),
+            agent_health_url: None,
         },
     )
     .await

@@ -16,6 +16,9 @@ pub struct Model {
     /// Fallback action as JSON text.
     pub fallback: Option<String>,
     pub agent_url: Option<String>,
+    /// HTTP(S) URL whose 2xx answer means the agent is healthy; without it the health check
+    /// only opens a TCP connection to the agent's host and port.
+    pub agent_health_url: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

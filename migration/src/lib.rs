@@ -2,6 +2,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_create_schema;
+mod m20261201_000001_route_agent_health_url;
 
 /// All migrations, oldest first.
 pub struct Migrator;
@@ -9,6 +10,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261124_000001_create_schema::Migration)]
+        vec![
+            Box::new(m20261124_000001_create_schema::Migration),
+            Box::new(m20261201_000001_route_agent_health_url::Migration),
+        ]
     }
 }

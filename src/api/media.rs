@@ -70,7 +70,7 @@ async fn upgrade(ws: WebSocket, token: Option<String>, state: AppState) -> Respo
                 })
             });
         let (out, mut replies) = mpsc::channel::<Reply>(crate::media::agent::QUEUE);
-        let writer = tokio::spawn(async move {
+        let mut writer = tokio::spawn(async move {
             while let Some(reply) = replies.recv().await {
                 let message = match reply {
                     Reply::Text(text) => Message::Text(text),
@@ -88,7 +88,13 @@ async fn upgrade(ws: WebSocket, token: Option<String>, state: AppState) -> Respo
             let _ = sink.close().await;
         });
         session::run(state, claims, Box::pin(frames), out).await;
-        let _ = writer.await;
+        // A peer that does not take its last frames is not waited for forever.
+        if tokio::time::timeout(session::STALL_LIMIT, &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
     })
     .into_response()
 }

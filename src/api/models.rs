@@ -3,7 +3,7 @@ use chrono::{DateTime, Utc};
 use entity::{alert, call, diagnostic, media_session, outbox_event, route, tenant};
 use poem_openapi::{types::MaybeUndefined, Enum, Object, Union};
 
-use crate::domain::fallback::FallbackAction;
+use crate::domain::{fallback::FallbackAction, stream::EndReason};
 
 /// Say a message (optional), then transfer the call.
 #[derive(Debug, Clone, Object)]
@@ -206,6 +206,10 @@ pub struct Route {
     /// WebSocket URL of the agent runtime; the built-in echo agent when absent.
     #[oai(nullable)]
     pub agent_url: Option<String>,
+    /// HTTP(S) URL the health check GETs (2xx = healthy); when absent the check only opens a
+    /// TCP connection to the agent's host and port.
+    #[oai(nullable)]
+    pub agent_health_url: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -221,6 +225,7 @@ impl From<route::Model> for Route {
             environment: r.environment,
             enabled: r.enabled,
             agent_url: r.agent_url,
+            agent_health_url: r.agent_health_url,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -241,6 +246,8 @@ pub struct RouteCreate {
     pub fallback: Option<Fallback>,
     /// ws:// or wss:// URL of the agent runtime.
     pub agent_url: Option<String>,
+    /// http:// or https:// URL of the agent's health endpoint (GET, 2xx = healthy).
+    pub agent_health_url: Option<String>,
 }
 
 /// Changes to a route; `null` clears an optional field.
@@ -256,6 +263,33 @@ pub struct RoutePatch {
     pub fallback: MaybeUndefined<Fallback>,
     #[oai(nullable)]
     pub agent_url: MaybeUndefined<String>,
+    #[oai(nullable)]
+    pub agent_health_url: MaybeUndefined<String>,
+}
+
+/// Why a media stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum StreamEndReason {
+    /// Twilio sent `stop` (the caller hung up): the call ends.
+    Stop,
+    /// The agent closed its connection with 1000 or 1001: the call ends.
+    AgentHangup,
+    /// The agent failed or could not be reached: the caller gets the fallback.
+    AgentFailed,
+    /// Twilio's socket closed without `stop`: the caller gets the fallback.
+    SocketClosed,
+}
+
+impl From<EndReason> for StreamEndReason {
+    fn from(reason: EndReason) -> Self {
+        match reason {
+            EndReason::Stop => Self::Stop,
+            EndReason::AgentHangup => Self::AgentHangup,
+            EndReason::AgentFailed => Self::AgentFailed,
+            EndReason::SocketClosed => Self::SocketClosed,
+        }
+    }
 }
 
 /// A media stream session of a call.
@@ -265,8 +299,9 @@ pub struct MediaSession {
     #[oai(nullable)]
     pub stream_sid: Option<String>,
     pub status: String,
+    /// Why the stream ended; null while it is open.
     #[oai(nullable)]
-    pub end_reason: Option<String>,
+    pub end_reason: Option<StreamEndReason>,
     pub received_stop: bool,
     pub inbound_frames: i64,
     pub outbound_frames: i64,
@@ -282,7 +317,7 @@ impl From<media_session::Model> for MediaSession {
             id: m.id,
             stream_sid: m.stream_sid,
             status: m.status,
-            end_reason: m.end_reason,
+            end_reason: m.end_reason.as_deref().and_then(EndReason::parse).map(Into::into),
             received_stop: m.received_stop,
             inbound_frames: m.inbound_frames,
             outbound_frames: m.outbound_frames,

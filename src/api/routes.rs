@@ -56,6 +56,7 @@ impl RoutesApi {
             enabled: b.enabled,
             fallback: b.fallback.map(Into::into),
             agent_url: b.agent_url,
+            agent_health_url: b.agent_health_url,
         };
         let route = admin::create_route(&self.state.db, &tenant_id.0, new).await?;
         self.state.admin_changed();
@@ -110,6 +111,7 @@ impl RoutesApi {
             enabled: b.enabled,
             fallback: optional(b.fallback).map(|f| f.map(Into::into)),
             agent_url: optional(b.agent_url),
+            agent_health_url: optional(b.agent_health_url),
         };
         let updated = admin::update_route(&self.state.db, &route_id.0, changes).await?;
         self.state.admin_changed();

@@ -54,6 +54,7 @@ pub struct NewRoute {
     pub enabled: Option<bool>,
     pub fallback: Option<FallbackAction>,
     pub agent_url: Option<String>,
+    pub agent_health_url: Option<String>,
 }
 
 /// Changes to a route; `Some(None)` clears a nullable field.
@@ -65,6 +66,7 @@ pub struct RouteChanges {
     pub enabled: Option<bool>,
     pub fallback: Option<Option<FallbackAction>>,
     pub agent_url: Option<Option<String>>,
+    pub agent_health_url: Option<Option<String>>,
 }
 
 fn invalid(message: impl Into<String>) -> Error {
@@ -110,6 +112,9 @@ fn url_with_scheme(field: &str, value: String, schemes: &[&str]) -> Result<Strin
     Ok(value)
 }
 
+const AGENT_SCHEMES: &[&str] = &["ws", "wss"];
+const HEALTH_SCHEMES: &[&str] = &["http", "https"];
+
 fn fallback(action: FallbackAction) -> Result<String, Error> {
     Ok(action
         .validated()
@@ -127,6 +132,13 @@ pub fn check_webhook_secret(value: &str) -> Result<(), Error> {
         return Err(invalid("webhook_secret must encode at least 24 bytes"));
     }
     Ok(())
+}
+
+/// The HMAC key of a webhook secret: the bytes the base64 after `whsec_` encodes.
+pub fn webhook_secret_key(secret: &str) -> Option<Vec<u8>> {
+    STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap_or(secret))
+        .ok()
 }
 
 /// A new random webhook secret (32 bytes).
@@ -251,7 +263,11 @@ pub async fn create_route<C: ConnectionTrait>(
         fallback: Set(new.fallback.map(fallback).transpose()?),
         agent_url: Set(new
             .agent_url
-            .map(|u| url_with_scheme("agent_url", u, &["ws", "wss"]))
+            .map(|u| url_with_scheme("agent_url", u, AGENT_SCHEMES))
+            .transpose()?),
+        agent_health_url: Set(new
+            .agent_health_url
+            .map(|u| url_with_scheme("agent_health_url", u, HEALTH_SCHEMES))
             .transpose()?),
         created_at: Set(now),
         updated_at: Set(now),
@@ -286,7 +302,12 @@ pub async fn update_route<C: ConnectionTrait>(
     }
     if let Some(url) = changes.agent_url {
         model.agent_url = Set(url
-            .map(|u| url_with_scheme("agent_url", u, &["ws", "wss"]))
+            .map(|u| url_with_scheme("agent_url", u, AGENT_SCHEMES))
+            .transpose()?);
+    }
+    if let Some(url) = changes.agent_health_url {
+        model.agent_health_url = Set(url
+            .map(|u| url_with_scheme("agent_health_url", u, HEALTH_SCHEMES))
             .transpose()?);
     }
     db::routes::update(db, model)

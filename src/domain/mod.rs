@@ -1,8 +1,10 @@
 //! Decisions and workflows, testable without HTTP.
 pub mod admin;
+pub mod agent_token;
 pub mod alerts;
 pub mod fallback;
 pub mod phone;
+pub mod stream;
 pub mod token;
 pub mod webhook;
 

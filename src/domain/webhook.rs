@@ -9,6 +9,7 @@ use super::{
     alerts::{self, kind},
     fallback::{self, FallbackAction},
     phone::{new_id, CallSid, E164},
+    stream::EndReason,
     token::MintedToken,
     Error,
 };
@@ -513,7 +514,13 @@ impl CallContext<'_> {
             return self.route_conflict(&existing).await;
         }
         let sessions = db::calls::media_sessions(&self.state.db, &existing.id).await?;
-        let ended_normally = sessions.iter().any(|s| s.received_stop);
+        let ended_normally = sessions.iter().any(|s| {
+            s.received_stop
+                || s.end_reason
+                    .as_deref()
+                    .and_then(EndReason::parse)
+                    .is_some_and(EndReason::ends_the_call)
+        });
         let decision = if ended_normally {
             Decision {
                 twiml: twiml::render(&[Verb::Hangup]),

@@ -1,64 +1,115 @@
 //! Agents that talk to the caller: the built-in echo agent, and a bridge to a remote agent
-//! runtime over WebSocket. Both run as tasks fed through bounded channels, so a slow agent
-//! slows the reading of the caller's frames instead of buffering without bound.
+//! runtime over WebSocket that speaks Twilio's Media Streams protocol (spec section 4). Both run
+//! as tasks fed through bounded channels, so neither side can make the other buffer without
+//! bound.
+use std::{sync::Arc, time::Duration};
+
 use futures::{SinkExt, StreamExt};
-use serde_json::json;
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
+use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_tungstenite::tungstenite::{
+    client::IntoClientRequest,
+    http::{header::AUTHORIZATION, HeaderValue},
+    protocol::{frame::coding::CloseCode, CloseFrame, WebSocketConfig},
+    Message,
+};
 
-use crate::twilio::media::{Inbound, Mark, Outbound, OutboundMedia};
+use crate::{
+    metrics::Metrics,
+    twilio::media::{self as proto, Dropped, Inbound, Mark, Outbound, OutboundMedia},
+};
 
-/// Frames queued towards an agent before the caller's side waits.
+/// Frames queued towards an agent, and from it, before the other side waits.
 pub const QUEUE: usize = 64;
+
+/// Time an agent has to accept the WebSocket connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest frame an agent may send; a larger one fails the agent.
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// Time the bridge waits for a connected agent task to say goodbye before it is aborted.
+const GOODBYE: Duration = Duration::from_secs(2);
+
+/// A frame from Twilio on its way to an agent: the exact text Twilio sent and, when it is a
+/// known message, its parsed form.
+#[derive(Debug)]
+pub struct Relayed {
+    pub text: String,
+    pub message: Option<Inbound>,
+}
 
 /// What an agent produces.
 #[derive(Debug)]
 pub enum AgentEvent {
     /// A message for Twilio (its streamSid is filled in by the session).
     Send(Outbound),
+    /// The agent closed normally (1000 or 1001): it ended the call.
+    HungUp,
     /// The agent failed; the session ends so Twilio runs the fallback.
     Failed(String),
 }
 
-/// What an agent learns about the call before any audio.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct CallContext {
-    pub call_sid: String,
-    pub stream_sid: String,
-    pub tenant_id: String,
-    pub route_id: String,
-    pub from: String,
-    pub to: String,
-    pub media_format: Option<crate::twilio::media::MediaFormat>,
-    pub custom_parameters: std::collections::BTreeMap<String, String>,
+/// How to reach a remote agent for one call.
+#[derive(Debug)]
+pub struct RemoteAgent {
+    /// The route's `agent_url`.
+    pub url: String,
+    /// Sent as `Authorization: Bearer ...` (see [`crate::domain::agent_token`]).
+    pub bearer: String,
+    /// Twilio's `connected` and the edited `start`, sent first.
+    pub opening: [String; 2],
 }
 
-/// A running agent.
+/// A running agent. Dropping it aborts the agent's task.
 pub struct AgentHandle {
-    pub to_agent: mpsc::Sender<Inbound>,
+    pub to_agent: mpsc::Sender<Relayed>,
     pub from_agent: mpsc::Receiver<AgentEvent>,
     /// `echo` or the agent URL.
     pub name: String,
+    task: Option<JoinHandle<()>>,
 }
 
-/// Starts the route's agent: the remote one at `agent_url`, or the echo agent.
-pub fn start(agent_url: Option<&str>, context: CallContext) -> AgentHandle {
+impl AgentHandle {
+    /// Ends the conversation: the agent's input closes, and its task gets a moment to close
+    /// its connection cleanly before it is aborted.
+    pub fn finish(mut self) {
+        let task = self.task.take();
+        // Dropping the handle closes the agent's input.
+        drop(self);
+        if let Some(mut task) = task {
+            tokio::spawn(async move {
+                if tokio::time::timeout(GOODBYE, &mut task).await.is_err() {
+                    task.abort();
+                }
+            });
+        }
+    }
+}
+
+impl Drop for AgentHandle {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Starts the route's agent: the remote one, or the built-in echo agent.
+pub fn start(remote: Option<RemoteAgent>, metrics: Arc<Metrics>) -> AgentHandle {
     let (to_agent, inbound) = mpsc::channel(QUEUE);
     let (events, from_agent) = mpsc::channel(QUEUE);
-    let name = match agent_url {
-        Some(url) => {
-            tokio::spawn(remote(url.to_owned(), context, inbound, events));
-            url.to_owned()
-        }
-        None => {
-            tokio::spawn(echo(inbound, events));
-            "echo".to_owned()
-        }
+    let (name, task) = match remote {
+        Some(agent) => (
+            agent.url.clone(),
+            tokio::spawn(bridge(agent, inbound, events, metrics)),
+        ),
+        None => ("echo".to_owned(), tokio::spawn(echo(inbound, events))),
     };
     AgentHandle {
         to_agent,
         from_agent,
         name,
+        task: Some(task),
     }
 }
 
@@ -67,11 +118,11 @@ pub const ECHO_MARK_EVERY: u64 = 50;
 
 /// Plays the caller's audio back, with a mark every [`ECHO_MARK_EVERY`] frames; a key press
 /// clears queued audio and is acknowledged with a mark.
-async fn echo(mut inbound: mpsc::Receiver<Inbound>, events: mpsc::Sender<AgentEvent>) {
+async fn echo(mut inbound: mpsc::Receiver<Relayed>, events: mpsc::Sender<AgentEvent>) {
     let mut echoed = 0u64;
-    while let Some(message) = inbound.recv().await {
+    while let Some(Relayed { message, .. }) = inbound.recv().await {
         let out = match message {
-            Inbound::Media { media, .. } => {
+            Some(Inbound::Media { media, .. }) => {
                 echoed += 1;
                 let mut out = vec![Outbound::Media {
                     stream_sid: String::new(),
@@ -89,7 +140,7 @@ async fn echo(mut inbound: mpsc::Receiver<Inbound>, events: mpsc::Sender<AgentEv
                 }
                 out
             }
-            Inbound::Dtmf { dtmf, .. } => vec![
+            Some(Inbound::Dtmf { dtmf, .. }) => vec![
                 Outbound::Clear {
                     stream_sid: String::new(),
                 },
@@ -100,7 +151,7 @@ async fn echo(mut inbound: mpsc::Receiver<Inbound>, events: mpsc::Sender<AgentEv
                     },
                 },
             ],
-            Inbound::Stop { .. } => return,
+            Some(Inbound::Stop { .. }) => return,
             _ => Vec::new(),
         };
         for message in out {
@@ -111,97 +162,115 @@ async fn echo(mut inbound: mpsc::Receiver<Inbound>, events: mpsc::Sender<AgentEv
     }
 }
 
-/// Bridges to a remote agent: sends `{"event":"call",...}` first, then relays Twilio's frames
-/// as they are; the agent answers with Twilio-shaped `media`, `mark` and `clear` messages.
-async fn remote(
-    url: String,
-    context: CallContext,
-    mut inbound: mpsc::Receiver<Inbound>,
+/// Connects to the agent with its bearer token, within [`CONNECT_TIMEOUT`].
+async fn connect(
+    agent: &RemoteAgent,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    String,
+> {
+    let mut request = agent
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| format!("agent URL: {e}"))?;
+    let bearer = HeaderValue::from_str(&format!("Bearer {}", agent.bearer))
+        .map_err(|e| format!("agent token: {e}"))?;
+    request.headers_mut().insert(AUTHORIZATION, bearer);
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME))
+        .max_frame_size(Some(MAX_FRAME));
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_tungstenite::connect_async_with_config(request, Some(config), true),
+    )
+    .await
+    {
+        Ok(Ok((socket, _))) => Ok(socket),
+        Ok(Err(e)) => Err(format!("connecting to the agent: {e}")),
+        Err(_) => Err(format!(
+            "the agent did not accept the connection within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Relays between the session and a remote agent: Twilio's frames go to the agent as the text
+/// Twilio sent; what the agent sends is parsed leniently, and what cannot be used is dropped
+/// and counted.
+async fn bridge(
+    agent: RemoteAgent,
+    mut inbound: mpsc::Receiver<Relayed>,
     events: mpsc::Sender<AgentEvent>,
+    metrics: Arc<Metrics>,
 ) {
-    let connect = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        tokio_tungstenite::connect_async_with_config(url.as_str(), None, true),
-    );
-    let mut socket = match connect.await {
-        Ok(Ok((socket, _))) => socket,
-        Ok(Err(e)) => {
-            let _ = events
-                .send(AgentEvent::Failed(format!("connecting to the agent: {e}")))
-                .await;
-            return;
-        }
-        Err(_) => {
-            let _ = events
-                .send(AgentEvent::Failed("connecting to the agent timed out".to_owned()))
-                .await;
-            return;
+    let fail = |why: String| {
+        let events = events.clone();
+        async move {
+            let _ = events.send(AgentEvent::Failed(why)).await;
         }
     };
-    let hello = json!({"event": "call", "call": context}).to_string();
-    if let Err(e) = socket.send(Message::text(hello)).await {
-        let _ = events
-            .send(AgentEvent::Failed(format!("agent refused the call context: {e}")))
-            .await;
-        return;
-    }
+    let socket = match connect(&agent).await {
+        Ok(socket) => socket,
+        Err(why) => return fail(why).await,
+    };
     let (mut sink, mut stream) = socket.split();
+    for text in agent.opening {
+        if let Err(e) = sink.send(Message::text(text)).await {
+            return fail(format!("sending the call to the agent: {e}")).await;
+        }
+    }
+    let dropped = |why: Dropped| Metrics::reason(&metrics.agent_frames_dropped, why.as_str());
     loop {
         tokio::select! {
-            message = inbound.recv() => match message {
-                Some(message) => {
-                    let stop = matches!(message, Inbound::Stop { .. });
-                    let text = serde_json::to_string(&message).expect("inbound messages serialise");
+            relayed = inbound.recv() => match relayed {
+                Some(Relayed { text, message }) => {
                     if let Err(e) = sink.send(Message::text(text)).await {
-                        let _ = events.send(AgentEvent::Failed(format!("sending to the agent: {e}"))).await;
-                        return;
+                        return fail(format!("sending to the agent: {e}")).await;
                     }
-                    if stop {
-                        let _ = sink.close().await;
-                        return;
+                    if matches!(message, Some(Inbound::Stop { .. })) {
+                        return close(&mut sink, "stream stopped").await;
                     }
                 }
-                None => {
-                    let _ = sink.close().await;
-                    return;
-                }
+                None => return close(&mut sink, "stream ended").await,
             },
             reply = stream.next() => match reply {
-                Some(Ok(Message::Text(text))) => match serde_json::from_str::<Outbound>(&text) {
+                Some(Ok(Message::Text(text))) => match proto::parse_from_agent(&text) {
                     Ok(out) => {
+                        // Waits while the caller's side is behind: the session bounds the wait.
                         if events.send(AgentEvent::Send(out)).await.is_err() {
                             return;
                         }
                     }
-                    Err(e) => tracing::warn!(agent = %url, error = %e, "ignoring malformed agent message"),
+                    Err(why) => dropped(why),
                 },
+                Some(Ok(Message::Binary(_))) => dropped(Dropped::Binary),
                 Some(Ok(Message::Close(frame))) => {
-                    let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();
-                    let _ = events.send(AgentEvent::Failed(format!("the agent closed the stream {why}").trim().to_owned())).await;
-                    return;
+                    return match frame {
+                        Some(CloseFrame { code: CloseCode::Normal | CloseCode::Away, .. }) => {
+                            let _ = events.send(AgentEvent::HungUp).await;
+                        }
+                        Some(frame) => fail(format!("the agent closed with {} {}", u16::from(frame.code), frame.reason).trim().to_owned()).await,
+                        None => fail("the agent closed without a close code".to_owned()).await,
+                    };
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    let _ = events.send(AgentEvent::Failed(format!("agent connection failed: {e}"))).await;
-                    return;
-                }
-                None => {
-                    let _ = events.send(AgentEvent::Failed("the agent connection ended".to_owned())).await;
-                    return;
-                }
+                Some(Err(e)) => return fail(format!("agent connection failed: {e}")).await,
+                None => return fail("the agent connection ended without a close".to_owned()).await,
             },
         }
     }
 }
 
-/// Checks that an agent accepts a WebSocket connection within `timeout`.
-pub async fn probe(url: &str, timeout: std::time::Duration) -> Result<(), String> {
-    match tokio::time::timeout(timeout, tokio_tungstenite::connect_async(url)).await {
-        Ok(Ok((mut socket, _))) => {
-            let _ = socket.close(None).await;
-            Ok(())
-        }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-    }
+/// Closes the agent connection normally.
+async fn close<S>(sink: &mut S, reason: &'static str)
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: reason.into(),
+    };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+    let _ = sink.close().await;
 }

@@ -1,14 +1,16 @@
 //! One media stream from connect to close. Free of HTTP types: frames come in as a stream and
 //! replies go out through a channel, which the WebSocket handler connects to the socket.
+use std::time::Duration;
+
 use futures::{Stream, StreamExt};
 use sea_orm::TransactionTrait;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::agent::{self, AgentEvent, CallContext};
+use super::agent::{self, AgentEvent, AgentHandle, Relayed, RemoteAgent};
 use crate::{
     db::{self, diagnostics::Occurrence, media::Counts},
-    domain::{alerts, token::StreamClaims},
+    domain::{agent_token, alerts, stream::EndReason, token::StreamClaims},
     state::AppState,
     twilio::media::{self as proto, Inbound, Outbound},
 };
@@ -111,6 +113,19 @@ async fn refuse(state: &AppState, out: &mpsc::Sender<Reply>, refusal: Refusal) {
         .await;
 }
 
+/// How long the bridge waits on the slower side (an agent not reading the caller's frames, or a
+/// caller's socket not taking the agent's frames) before the agent is failed. Memory stays
+/// bounded by the queues meanwhile.
+pub const STALL_LIMIT: Duration = Duration::from_secs(2);
+
+/// How long the audio an agent sent before hanging up may keep playing before the stream is
+/// closed.
+pub const HANGUP_PLAYOUT: Duration = Duration::from_secs(10);
+
+/// The mark sent after an agent's last audio when it hangs up: Twilio echoes it once that
+/// audio has played, and then the stream closes.
+pub const HANGUP_MARK: &str = "stateset-voice:agent-hangup";
+
 /// Runs a stream. `url_claims` are the verified claims of a token found in the URL, if any;
 /// otherwise the token must arrive in the `start` message's `customParameters`.
 pub async fn run(
@@ -122,9 +137,10 @@ pub async fn run(
     let _counted = state.runtime.stream_opened();
     let deadline = tokio::time::Instant::now() + state.config.stream_start_timeout;
     let mut counts = Counts::default();
+    let mut connected = None;
 
     // Until a valid `start`, nothing is bridged.
-    let (stream_sid, start) = loop {
+    let (start_text, stream_sid, start) = loop {
         let frame = match tokio::time::timeout_at(deadline, frames.next()).await {
             Err(_) => return refuse(&state, &out, Refusal::NoStart).await,
             Ok(None) => return,
@@ -135,10 +151,9 @@ pub async fn run(
             Ok(Some(Frame::Text(text))) => text,
         };
         match proto::parse(&frame) {
-            Ok(Inbound::Start { stream_sid, start }) => break (stream_sid, start),
-            Ok(Inbound::Connected { .. }) => {}
-            Ok(_) => counts.malformed += 1,
-            Err(_) => counts.malformed += 1,
+            Ok(Inbound::Start { stream_sid, start }) => break (frame, stream_sid, start),
+            Ok(Inbound::Connected { .. }) => connected = Some(frame),
+            Ok(_) | Err(_) => counts.malformed += 1,
         }
     };
     let claims = match url_claims {
@@ -168,98 +183,236 @@ pub async fn run(
             return;
         }
     };
-    let (call, route, session) = opened;
+    let Opened {
+        call,
+        route,
+        tenant,
+        session,
+    } = opened;
 
-    let context = CallContext {
-        call_sid: call.call_sid.clone(),
-        stream_sid: stream_sid.clone(),
-        tenant_id: call.tenant_id.clone(),
-        route_id: call.route_id.clone(),
-        from: call.from_number.clone(),
-        to: call.to_number.clone(),
-        media_format: start.media_format.clone(),
-        custom_parameters: start
-            .custom_parameters
-            .iter()
-            .filter(|(k, _)| *k != "stream_token")
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+    let remote = match &route.agent_url {
+        None => Ok(None),
+        Some(url) => remote_agent(url, &call, &tenant, connected, &start_text).map(Some),
     };
-    let mut agent = agent::start(route.agent_url.as_deref(), context);
-    let mut received_stop = false;
-    let end_reason: String = loop {
+    let (end, failure, agent_name) = match remote {
+        Ok(remote) => {
+            let mut agent = agent::start(remote, state.metrics.clone());
+            let (end, failure) = converse(&mut frames, &out, &mut agent, &stream_sid, &mut counts).await;
+            let name = agent.name.clone();
+            agent.finish();
+            (end, failure, name)
+        }
+        Err(why) => (
+            EndReason::AgentFailed,
+            Some(why),
+            route.agent_url.clone().unwrap_or_default(),
+        ),
+    };
+    if let Some(why) = &failure {
+        tracing::warn!(call_sid = %call.call_sid, agent = %agent_name, reason = %why, "agent failed");
+    }
+    crate::metrics::Metrics::reason(&state.metrics.streams_ended, end.as_str());
+    // Record the end before closing: Twilio calls the <Connect action> as soon as the socket
+    // closes, and /api/v1/stream-ended decides hang-up or fallback from this record.
+    if let Err(e) = finish(&state, &call, session, counts, end, &agent_name).await {
+        tracing::error!(error = %e, call_sid = %call.call_sid, "recording the end of a media session failed");
+    }
+    let close = match end {
+        EndReason::Stop => Some((CLOSE_NORMAL, "stream stopped")),
+        EndReason::AgentHangup => Some((CLOSE_NORMAL, "agent hung up")),
+        EndReason::AgentFailed => Some((CLOSE_AGENT_FAILED, "agent failed")),
+        EndReason::SocketClosed => None,
+    };
+    if let Some((code, reason)) = close {
+        let close = Reply::Close {
+            code,
+            reason: reason.to_owned(),
+        };
+        let _ = tokio::time::timeout(STALL_LIMIT, out.send(close)).await;
+    }
+}
+
+/// The connection to a route's agent for this call: its bearer token, and Twilio's opening
+/// frames as the agent sees them.
+fn remote_agent(
+    url: &str,
+    call: &entity::call::Model,
+    tenant: &entity::tenant::Model,
+    connected: Option<String>,
+    start: &str,
+) -> Result<RemoteAgent, String> {
+    let bearer = agent_token::mint(
+        &tenant.webhook_secret,
+        &call.call_sid,
+        &call.tenant_id,
+        &call.route_id,
+    )
+    .map_err(|e| e.to_string())?;
+    let metadata = [
+        ("tenant_id", call.tenant_id.as_str()),
+        ("route_id", call.route_id.as_str()),
+        ("from_number", call.from_number.as_str()),
+        ("to_number", call.to_number.as_str()),
+    ];
+    let start = proto::start_for_agent(start, &metadata).map_err(|e| format!("editing start: {e}"))?;
+    Ok(RemoteAgent {
+        url: url.to_owned(),
+        bearer,
+        opening: [connected.unwrap_or_else(|| proto::CONNECTED.to_owned()), start],
+    })
+}
+
+/// Relays between Twilio and the agent until the stream ends; returns why, and what went
+/// wrong when the agent failed.
+///
+/// Neither direction waits on the other: a frame that finds its queue full is held (reading
+/// from that side pauses) while the other direction keeps flowing, and a frame held longer
+/// than [`STALL_LIMIT`] fails the agent.
+async fn converse(
+    frames: &mut (impl Stream<Item = Frame> + Unpin),
+    out: &mpsc::Sender<Reply>,
+    agent: &mut AgentHandle,
+    stream_sid: &str,
+    counts: &mut Counts,
+) -> (EndReason, Option<String>) {
+    use tokio::time::Instant;
+    let failed = |why: &str| (EndReason::AgentFailed, Some(why.to_owned()));
+    // A caller's frame waiting for room towards the agent, and since when.
+    let mut to_agent: Option<(Relayed, Instant)> = None;
+    // An agent's frame waiting for room towards the caller, and since when.
+    let mut to_caller: Option<(Reply, Instant)> = None;
+    // Set once the agent hung up after sending audio: until then its goodbye plays.
+    let mut playout: Option<Instant> = None;
+    // Whether a `stop` is waiting to be relayed: the stream ends once it is.
+    let mut stopping = false;
+    loop {
+        let stalled_since = [to_agent.as_ref().map(|p| p.1), to_caller.as_ref().map(|p| p.1)]
+            .into_iter()
+            .flatten()
+            .min();
+        let deadline = match (stalled_since, playout) {
+            (Some(since), Some(end)) => Some((since + STALL_LIMIT).min(end)),
+            (Some(since), None) => Some(since + STALL_LIMIT),
+            (None, end) => end,
+        };
+        let timer = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now));
         tokio::select! {
-            frame = frames.next() => match frame {
-                None => break "socket_closed".to_owned(),
-                Some(Frame::Binary) => counts.malformed += 1,
-                Some(Frame::Text(text)) => match proto::parse(&text) {
-                    Ok(message @ (Inbound::Media { .. } | Inbound::Dtmf { .. } | Inbound::Mark { .. })) => {
-                        if matches!(message, Inbound::Media { .. }) {
-                            counts.inbound += 1;
+            frame = frames.next(), if to_agent.is_none() && !stopping => {
+                let text = match frame {
+                    None => return (EndReason::SocketClosed, None),
+                    Some(Frame::Binary) => {
+                        counts.malformed += 1;
+                        continue;
+                    }
+                    Some(Frame::Text(text)) => text,
+                };
+                // Twilio's frames are relayed as sent; newer events Twilio may add pass too.
+                let message = match proto::parse(&text) {
+                    Ok(Inbound::Connected { .. } | Inbound::Start { .. }) => {
+                        counts.malformed += 1;
+                        continue;
+                    }
+                    Ok(message) => Some(message),
+                    Err(_) if proto::event_name(&text).is_some() => None,
+                    Err(_) => {
+                        counts.malformed += 1;
+                        continue;
+                    }
+                };
+                let stop = matches!(message, Some(Inbound::Stop { .. }));
+                match &message {
+                    Some(Inbound::Media { .. }) => counts.inbound += 1,
+                    Some(Inbound::Mark { mark, .. }) if playout.is_some() && mark.name == HANGUP_MARK => {
+                        return (EndReason::AgentHangup, None);
+                    }
+                    _ => {}
+                }
+                if playout.is_some() {
+                    // The agent is gone; its goodbye is playing.
+                    if stop {
+                        return (EndReason::Stop, None);
+                    }
+                    continue;
+                }
+                match agent.to_agent.try_send(Relayed { text, message }) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {
+                        // A closed queue means the agent's task ended; its last event says why.
+                        if stop {
+                            return (EndReason::Stop, None);
                         }
-                        // Waits when the agent is behind: back-pressure, not unbounded buffering.
-                        let _ = agent.to_agent.send(message).await;
                     }
-                    Ok(message @ Inbound::Stop { .. }) => {
-                        received_stop = true;
-                        let _ = agent.to_agent.send(message).await;
-                        break "stop".to_owned();
+                    Err(mpsc::error::TrySendError::Full(relayed)) => {
+                        to_agent = Some((relayed, Instant::now()));
+                        stopping = stop;
                     }
-                    Ok(Inbound::Connected { .. } | Inbound::Start { .. }) | Err(_) => counts.malformed += 1,
-                },
-            },
-            event = agent.from_agent.recv() => match event {
+                }
+            }
+            permit = agent.to_agent.reserve(), if to_agent.is_some() => {
+                let (relayed, _) = to_agent.take().expect("a held frame");
+                if let Ok(permit) = permit {
+                    permit.send(relayed);
+                }
+                if stopping {
+                    return (EndReason::Stop, None);
+                }
+            }
+            event = agent.from_agent.recv(), if to_caller.is_none() && playout.is_none() => match event {
                 Some(AgentEvent::Send(message)) => {
                     if matches!(message, Outbound::Media { .. }) {
                         counts.outbound += 1;
                     }
-                    if out.send(Reply::Text(message.for_stream(&stream_sid).to_json())).await.is_err() {
-                        break "socket_closed".to_owned();
+                    let reply = Reply::Text(message.for_stream(stream_sid).to_json());
+                    match out.try_send(reply) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => return (EndReason::SocketClosed, None),
+                        Err(mpsc::error::TrySendError::Full(reply)) => to_caller = Some((reply, Instant::now())),
                     }
                 }
-                Some(AgentEvent::Failed(why)) => {
-                    tracing::warn!(call_sid = %call.call_sid, agent = %agent.name, reason = %why, "agent failed mid-call");
-                    break "agent_failed".to_owned();
+                Some(AgentEvent::HungUp) => {
+                    if counts.outbound == 0 {
+                        return (EndReason::AgentHangup, None);
+                    }
+                    // Twilio reports this mark once the audio before it has played.
+                    let mark = Outbound::Mark {
+                        stream_sid: stream_sid.to_owned(),
+                        mark: proto::Mark { name: HANGUP_MARK.to_owned() },
+                    };
+                    if out.try_send(Reply::Text(mark.to_json())).is_err() {
+                        return (EndReason::AgentHangup, None);
+                    }
+                    playout = Some(Instant::now() + HANGUP_PLAYOUT);
+                    to_agent = None;
                 }
-                None => break "agent_failed".to_owned(),
+                Some(AgentEvent::Failed(why)) => return (EndReason::AgentFailed, Some(why)),
+                None => return failed("the agent stopped"),
             },
+            permit = out.reserve(), if to_caller.is_some() => {
+                let (reply, _) = to_caller.take().expect("a held frame");
+                match permit {
+                    Ok(permit) => permit.send(reply),
+                    Err(_) => return (EndReason::SocketClosed, None),
+                }
+            }
+            () = timer, if deadline.is_some() => {
+                if to_agent.is_some() {
+                    return failed("the agent does not read the caller's frames");
+                }
+                if to_caller.is_some() {
+                    return failed("the agent sends faster than the caller's side takes it");
+                }
+                return (EndReason::AgentHangup, None);
+            }
         }
-    };
-    // Record the end before closing: Twilio calls the <Connect action> as soon as the socket
-    // closes, and /api/v1/stream-ended decides hang-up or fallback from this record.
-    if let Err(e) = finish(
-        &state,
-        &call,
-        session,
-        counts,
-        &end_reason,
-        received_stop,
-        &agent.name,
-    )
-    .await
-    {
-        tracing::error!(error = %e, call_sid = %call.call_sid, "recording the end of a media session failed");
-    }
-    let close = match end_reason.as_str() {
-        "stop" => Some((CLOSE_NORMAL, "stream stopped")),
-        "agent_failed" => Some((CLOSE_AGENT_FAILED, "agent failed")),
-        _ => None,
-    };
-    if let Some((code, reason)) = close {
-        let _ = out
-            .send(Reply::Close {
-                code,
-                reason: reason.to_owned(),
-            })
-            .await;
     }
 }
 
-type Opened = (
-    entity::call::Model,
-    entity::route::Model,
-    entity::media_session::Model,
-);
+/// What a stream works with once its `start` is accepted.
+struct Opened {
+    call: entity::call::Model,
+    route: entity::route::Model,
+    tenant: entity::tenant::Model,
+    session: entity::media_session::Model,
+}
 
 /// Claims the token id and records `stream.started`, in one transaction.
 async fn open(
@@ -274,7 +427,7 @@ async fn open(
     if call.route_id != claims.rid || call.tenant_id != claims.tid {
         return Ok(Err(Refusal::CallMismatch));
     }
-    let Some(route) = db::routes::get(&txn, &call.route_id).await? else {
+    let Some((route, tenant)) = db::routes::with_tenant_by_id(&txn, &call.route_id).await? else {
         return Ok(Err(Refusal::UnknownCall));
     };
     let Some(session) = db::media::open(&txn, &call.id, &claims.jti, stream_sid).await? else {
@@ -290,7 +443,12 @@ async fn open(
     db::outbox::record(&txn, &call.tenant_id, "stream.started", data).await?;
     txn.commit().await?;
     tracing::info!(call_sid = %call.call_sid, stream_sid, "media stream started");
-    Ok(Ok((call, route, session)))
+    Ok(Ok(Opened {
+        call,
+        route,
+        tenant,
+        session,
+    }))
 }
 
 async fn finish(
@@ -298,10 +456,11 @@ async fn finish(
     call: &entity::call::Model,
     session: entity::media_session::Model,
     counts: Counts,
-    end_reason: &str,
-    received_stop: bool,
+    end: EndReason,
     agent: &str,
 ) -> Result<(), sea_orm::DbErr> {
+    let end_reason = end.as_str();
+    let received_stop = end == EndReason::Stop;
     let txn = state.db.begin().await?;
     let session = db::media::close(&txn, session, counts, end_reason, received_stop).await?;
     let data = json!({

@@ -164,6 +164,119 @@ pub fn parse(frame: &str) -> Result<Inbound, serde_json::Error> {
     serde_json::from_str(frame)
 }
 
+/// The `event` name of a JSON text frame, for frames [`parse`] does not know (newer Twilio
+/// events are relayed, not dropped); `None` when the frame is not a JSON object with one.
+pub fn event_name(frame: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Named {
+        event: String,
+    }
+    serde_json::from_str::<Named>(frame).ok().map(|n| n.event)
+}
+
+/// The `connected` message Twilio opens every stream with, for streams whose peer skipped it.
+pub const CONNECTED: &str = r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#;
+
+/// Keys of `customParameters` never passed on to an agent.
+pub const PRIVATE_PARAMETERS: [&str; 1] = ["stream_token"];
+
+/// A JSON object whose members keep their order and their exact text.
+type RawObject = indexmap::IndexMap<String, Box<serde_json::value::RawValue>>;
+
+/// Twilio's `start` frame as an agent sees it: the [`PRIVATE_PARAMETERS`] are removed from
+/// `start.customParameters` and `added` are set there (as strings). Every other member keeps
+/// its position and its exact text, unknown ones included.
+pub fn start_for_agent(frame: &str, added: &[(&str, &str)]) -> Result<String, serde_json::Error> {
+    let mut message: RawObject = serde_json::from_str(frame)?;
+    let mut start: RawObject = match message.get("start") {
+        Some(raw) => serde_json::from_str(raw.get())?,
+        None => RawObject::default(),
+    };
+    let mut params: indexmap::IndexMap<String, serde_json::Value> = match start.get("customParameters") {
+        Some(raw) => serde_json::from_str(raw.get())?,
+        None => indexmap::IndexMap::new(),
+    };
+    for key in PRIVATE_PARAMETERS {
+        params.shift_remove(key);
+    }
+    for (key, value) in added {
+        params.insert((*key).to_owned(), serde_json::Value::from(*value));
+    }
+    start.insert(
+        "customParameters".to_owned(),
+        serde_json::value::to_raw_value(&params)?,
+    );
+    message.insert("start".to_owned(), serde_json::value::to_raw_value(&start)?);
+    serde_json::to_string(&message)
+}
+
+/// Why a frame from an agent was dropped. Dropped frames are counted, never fatal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// A binary WebSocket frame.
+    Binary,
+    /// Not JSON, or a known event whose members have the wrong shape.
+    Malformed,
+    /// An event Twilio does not take from a stream.
+    UnknownEvent,
+    /// A `mark` without a name.
+    NamelessMark,
+}
+
+impl Dropped {
+    /// Stable name, used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Binary => "binary",
+            Self::Malformed => "malformed",
+            Self::UnknownEvent => "unknown_event",
+            Self::NamelessMark => "nameless_mark",
+        }
+    }
+}
+
+/// Parses what an agent sends, leniently: `streamSid` may be missing, null or anything (the
+/// session writes the real one), unknown members are ignored.
+pub fn parse_from_agent(frame: &str) -> Result<Outbound, Dropped> {
+    #[derive(Deserialize)]
+    struct Loose {
+        event: String,
+        #[serde(default)]
+        media: Option<LooseMedia>,
+        #[serde(default)]
+        mark: Option<LooseMark>,
+    }
+    #[derive(Deserialize)]
+    struct LooseMedia {
+        payload: String,
+    }
+    #[derive(Deserialize)]
+    struct LooseMark {
+        #[serde(default)]
+        name: Option<String>,
+    }
+    let loose: Loose = serde_json::from_str(frame).map_err(|_| Dropped::Malformed)?;
+    let stream_sid = String::new();
+    match loose.event.as_str() {
+        "media" => match loose.media {
+            Some(LooseMedia { payload }) => Ok(Outbound::Media {
+                stream_sid,
+                media: OutboundMedia { payload },
+            }),
+            None => Err(Dropped::Malformed),
+        },
+        "mark" => match loose.mark.and_then(|m| m.name).filter(|n| !n.is_empty()) {
+            Some(name) => Ok(Outbound::Mark {
+                stream_sid,
+                mark: Mark { name },
+            }),
+            None => Err(Dropped::NamelessMark),
+        },
+        "clear" => Ok(Outbound::Clear { stream_sid }),
+        _ => Err(Dropped::UnknownEvent),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +325,81 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn start_for_agent_edits_only_custom_parameters() {
+        let frame = r#"{"event":"start","sequenceNumber":"1","start":{"accountSid":"AC1","streamSid":"MZ1","callSid":"CA1","tracks":["inbound"],"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1},"customParameters":{"stream_token":"secret.jwt","lang":"fr"},"futureField":{"x":[1, 2]}},"streamSid":"MZ1"}"#;
+        let edited = start_for_agent(frame, &[("tenant_id", "t1"), ("route_id", "r1")]).unwrap();
+        assert_eq!(
+            edited,
+            r#"{"event":"start","sequenceNumber":"1","start":{"accountSid":"AC1","streamSid":"MZ1","callSid":"CA1","tracks":["inbound"],"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1},"customParameters":{"lang":"fr","tenant_id":"t1","route_id":"r1"},"futureField":{"x":[1, 2]}},"streamSid":"MZ1"}"#
+        );
+        assert!(!edited.contains("secret.jwt"));
+        // A start without customParameters gets them.
+        let bare = start_for_agent(
+            r#"{"event":"start","start":{"callSid":"CA1"}}"#,
+            &[("to_number", "+1")],
+        )
+        .unwrap();
+        assert_eq!(
+            bare,
+            r#"{"event":"start","start":{"callSid":"CA1","customParameters":{"to_number":"+1"}}}"#
+        );
+        assert!(start_for_agent("not json", &[]).is_err());
+    }
+
+    #[test]
+    fn agents_are_parsed_leniently() {
+        let media =
+            |sid: &str| format!(r#"{{"event":"media","streamSid":{sid},"media":{{"payload":"AAA="}}}}"#);
+        for sid in ["null", "\"MZwrong\"", "42", "{}"] {
+            assert_eq!(
+                parse_from_agent(&media(sid)),
+                Ok(Outbound::Media {
+                    stream_sid: String::new(),
+                    media: OutboundMedia {
+                        payload: "AAA=".into()
+                    }
+                }),
+                "{sid}"
+            );
+        }
+        assert!(matches!(
+            parse_from_agent(r#"{"event":"media","media":{"payload":"AAA=","track":"outbound"}}"#),
+            Ok(Outbound::Media { .. })
+        ));
+        assert!(matches!(
+            parse_from_agent(r#"{"event":"mark","streamSid":null,"mark":{"name":"m1"}}"#),
+            Ok(Outbound::Mark { mark: Mark { name }, .. }) if name == "m1"
+        ));
+        assert!(matches!(
+            parse_from_agent(r#"{"event":"clear"}"#),
+            Ok(Outbound::Clear { .. })
+        ));
+        for (frame, why) in [
+            (r#"{"event":"mark","streamSid":"MZ1"}"#, Dropped::NamelessMark),
+            (r#"{"event":"mark","mark":{}}"#, Dropped::NamelessMark),
+            (r#"{"event":"mark","mark":{"name":""}}"#, Dropped::NamelessMark),
+            (r#"{"event":"hello"}"#, Dropped::UnknownEvent),
+            (r#"{"event":"media"}"#, Dropped::Malformed),
+            (r#"{"event":"media","media":{"payload":7}}"#, Dropped::Malformed),
+            (r#"{"streamSid":"MZ1"}"#, Dropped::Malformed),
+            ("not json", Dropped::Malformed),
+            ("", Dropped::Malformed),
+        ] {
+            assert_eq!(parse_from_agent(frame), Err(why), "{frame}");
+        }
+    }
+
+    #[test]
+    fn event_names_of_unknown_frames() {
+        assert_eq!(
+            event_name(r#"{"event":"future","x":1}"#).as_deref(),
+            Some("future")
+        );
+        assert_eq!(event_name(r#"{"x":1}"#), None);
+        assert_eq!(event_name("[]"), None);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 pub mod agent_health;
 pub mod diagnostics;
 pub mod outbox;
+pub mod probe;
 
 use tokio::task::JoinSet;
 

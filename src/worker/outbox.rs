@@ -101,9 +101,7 @@ pub async fn claim(state: &AppState) -> Result<Vec<outbox_event::Model>, DbErr> 
 /// The `webhook-signature` value for a message: `v1,` + base64 HMAC-SHA256 over
 /// `id.timestamp.body`, keyed with the base64 part of the `whsec_` secret.
 pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> Option<String> {
-    let key = STANDARD
-        .decode(secret.strip_prefix("whsec_").unwrap_or(secret))
-        .ok()?;
+    let key = crate::domain::admin::webhook_secret_key(secret)?;
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).ok()?;
     mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
     Some(format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes())))

@@ -1,5 +1,7 @@
-//! The `stateset-voice` binary: `sign` and its `--check`.
+//! The `stateset-voice` binary: `sign` and its `--check`; `tenant add` and `route add`.
 use std::process::Command;
+
+use stateset_voice::{db, on_both_backends, testkit::*};
 
 fn voice(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_stateset-voice"))
@@ -74,3 +76,77 @@ fn sign_rejects_fields_without_equals() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("KEY=VALUE"));
 }
+
+/// Runs the binary against the database at `url`.
+fn voice_on(url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_stateset-voice"))
+        .env("VOICE_DATABASE_URL", url)
+        .env("RUST_LOG", "warn")
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+async fn route_add_takes_an_agent_health_url(backend: Backend) {
+    let Some(fresh) = fresh_database(backend, 2).await else {
+        return;
+    };
+    let url = fresh.process_url();
+    let tenant = voice_on(
+        &url,
+        &[
+            "tenant",
+            "add",
+            "--name",
+            "Acme",
+            "--account-sid",
+            ACCOUNT_SID,
+            "--auth-token",
+            AUTH_TOKEN,
+        ],
+    );
+    assert!(
+        tenant.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tenant.stderr)
+    );
+    let tenant_id = String::from_utf8(tenant.stdout).unwrap().trim().to_owned();
+    let add = |health: &str| {
+        voice_on(
+            &url,
+            &[
+                "route",
+                "add",
+                "--tenant",
+                &tenant_id,
+                "--phone-number",
+                NUMBER,
+                "--agent-url",
+                "wss://agent.example.com/ws",
+                "--agent-health-url",
+                health,
+            ],
+        )
+    };
+    let refused = add("ftp://agent.example.com/health");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("agent_health_url"));
+    let added = add("https://agent.example.com/health");
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let route_id = String::from_utf8(added.stdout).unwrap();
+    let route_id = route_id.split('\t').next().unwrap();
+    let route = db::routes::get(&fresh.db, route_id)
+        .await
+        .unwrap()
+        .expect("route stored");
+    assert_eq!(
+        route.agent_health_url.as_deref(),
+        Some("https://agent.example.com/health")
+    );
+}
+
+on_both_backends!(route_add_takes_an_agent_health_url);

@@ -1,5 +1,8 @@
 //! Integration tests over real HTTP, each on SQLite and on PostgreSQL.
 mod admin;
+mod agent_health;
+mod agent_protocol;
+mod call_command;
 mod cli;
 mod contract;
 mod events;

@@ -15,14 +15,15 @@ use tokio_tungstenite::{
     tungstenite::{protocol::frame::coding::CloseCode, Message},
 };
 
-const RECORDED: &str = include_str!("../fixtures/media-stream-session.jsonl");
-const RECORDED_CALL_SID: &str = "CAa1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
-const TOKEN_PLACEHOLDER: &str = "<token minted by the webhook for this call>";
+pub(super) const RECORDED: &str = include_str!("../fixtures/media-stream-session.jsonl");
+pub(super) const RECORDED_CALL_SID: &str = "CAa1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
+pub(super) const TOKEN_PLACEHOLDER: &str = "<token minted by the webhook for this call>";
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub(super) type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The recorded session's frames for `call_sid`, carrying `token` in `customParameters`.
-fn session_frames(call_sid: &str, token: &str) -> Vec<String> {
+pub(super) fn session_frames(call_sid: &str, token: &str) -> Vec<String> {
     RECORDED
         .lines()
         .map(|l| {
@@ -33,7 +34,7 @@ fn session_frames(call_sid: &str, token: &str) -> Vec<String> {
 }
 
 /// Answers an inbound call and returns its CallSid and stream token.
-async fn answered_call(app: &TestApp) -> (String, String) {
+pub(super) async fn answered_call(app: &TestApp) -> (String, String) {
     let sid = call_sid();
     let body = app.incoming(&sid).await.text().await.unwrap();
     let token = body
@@ -47,11 +48,11 @@ async fn answered_call(app: &TestApp) -> (String, String) {
     (sid, token)
 }
 
-fn ws_url(app: &TestApp, path: &str) -> String {
+pub(super) fn ws_url(app: &TestApp, path: &str) -> String {
     format!("{}{path}", app.base.replacen("http://", "ws://", 1))
 }
 
-async fn connect(app: &TestApp, path: &str) -> Socket {
+pub(super) async fn connect(app: &TestApp, path: &str) -> Socket {
     connect_async(ws_url(app, path))
         .await
         .expect("websocket upgrade")
@@ -60,20 +61,20 @@ async fn connect(app: &TestApp, path: &str) -> Socket {
 
 /// What the service sent until it closed the socket.
 #[derive(Debug, Default)]
-struct Received {
-    media: Vec<serde_json::Value>,
-    marks: Vec<String>,
-    clears: usize,
-    close: Option<(CloseCode, String)>,
+pub(super) struct Received {
+    pub media: Vec<serde_json::Value>,
+    pub marks: Vec<String>,
+    pub clears: usize,
+    pub close: Option<(CloseCode, String)>,
 }
 
 /// Reads until the service closes the socket.
-async fn read_all(socket: &mut Socket) -> Received {
+pub(super) async fn read_all(socket: &mut Socket) -> Received {
     read_until(socket, usize::MAX, Received::default()).await
 }
 
 /// Reads until `media_wanted` media frames arrived in all, or the service closed the socket.
-async fn read_until(socket: &mut Socket, media_wanted: usize, mut got: Received) -> Received {
+pub(super) async fn read_until(socket: &mut Socket, media_wanted: usize, mut got: Received) -> Received {
     while got.media.len() < media_wanted {
         let Some(message) = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next())
             .await
@@ -103,7 +104,7 @@ async fn read_until(socket: &mut Socket, media_wanted: usize, mut got: Received)
 }
 
 /// Plays frames like Twilio: the audio, then (once the replies arrived) the closing frames.
-async fn converse(socket: &mut Socket, frames: &[String], replies: usize) -> Received {
+pub(super) async fn converse(socket: &mut Socket, frames: &[String], replies: usize) -> Received {
     let (audio, closing) = frames.split_at(frames.len() - 2);
     send_all(socket, audio).await;
     let got = read_until(socket, replies, Received::default()).await;
@@ -111,7 +112,7 @@ async fn converse(socket: &mut Socket, frames: &[String], replies: usize) -> Rec
     read_until(socket, usize::MAX, got).await
 }
 
-async fn send_all(socket: &mut Socket, frames: &[String]) {
+pub(super) async fn send_all(socket: &mut Socket, frames: &[String]) {
     for frame in frames {
         socket.send(Message::text(frame.clone())).await.unwrap();
     }
@@ -354,40 +355,49 @@ async fn quiet_streams_outlive_the_head_deadline(backend: Backend) {
     assert_eq!(got.close.map(|c| c.0), Some(CloseCode::from(CLOSE_NORMAL)));
 }
 
-/// A test agent runtime: checks the call context comes first, answers every media frame with
-/// its own audio, and hangs up after `fail_after` frames when set.
+/// A test agent runtime in the style of Twilio's samples: expects `connected` then `start`,
+/// takes the streamSid from `start`, answers every media frame with its own audio, and fails
+/// (drops its connection without a close frame) after `fail_after` frames when set. Returns
+/// the `start` message it saw.
 async fn spawn_agent(fail_after: Option<usize>) -> (String, tokio::task::JoinHandle<serde_json::Value>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/agent", listener.local_addr().unwrap());
     let handle = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-        let hello: serde_json::Value = match ws.next().await.unwrap().unwrap() {
-            Message::Text(t) => serde_json::from_str(&t).unwrap(),
-            other => panic!("expected the call context, got {other:?}"),
+        let mut next = async || -> serde_json::Value {
+            match ws.next().await.unwrap().unwrap() {
+                Message::Text(t) => serde_json::from_str(&t).unwrap(),
+                other => panic!("expected a text frame, got {other:?}"),
+            }
         };
+        assert_eq!(next().await["event"], "connected");
+        let start = next().await;
+        assert_eq!(start["event"], "start");
+        let stream_sid = start["start"]["streamSid"].as_str().unwrap().to_owned();
         let mut media = 0;
         while let Some(Ok(Message::Text(text))) = ws.next().await {
             let v: serde_json::Value = serde_json::from_str(&text).unwrap();
             if v["event"] == "media" {
                 media += 1;
                 if Some(media) == fail_after {
-                    let _ = ws.close(None).await;
+                    // Gone without a close frame.
+                    drop(ws);
                     break;
                 }
-                let reply = serde_json::json!({"event": "media", "media": {"payload": "f39/fw=="}});
+                let reply = serde_json::json!({"event": "media", "streamSid": stream_sid, "media": {"payload": "f39/fw=="}});
                 ws.send(Message::text(reply.to_string())).await.unwrap();
             }
             if v["event"] == "stop" {
                 break;
             }
         }
-        hello
+        start
     });
     (url, handle)
 }
 
-async fn remote_agent_gets_context_then_audio_both_ways(backend: Backend) {
+async fn remote_agent_gets_twilio_frames_then_audio_both_ways(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
     };
@@ -414,15 +424,14 @@ async fn remote_agent_gets_context_then_audio_both_ways(backend: Backend) {
     assert!(got.media.iter().all(
         |m| m["media"]["payload"] == "f39/fw==" && m["streamSid"] == "MZb2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2"
     ));
-    let hello = agent.await.unwrap();
-    assert_eq!(hello["event"], "call");
-    assert_eq!(hello["call"]["call_sid"], sid.as_str());
-    assert_eq!(hello["call"]["route_id"], route.id.as_str());
-    assert_eq!(hello["call"]["from"], "+15555555678");
-    assert!(
-        hello["call"]["custom_parameters"].get("stream_token").is_none(),
-        "the token is not passed on"
-    );
+    let start = agent.await.unwrap();
+    let params = &start["start"]["customParameters"];
+    assert_eq!(start["start"]["callSid"], sid.as_str());
+    assert_eq!(params["route_id"], route.id.as_str());
+    assert_eq!(params["tenant_id"], route.tenant_id.as_str());
+    assert_eq!(params["from_number"], "+15555555678");
+    assert_eq!(params["to_number"], NUMBER);
+    assert!(params.get("stream_token").is_none(), "the token is not passed on");
 }
 
 async fn agent_failure_mid_call_ends_in_fallback(backend: Backend) {
@@ -513,7 +522,7 @@ on_both_backends!(
     recorded_session_echoes_and_is_recorded,
     token_in_custom_parameters_or_path_is_accepted,
     refused_streams_close_with_a_reason_and_bridge_nothing,
-    remote_agent_gets_context_then_audio_both_ways,
+    remote_agent_gets_twilio_frames_then_audio_both_ways,
     agent_failure_mid_call_ends_in_fallback,
     failing_health_checks_open_the_circuit,
     quiet_streams_outlive_the_head_deadline,

@@ -1,0 +1,438 @@
+//! Agent health checks that are never calls: the route's `agent_health_url` (HTTP GET, 2xx =
+//! healthy) or a bare TCP connection to the agent's host and port; the circuit they drive; the
+//! admin API and migration of `agent_health_url`.
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use reqwest::Method;
+use serde_json::{json, Value};
+use stateset_voice::{
+    domain::admin::{NewRoute, NewTenant},
+    on_both_backends,
+    state::AGENT_FAILURES_TO_OPEN,
+    testkit::*,
+    worker::{
+        agent_health,
+        probe::{self, Probe, ProbeError},
+    },
+};
+use tokio::{io::AsyncReadExt, net::TcpListener};
+use wiremock::{
+    matchers::{method, path},
+    Mock, MockServer, ResponseTemplate,
+};
+
+/// A health endpoint answering `status` to `GET /health`.
+async fn health_endpoint(status: u16) -> MockServer {
+    let server = MockServer::start().await;
+    answer(&server, status).await;
+    server
+}
+
+/// Makes `server` answer `status` from now on.
+async fn answer(server: &MockServer, status: u16) {
+    server.reset().await;
+    Mock::given(method("GET"))
+        .and(path("/health"))
+        .respond_with(ResponseTemplate::new(status))
+        .mount(server)
+        .await;
+}
+
+/// A WebSocket URL on a loopback port nothing listens on.
+async fn closed_agent_url() -> String {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/agent", closed.local_addr().unwrap());
+    drop(closed);
+    url
+}
+
+/// Whether a new call is offered a stream; when not, checks the reason is the agent's health.
+async fn streams(app: &TestApp) -> bool {
+    let sid = call_sid();
+    let body = app.incoming(&sid).await.text().await.unwrap();
+    if body.contains("<Stream") {
+        return true;
+    }
+    assert_eq!(
+        app.call(&sid).await.unwrap().fallback_reason.as_deref(),
+        Some("agent_unhealthy"),
+        "{body}"
+    );
+    false
+}
+
+/// The value of one `voice_agent_health_checks` series.
+fn checks_counted(app: &TestApp, check: &str, outcome: &str) -> u64 {
+    let series = format!("voice_agent_health_checks_total{{check=\"{check}\",outcome=\"{outcome}\"}} ");
+    let text = app.state.metrics.encode();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+async fn health_endpoint_opens_and_closes_the_circuit(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    // The agent's own port: with a health endpoint named, checks never connect to it.
+    let agent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_url = format!("ws://{}/ws", agent.local_addr().unwrap());
+    let server = health_endpoint(200).await;
+    app.seed_with(
+        NewTenant::default(),
+        NewRoute {
+            agent_url: Some(agent_url.clone()),
+            agent_health_url: Some(format!("{}/health", server.uri())),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    assert_eq!(agent_health::check_all(&app.state).await.unwrap(), 1);
+    assert_eq!(app.state.runtime.agent_failure(&agent_url), None);
+    assert!(streams(&app).await);
+    let requests = server.received_requests().await.unwrap();
+    assert_eq!(
+        requests
+            .iter()
+            .map(|r| (r.method.as_str(), r.url.path()))
+            .collect::<Vec<_>>(),
+        [("GET", "/health")]
+    );
+    assert_eq!(checks_counted(&app, "http", "healthy"), 1);
+
+    answer(&server, 503).await;
+    agent_health::check_all(&app.state).await.unwrap();
+    assert!(streams(&app).await, "one failure is not enough");
+    for _ in 1..AGENT_FAILURES_TO_OPEN {
+        agent_health::check_all(&app.state).await.unwrap();
+    }
+    let reason = app.state.runtime.agent_failure(&agent_url).expect("circuit open");
+    assert!(reason.contains("503"), "{reason}");
+    assert!(!streams(&app).await);
+    assert_eq!(
+        checks_counted(&app, "http", "unhealthy"),
+        u64::from(AGENT_FAILURES_TO_OPEN)
+    );
+
+    answer(&server, 200).await;
+    agent_health::check_all(&app.state).await.unwrap();
+    assert_eq!(app.state.runtime.agent_failure(&agent_url), None);
+    assert!(streams(&app).await);
+
+    // No check (nor anything else in this test) connected to the agent itself.
+    let accepted = tokio::time::timeout(Duration::from_millis(200), agent.accept()).await;
+    assert!(accepted.is_err(), "a health check connected to agent_url");
+}
+
+async fn tcp_check_connects_and_sends_nothing(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let agent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_url = format!("ws://{}/ws", agent.local_addr().unwrap());
+    app.seed_with(
+        NewTenant::default(),
+        NewRoute {
+            agent_url: Some(agent_url.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    // The circuit starts open, so the check's success is what closes it.
+    for _ in 0..AGENT_FAILURES_TO_OPEN {
+        app.state
+            .runtime
+            .record_agent_probe(&agent_url, Err("down earlier".to_owned()));
+    }
+    assert!(!streams(&app).await);
+
+    let received = tokio::spawn(async move {
+        let (mut socket, _) = agent.accept().await.unwrap();
+        let mut bytes = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut bytes))
+            .await
+            .expect("the check closes its connection")
+            .unwrap();
+        bytes
+    });
+    assert_eq!(agent_health::check_all(&app.state).await.unwrap(), 1);
+    let bytes = received.await.unwrap();
+    assert!(
+        bytes.is_empty(),
+        "the check sent {:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+    assert_eq!(app.state.runtime.agent_failure(&agent_url), None);
+    assert!(streams(&app).await);
+    assert_eq!(checks_counted(&app, "tcp", "healthy"), 1);
+}
+
+async fn closed_port_fails_the_tcp_check(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let agent_url = closed_agent_url().await;
+    app.seed_with(
+        NewTenant::default(),
+        NewRoute {
+            agent_url: Some(agent_url.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    for _ in 0..AGENT_FAILURES_TO_OPEN {
+        agent_health::check_all(&app.state).await.unwrap();
+    }
+    let reason = app.state.runtime.agent_failure(&agent_url).expect("circuit open");
+    assert!(reason.contains("TCP connection"), "{reason}");
+    assert!(!streams(&app).await);
+    assert_eq!(
+        checks_counted(&app, "tcp", "unhealthy"),
+        u64::from(AGENT_FAILURES_TO_OPEN)
+    );
+}
+
+async fn any_failing_check_of_an_agent_opens_its_circuit(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    // Two routes share an agent: one names a failing health endpoint, one relies on TCP,
+    // which succeeds. The circuit is keyed by agent_url, so the failure wins.
+    let agent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_url = format!("ws://{}/ws", agent.local_addr().unwrap());
+    let server = health_endpoint(500).await;
+    let (tenant, _) = app
+        .seed_with(
+            NewTenant::default(),
+            NewRoute {
+                agent_url: Some(agent_url.clone()),
+                agent_health_url: Some(format!("{}/health", server.uri())),
+                ..Default::default()
+            },
+        )
+        .await;
+    let res = app
+        .admin(Method::POST, &format!("/api/v1/tenants/{}/routes", tenant.id))
+        .json(&json!({"phone_number": "+15555550123", "agent_url": agent_url}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+
+    for _ in 0..AGENT_FAILURES_TO_OPEN {
+        assert_eq!(agent_health::check_all(&app.state).await.unwrap(), 1);
+    }
+    let reason = app.state.runtime.agent_failure(&agent_url).expect("circuit open");
+    assert!(reason.contains("500"), "{reason}");
+    assert_eq!(
+        (
+            checks_counted(&app, "tcp", "healthy"),
+            checks_counted(&app, "http", "unhealthy")
+        ),
+        (
+            u64::from(AGENT_FAILURES_TO_OPEN),
+            u64::from(AGENT_FAILURES_TO_OPEN)
+        )
+    );
+    assert!(!streams(&app).await);
+
+    answer(&server, 204).await;
+    agent_health::check_all(&app.state).await.unwrap();
+    assert!(streams(&app).await);
+}
+
+async fn disabled_routes_are_not_checked(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let server = health_endpoint(200).await;
+    app.seed_with(
+        NewTenant::default(),
+        NewRoute {
+            enabled: Some(false),
+            agent_url: Some(closed_agent_url().await),
+            agent_health_url: Some(format!("{}/health", server.uri())),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(agent_health::check_all(&app.state).await.unwrap(), 0);
+    assert_eq!(server.received_requests().await.unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn http_probe_needs_a_2xx_answer_in_time() {
+    let client = probe::http_client();
+    let timeout = Duration::from_secs(3);
+    let server = MockServer::start().await;
+    for (route, status) in [
+        ("/ok", 200),
+        ("/no-content", 204),
+        ("/moved", 302),
+        ("/down", 503),
+    ] {
+        let template = ResponseTemplate::new(status).insert_header("location", "/ok");
+        Mock::given(method("GET"))
+            .and(path(route))
+            .respond_with(template)
+            .mount(&server)
+            .await;
+    }
+    let run = |route: &str| {
+        let probe = Probe::Http(format!("{}{route}", server.uri()));
+        let client = client.clone();
+        async move { probe.run(&client, timeout).await }
+    };
+    assert!(run("/ok").await.is_ok());
+    assert!(run("/no-content").await.is_ok());
+    // Redirects are not followed: the endpoint itself must answer 2xx.
+    assert!(matches!(run("/moved").await, Err(ProbeError::Status(s)) if s == 302));
+    assert!(matches!(run("/down").await, Err(ProbeError::Status(s)) if s == 503));
+
+    // An endpoint that accepts and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/health", silent.local_addr().unwrap());
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let result = Probe::Http(url).run(&client, Duration::from_millis(200)).await;
+    assert!(matches!(result, Err(ProbeError::Timeout(_))), "{result:?}");
+}
+
+async fn admin_api_sets_and_clears_agent_health_url(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let (tenant, _) = app.seed().await;
+    let tid = tenant.id;
+    let create = |body: Value| {
+        app.admin(Method::POST, &format!("/api/v1/tenants/{tid}/routes"))
+            .json(&body)
+            .send()
+    };
+    let res = create(json!({
+        "phone_number": "+15555550111",
+        "agent_url": "wss://agent.example.com/ws",
+        "agent_health_url": "https://agent.example.com/health"
+    }))
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 201);
+    let route: Value = res.json().await.unwrap();
+    assert_eq!(route["agent_health_url"], "https://agent.example.com/health");
+    let rid = route["id"].as_str().unwrap().to_owned();
+    let route_path = format!("/api/v1/routes/{rid}");
+
+    let without: Value = create(json!({"phone_number": "+15555550112"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(without["agent_health_url"], Value::Null);
+
+    let patch = |body: Value| app.admin(Method::PATCH, &route_path).json(&body).send();
+    let patched: Value = patch(json!({"agent_health_url": "http://10.0.0.5:8080/healthz"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(patched["agent_health_url"], "http://10.0.0.5:8080/healthz");
+    // A patch without the field keeps it.
+    let kept: Value = patch(json!({"label": "main"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(kept["agent_health_url"], "http://10.0.0.5:8080/healthz");
+    let stored: Value = app
+        .admin(Method::GET, &route_path)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored["agent_health_url"], "http://10.0.0.5:8080/healthz");
+
+    for bad in [
+        json!("ftp://agent.example.com/health"),
+        json!("wss://agent.example.com/health"),
+        json!("garbage"),
+        json!("/health"),
+        json!("http://agent.example.com/\u{0}health"),
+        json!("https://agent.example.com/\nhealth"),
+    ] {
+        let res = patch(json!({"agent_health_url": bad})).await.unwrap();
+        assert_eq!(res.status(), 422, "patch {bad}");
+        let res = create(json!({"phone_number": "+15555550113", "agent_health_url": bad}))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 422, "create {bad}");
+    }
+    let unchanged: Value = app
+        .admin(Method::GET, &route_path)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unchanged["agent_health_url"], "http://10.0.0.5:8080/healthz");
+
+    let cleared: Value = patch(json!({"agent_health_url": null}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cleared["agent_health_url"], Value::Null);
+    assert_eq!(cleared["agent_url"], "wss://agent.example.com/ws");
+}
+
+async fn migration_adds_and_drops_the_column(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let db = &app.state.db;
+    Migrator::down(db, Some(1)).await.expect("down one step");
+    assert_eq!(Migrator::get_pending_migrations(db).await.unwrap().len(), 1);
+    Migrator::up(db, None).await.expect("up again");
+    let server = health_endpoint(200).await;
+    let (_, route) = app
+        .seed_with(
+            NewTenant::default(),
+            NewRoute {
+                agent_url: Some(closed_agent_url().await),
+                agent_health_url: Some(format!("{}/health", server.uri())),
+                ..Default::default()
+            },
+        )
+        .await;
+    let stored = stateset_voice::db::routes::get(db, &route.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.agent_health_url, route.agent_health_url);
+    assert!(stored.agent_health_url.is_some());
+}
+
+on_both_backends!(
+    health_endpoint_opens_and_closes_the_circuit,
+    tcp_check_connects_and_sends_nothing,
+    closed_port_fails_the_tcp_check,
+    any_failing_check_of_an_agent_opens_its_circuit,
+    disabled_routes_are_not_checked,
+    admin_api_sets_and_clears_agent_health_url,
+    migration_adds_and_drops_the_column,
+);
