@@ -508,14 +508,13 @@ struct Measured {
 }
 
 /// Sends `frames` frames on a 20 ms clock starting at `first_tick`, matching echoes as they
-/// come; after the last frame waits up to [`DRAIN`] for the outstanding ones, then stops.
+/// come; after the last frame waits up to [`DRAIN`] for the outstanding ones.
 async fn run_stream(
     mut socket: Socket,
-    stream_sid: String,
-    call_sid: String,
+    stream_sid: &str,
     first_tick: tokio::time::Instant,
     frames: u64,
-) -> Measured {
+) -> (Socket, Measured) {
     let mut tick = tokio::time::interval_at(first_tick, FRAME);
     let mut sent_at: Vec<Option<Instant>> = vec![None; frames as usize + 1];
     let mut latencies = Vec::with_capacity(frames as usize);
@@ -526,7 +525,7 @@ async fn run_stream(
             _ = tick.tick(), if sent < frames => {
                 sent += 1;
                 sent_at[sent as usize] = Some(Instant::now());
-                if socket.send(media_frame(&stream_sid, sent)).await.is_err() {
+                if socket.send(media_frame(stream_sid, sent)).await.is_err() {
                     break;
                 }
                 if sent == frames {
@@ -548,6 +547,16 @@ async fn run_stream(
             _ = tokio::time::sleep_until(drain_until.unwrap_or_else(tokio::time::Instant::now)), if drain_until.is_some() => break,
         }
     }
+    let measured = Measured {
+        latencies,
+        sent,
+        echoed,
+    };
+    (socket, measured)
+}
+
+/// Sends Twilio's `stop` and waits briefly for the server to close the stream.
+async fn stop_stream(mut socket: Socket, stream_sid: &str, call_sid: &str) {
     let stop = serde_json::json!({"event": "stop", "streamSid": stream_sid, "stop": {"accountSid": ACCOUNT_SID, "callSid": call_sid}});
     let _ = socket.send(Message::text(stop.to_string())).await;
     while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(2), socket.next()).await {
@@ -555,16 +564,11 @@ async fn run_stream(
             break;
         }
     }
-    Measured {
-        latencies,
-        sent,
-        echoed,
-    }
 }
 
-/// CPU used per stream over a window, in percent of one core.
-fn cpu_per_stream(before: Option<f64>, after: Option<f64>, window: Duration, n: usize) -> Option<f64> {
-    Some(100.0 * (after? - before?) / window.as_secs_f64() / n as f64)
+/// CPU used per stream, in percent of one core: CPU seconds per second of audio streamed.
+fn cpu_per_stream(before: Option<f64>, after: Option<f64>, audio: Duration, n: usize) -> Option<f64> {
+    Some(100.0 * (after? - before?) / audio.as_secs_f64() / n as f64)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -587,52 +591,56 @@ async fn streams(
     }
     let frames = seconds * 1000 / FRAME.as_millis() as u64;
     let clock_start = tokio::time::Instant::now() + Duration::from_millis(100);
-    // CPU is read over the window in which every stream is sending.
-    let cpu = tokio::spawn(async move {
-        tokio::time::sleep_until(clock_start).await;
-        let at = Instant::now();
-        let before = (server_pid.and_then(cpu_seconds), agent_pid.and_then(cpu_seconds));
-        tokio::time::sleep_until(clock_start + Duration::from_secs(seconds)).await;
-        let window = at.elapsed();
-        let after = (server_pid.and_then(cpu_seconds), agent_pid.and_then(cpu_seconds));
-        (
-            cpu_per_stream(before.0, after.0, window, n),
-            cpu_per_stream(before.1, after.1, window, n),
-        )
-    });
     let tasks: Vec<_> = sockets
         .into_iter()
         .enumerate()
         .map(|(i, (socket, stream_sid, call_sid))| {
             let first_tick = clock_start + FRAME * i as u32 / n as u32;
-            tokio::spawn(run_stream(socket, stream_sid, call_sid, first_tick, frames))
+            tokio::spawn(async move {
+                let (socket, measured) = run_stream(socket, &stream_sid, first_tick, frames).await;
+                (socket, stream_sid, call_sid, measured)
+            })
         })
         .collect();
+    // CPU is counted from the first frame to the last echo, so work a saturated machine
+    // defers past the sending window is still counted; the stops come after.
+    tokio::time::sleep_until(clock_start).await;
+    let cpu_before = (server_pid.and_then(cpu_seconds), agent_pid.and_then(cpu_seconds));
     let mut all = Vec::new();
+    let mut open = Vec::with_capacity(n);
     let (mut sent, mut echoed, mut cut_short) = (0u64, 0u64, 0u64);
     for task in tasks {
-        let measured = task.await.expect("stream task");
+        let (socket, stream_sid, call_sid, measured) = task.await.expect("stream task");
         if measured.sent < frames {
             cut_short += 1;
         }
         sent += measured.sent;
         echoed += measured.echoed;
         all.extend(measured.latencies);
+        open.push((socket, stream_sid, call_sid));
     }
     let elapsed = clock_start.elapsed();
-    let (server_cpu, agent_cpu) = cpu.await.expect("cpu probe");
+    let cpu_after = (server_pid.and_then(cpu_seconds), agent_pid.and_then(cpu_seconds));
+    let stops: Vec<_> = open
+        .into_iter()
+        .map(|(socket, stream_sid, call_sid)| {
+            tokio::spawn(async move { stop_stream(socket, &stream_sid, &call_sid).await })
+        })
+        .collect();
+    futures::future::join_all(stops).await;
+    let audio = Duration::from_secs(seconds);
     let mut report = report(
         &format!("streams ({n} x 20 ms frames)"),
         all,
         (sent - echoed) as usize,
         elapsed,
         n,
-        server_cpu,
+        cpu_per_stream(cpu_before.0, cpu_after.0, audio, n),
     );
     report.frames_sent = Some(sent);
     report.frames_echoed = Some(echoed);
     report.streams_cut_short = Some(cut_short);
-    report.agent_cpu_per_stream_percent = agent_cpu;
+    report.agent_cpu_per_stream_percent = cpu_per_stream(cpu_before.1, cpu_after.1, audio, n);
     report
 }
 

@@ -482,7 +482,7 @@ pub fn bench(postgres: bool, quick: bool) -> Result<(), String> {
     }
     let _ = writeln!(
         md,
-        "\nMedia streams, with the built-in echo agent and through a remote agent (`loadgen agent`: speaks Twilio Media Streams over a loopback WebSocket and echoes every frame). One 20 ms frame each way per stream, the streams' clocks spread over the frame interval; round trip is from a frame leaving the load generator to its echo arriving back. Server CPU is the service process's user + system time while every stream is sending, in % of one core per stream; the remote agent's process is measured separately. A lost frame (no echo within 30 s of the last frame) fails the benchmark.\n"
+        "\nMedia streams, with the built-in echo agent and through a remote agent (`loadgen agent`: speaks Twilio Media Streams over a loopback WebSocket and echoes every frame). One 20 ms frame each way per stream, the streams' clocks spread over the frame interval; round trip is from a frame leaving the load generator to its echo arriving back. Server CPU is the service process's user + system time from the first frame to the last echo per second of audio, in % of one core per stream (work a saturated machine defers is still counted); the remote agent's process is measured the same way, separately. A lost frame (no echo within 30 s of the last frame) fails the benchmark.\n"
     );
     md.push_str("| media streams | streams | seconds | frames | frames lost | p50 ms | p90 ms | p99 ms | max ms | server CPU per stream | agent CPU per stream |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     stream_row(&mut md, "built-in echo agent", seconds, &streams);
