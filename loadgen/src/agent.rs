@@ -36,6 +36,11 @@ pub async fn serve(bind: &str) {
         "agent listening on {}",
         listener.local_addr().expect("agent address")
     );
+    accept(listener).await;
+}
+
+/// Runs one call task per accepted connection, forever.
+async fn accept(listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((socket, _)) => {
@@ -99,5 +104,71 @@ async fn call(socket: TcpStream) {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn connect(
+    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/", listener.local_addr().unwrap());
+        tokio::spawn(accept(listener));
+        tokio_tungstenite::connect_async(url).await.unwrap().0
+    }
+
+    async fn next_text(
+        ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ) -> serde_json::Value {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+            .await
+            .expect("an answer in time")
+            .expect("open socket")
+            .expect("a frame");
+        serde_json::from_str(message.to_text().expect("a text frame")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn echoes_media_with_the_stream_sid_of_start_and_ends_on_stop() {
+        let mut ws = connect().await;
+        for frame in [
+            r#"{"event":"call","call":{"call_sid":"CA1"}}"#,
+            r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#,
+            r#"{"event":"start","sequenceNumber":"1","streamSid":"MZ1","start":{"callSid":"CA1"}}"#,
+            "not json",
+            r#"{"event":"media","streamSid":null,"media":{"track":"inbound","payload":"AAEC"}}"#,
+        ] {
+            ws.send(Message::text(frame)).await.unwrap();
+        }
+        let echo = next_text(&mut ws).await;
+        assert_eq!(
+            echo,
+            serde_json::json!({"event": "media", "streamSid": "MZ1", "media": {"payload": "AAEC"}})
+        );
+        ws.send(Message::text(r#"{"event":"stop","streamSid":"MZ1"}"#))
+            .await
+            .unwrap();
+        let close = tokio::time::timeout(std::time::Duration::from_secs(5), ws.next())
+            .await
+            .expect("a close in time");
+        match close {
+            Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Normal),
+            other => panic!("expected a normal close, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn without_start_echoes_with_the_frame_stream_sid() {
+        let mut ws = connect().await;
+        ws.send(Message::text(
+            r#"{"event":"media","streamSid":"MZ2","media":{"payload":"/w=="}}"#,
+        ))
+        .await
+        .unwrap();
+        let echo = next_text(&mut ws).await;
+        assert_eq!(echo["streamSid"], "MZ2");
+        assert_eq!(echo["media"]["payload"], "/w==");
     }
 }

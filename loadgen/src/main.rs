@@ -680,3 +680,29 @@ async fn main() {
     };
     println!("{}", serde_json::to_string(&report).expect("report serialises"));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_echoed_frame_gives_back_its_sequence_number() {
+        let Message::Text(frame) = media_frame("MZ1", 4242) else {
+            panic!("a text frame")
+        };
+        let sent: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(sent["streamSid"], "MZ1");
+        assert_eq!(sent["media"]["chunk"], "4242");
+        let echo = serde_json::json!({"event": "media", "streamSid": "MZ1", "media": {"payload": sent["media"]["payload"]}});
+        assert_eq!(echoed_seq(&echo.to_string()), Some(4242));
+        let mark = serde_json::json!({"event": "mark", "streamSid": "MZ1", "mark": {"name": "m"}});
+        assert_eq!(echoed_seq(&mark.to_string()), None);
+    }
+
+    #[test]
+    fn cpu_per_stream_is_cpu_seconds_per_audio_second_per_stream() {
+        let cpu = cpu_per_stream(Some(1.0), Some(3.0), Duration::from_secs(10), 4).unwrap();
+        assert!((cpu - 5.0).abs() < 1e-9, "{cpu}");
+        assert_eq!(cpu_per_stream(None, Some(3.0), Duration::from_secs(10), 4), None);
+    }
+}
