@@ -19,6 +19,9 @@ use stateset_voice::twilio::{
 };
 use tokio_tungstenite::tungstenite::Message;
 
+mod agent;
+mod open_files;
+
 /// The benchmark tenant.
 const ACCOUNT_SID: &str = "AC3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f";
 const AUTH_TOKEN: &str = "bench-auth-token-0123456789abcdef";
@@ -39,6 +42,12 @@ enum Command {
         target: String,
         #[arg(long)]
         admin_token: String,
+        /// The route's phone number.
+        #[arg(long, default_value = NUMBER)]
+        number: String,
+        /// The route's agent runtime (`ws://...`); without it the route uses the echo agent.
+        #[arg(long)]
+        agent_url: Option<String>,
     },
     /// Drive the inbound-call webhook.
     Webhooks {
@@ -61,6 +70,9 @@ enum Command {
         target: String,
         #[arg(long)]
         public_url: String,
+        /// The number called (its route decides the agent).
+        #[arg(long, default_value = NUMBER)]
+        to: String,
         #[arg(long, default_value = "200")]
         streams: usize,
         #[arg(long, default_value = "10")]
@@ -68,6 +80,14 @@ enum Command {
         /// The server's process id, to read its CPU time.
         #[arg(long)]
         server_pid: Option<u32>,
+        /// The agent's process id, to read its CPU time.
+        #[arg(long)]
+        agent_pid: Option<u32>,
+    },
+    /// Run a remote agent that echoes media, speaking Twilio Media Streams.
+    Agent {
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        bind: String,
     },
 }
 
@@ -97,6 +117,17 @@ struct Report {
     errors: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     cpu_per_stream_percent: Option<f64>,
+    /// Stream scenarios: media frames sent and echoes received (`errors` is the difference).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frames_sent: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frames_echoed: Option<u64>,
+    /// Stream scenarios: streams the server closed before their last frame was sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    streams_cut_short: Option<u64>,
+    /// Stream scenarios with `--agent-pid`: the agent process's CPU per stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_cpu_per_stream_percent: Option<f64>,
 }
 
 fn incoming_form(call_sid: &str, to: &str) -> FormParams {
@@ -222,10 +253,14 @@ fn report(
         max_ms: latencies.last().map_or(0.0, |m| *m as f64 / 1000.0),
         errors,
         cpu_per_stream_percent: cpu,
+        frames_sent: None,
+        frames_echoed: None,
+        streams_cut_short: None,
+        agent_cpu_per_stream_percent: None,
     }
 }
 
-async fn seed(target: &str, admin_token: &str) {
+async fn seed(target: &str, admin_token: &str, number: &str, agent_url: Option<&str>) {
     let http = reqwest::Client::new();
     let tenant = serde_json::json!({"name": "Bench", "account_sid": ACCOUNT_SID, "auth_token": AUTH_TOKEN, "environment": "sandbox"});
     let res = http
@@ -262,7 +297,10 @@ async fn seed(target: &str, admin_token: &str) {
         }
         s => panic!("creating the tenant: HTTP {s}"),
     };
-    let route = serde_json::json!({"phone_number": NUMBER, "environment": "test"});
+    let mut route = serde_json::json!({"phone_number": number, "environment": "test"});
+    if let Some(url) = agent_url {
+        route["agent_url"] = url.into();
+    }
     let res = http
         .post(format!("{target}/api/v1/tenants/{tenant_id}/routes"))
         .bearer_auth(admin_token)
@@ -351,133 +389,276 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// A WebSocket to the server's media-stream endpoint.
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Twilio's frame interval.
+const FRAME: Duration = Duration::from_millis(20);
+/// How long a stream waits for outstanding echoes after its last frame. Generous, because on
+/// a saturated machine echoes queue up for seconds without being lost; a frame still without
+/// echo after this is counted lost.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// A Twilio `media` frame whose first 8 audio bytes carry `seq`.
+fn media_frame(stream_sid: &str, seq: u64) -> Message {
+    let mut audio = [0xffu8; 160];
+    audio[..8].copy_from_slice(&seq.to_le_bytes());
+    Message::text(format!(
+        r#"{{"event":"media","streamSid":"{stream_sid}","media":{{"track":"inbound","chunk":"{seq}","timestamp":"{}","payload":"{}"}}}}"#,
+        seq * 20,
+        STANDARD.encode(audio)
+    ))
+}
+
+/// The fields of an outbound message the load generator reads.
+#[derive(serde::Deserialize)]
+struct Echo<'a> {
+    #[serde(borrow)]
+    event: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    media: Option<EchoMedia<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct EchoMedia<'a> {
+    #[serde(borrow)]
+    payload: std::borrow::Cow<'a, str>,
+}
+
+/// The sequence number an echoed `media` frame carries, if it is one.
+fn echoed_seq(text: &str) -> Option<u64> {
+    let echo: Echo = serde_json::from_str(text).ok()?;
+    if echo.event != "media" {
+        return None;
+    }
+    let audio = STANDARD.decode(echo.media?.payload.as_bytes()).ok()?;
+    Some(u64::from_le_bytes(audio.get(..8)?.try_into().ok()?))
+}
+
+/// Answers a call as Twilio would, opens its stream, and waits for the echo of one warm-up
+/// frame, so the bridge to the agent is up before any frame is measured.
+async fn open_stream(
+    http: &reqwest::Client,
+    target: &str,
+    public_url: &str,
+    to: &str,
+) -> (Socket, String, String) {
+    let ws_base = target.replacen("http://", "ws://", 1);
+    let sid = new_call_sid();
+    let signed = sign(public_url, &incoming_form(&sid, to), AUTH_TOKEN);
+    let twiml = http
+        .post(format!("{target}/api/v1/incoming-call"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .header("X-Twilio-Signature", signed.signature)
+        .body(signed.body)
+        .send()
+        .await
+        .expect("answer")
+        .text()
+        .await
+        .unwrap();
+    let token = twiml
+        .split("value=\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("stream TwiML expected, got {twiml}"))
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(
+        format!("{ws_base}/media-stream?stream_token={token}"),
+        None,
+        true,
+    )
+    .await
+    .expect("upgrade");
+    let stream_sid = format!("MZ{}", uuid::Uuid::new_v4().simple());
+    let start = serde_json::json!({"event": "start", "streamSid": stream_sid, "start": {"accountSid": ACCOUNT_SID, "callSid": sid, "tracks": ["inbound"], "customParameters": {"stream_token": token}, "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}});
+    socket
+        .send(Message::text(
+            r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#,
+        ))
+        .await
+        .unwrap();
+    socket.send(Message::text(start.to_string())).await.unwrap();
+    socket.send(media_frame(&stream_sid, 0)).await.unwrap();
+    let warm_up = async {
+        while let Some(Ok(message)) = socket.next().await {
+            if let Message::Text(text) = &message {
+                if echoed_seq(text) == Some(0) {
+                    return true;
+                }
+            }
+        }
+        false
+    };
+    let echoed = tokio::time::timeout(Duration::from_secs(10), warm_up).await;
+    assert!(
+        matches!(echoed, Ok(true)),
+        "stream {stream_sid}: no echo of the warm-up frame"
+    );
+    (socket, stream_sid, sid)
+}
+
+/// What one stream measured: round trips (µs), frames sent, frames echoed.
+struct Measured {
+    latencies: Vec<u64>,
+    sent: u64,
+    echoed: u64,
+}
+
+/// Sends `frames` frames on a 20 ms clock starting at `first_tick`, matching echoes as they
+/// come; after the last frame waits up to [`DRAIN`] for the outstanding ones.
+async fn run_stream(
+    mut socket: Socket,
+    stream_sid: &str,
+    first_tick: tokio::time::Instant,
+    frames: u64,
+) -> (Socket, Measured) {
+    let mut tick = tokio::time::interval_at(first_tick, FRAME);
+    let mut sent_at: Vec<Option<Instant>> = vec![None; frames as usize + 1];
+    let mut latencies = Vec::with_capacity(frames as usize);
+    let (mut sent, mut echoed) = (0u64, 0u64);
+    let mut drain_until: Option<tokio::time::Instant> = None;
+    while sent < frames || echoed < frames {
+        tokio::select! {
+            _ = tick.tick(), if sent < frames => {
+                sent += 1;
+                sent_at[sent as usize] = Some(Instant::now());
+                if socket.send(media_frame(stream_sid, sent)).await.is_err() {
+                    break;
+                }
+                if sent == frames {
+                    drain_until = Some(tokio::time::Instant::now() + DRAIN);
+                }
+            }
+            message = socket.next() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    let at = echoed_seq(&text).and_then(|seq| sent_at.get_mut(seq as usize)?.take());
+                    if let Some(at) = at {
+                        latencies.push(at.elapsed().as_micros() as u64);
+                        echoed += 1;
+                    }
+                }
+                Some(Ok(_)) => {}
+                // The server closed the stream: whatever is outstanding is lost.
+                Some(Err(_)) | None => break,
+            },
+            _ = tokio::time::sleep_until(drain_until.unwrap_or_else(tokio::time::Instant::now)), if drain_until.is_some() => break,
+        }
+    }
+    let measured = Measured {
+        latencies,
+        sent,
+        echoed,
+    };
+    (socket, measured)
+}
+
+/// Sends Twilio's `stop` and waits briefly for the server to close the stream.
+async fn stop_stream(mut socket: Socket, stream_sid: &str, call_sid: &str) {
+    let stop = serde_json::json!({"event": "stop", "streamSid": stream_sid, "stop": {"accountSid": ACCOUNT_SID, "callSid": call_sid}});
+    let _ = socket.send(Message::text(stop.to_string())).await;
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(2), socket.next()).await {
+        if message.is_close() {
+            break;
+        }
+    }
+}
+
+/// CPU used per stream, in percent of one core: CPU seconds per second of audio streamed.
+fn cpu_per_stream(before: Option<f64>, after: Option<f64>, audio: Duration, n: usize) -> Option<f64> {
+    Some(100.0 * (after? - before?) / audio.as_secs_f64() / n as f64)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn streams(
     target: String,
     public_url: String,
+    to: String,
     n: usize,
     seconds: u64,
     server_pid: Option<u32>,
+    agent_pid: Option<u32>,
 ) -> Report {
+    open_files::raise();
     let http = client(64);
-    let ws_base = target.replacen("http://", "ws://", 1);
-    // Answer the calls first (as Twilio would), then open every stream.
+    // Answer the calls and open every stream first; then start the clocks, staggered evenly
+    // over one frame interval as independent calls would be.
     let mut sockets = Vec::with_capacity(n);
     for _ in 0..n {
-        let sid = new_call_sid();
-        let signed = sign(&public_url, &incoming_form(&sid, NUMBER), AUTH_TOKEN);
-        let twiml = http
-            .post(format!("{target}/api/v1/incoming-call"))
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .header("X-Twilio-Signature", signed.signature)
-            .body(signed.body)
-            .send()
-            .await
-            .expect("answer")
-            .text()
-            .await
-            .unwrap();
-        let token = twiml
-            .split("value=\"")
-            .nth(1)
-            .expect("stream TwiML")
-            .split('"')
-            .next()
-            .unwrap()
-            .to_owned();
-        let (mut socket, _) = tokio_tungstenite::connect_async_with_config(
-            format!("{ws_base}/media-stream?stream_token={token}"),
-            None,
-            true,
-        )
-        .await
-        .expect("upgrade");
-        let stream_sid = format!("MZ{}", uuid::Uuid::new_v4().simple());
-        let start = serde_json::json!({"event": "start", "streamSid": stream_sid, "start": {"accountSid": ACCOUNT_SID, "callSid": sid, "tracks": ["inbound"], "customParameters": {}, "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}});
-        socket
-            .send(Message::text(
-                r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#,
-            ))
-            .await
-            .unwrap();
-        socket.send(Message::text(start.to_string())).await.unwrap();
-        sockets.push((socket, stream_sid, sid));
+        sockets.push(open_stream(&http, &target, &public_url, &to).await);
     }
-    let cpu_before = server_pid.and_then(cpu_seconds);
-    let started = Instant::now();
-    let run_for = Duration::from_secs(seconds);
+    let frames = seconds * 1000 / FRAME.as_millis() as u64;
+    let clock_start = tokio::time::Instant::now() + Duration::from_millis(100);
     let tasks: Vec<_> = sockets
         .into_iter()
-        .map(|(socket, stream_sid, call_sid)| {
+        .enumerate()
+        .map(|(i, (socket, stream_sid, call_sid))| {
+            let first_tick = clock_start + FRAME * i as u32 / n as u32;
             tokio::spawn(async move {
-                // Every 20 ms: send a frame, then read until its echo (matched by the sequence
-                // number in its first 8 audio bytes) arrives.
-                let mut socket = socket;
-                let mut latencies = Vec::new();
-                let mut tick = tokio::time::interval(Duration::from_millis(20));
-                let mut seq = 0u64;
-                let begin = Instant::now();
-                'frames: while begin.elapsed() < run_for {
-                    tick.tick().await;
-                    seq += 1;
-                    let mut audio = [0xffu8; 160];
-                    audio[..8].copy_from_slice(&seq.to_le_bytes());
-                    let frame = serde_json::json!({"event": "media", "streamSid": stream_sid, "media": {"track": "inbound", "chunk": seq.to_string(), "timestamp": (seq * 20).to_string(), "payload": STANDARD.encode(audio)}});
-                    let sent = Instant::now();
-                    if socket.send(Message::text(frame.to_string())).await.is_err() {
-                        break;
-                    }
-                    loop {
-                        let message = match tokio::time::timeout(Duration::from_secs(2), socket.next()).await {
-                            Ok(Some(Ok(message))) => message,
-                            _ => break 'frames,
-                        };
-                        let Message::Text(text) = message else { continue };
-                        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-                        let echoed = v["media"]["payload"].as_str().and_then(|p| STANDARD.decode(p).ok()).unwrap_or_default();
-                        if echoed.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap())) == Some(seq) {
-                            latencies.push(sent.elapsed().as_micros() as u64);
-                            break;
-                        }
-                    }
-                }
-                let stop = serde_json::json!({"event": "stop", "streamSid": stream_sid, "stop": {"accountSid": ACCOUNT_SID, "callSid": call_sid}});
-                let _ = socket.send(Message::text(stop.to_string())).await;
-                while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(2), socket.next()).await {
-                    if message.is_close() {
-                        break;
-                    }
-                }
-                (latencies, seq)
+                let (socket, measured) = run_stream(socket, &stream_sid, first_tick, frames).await;
+                (socket, stream_sid, call_sid, measured)
             })
         })
         .collect();
+    // CPU is counted from the first frame to the last echo, so work a saturated machine
+    // defers past the sending window is still counted; the stops come after.
+    tokio::time::sleep_until(clock_start).await;
+    let cpu_before = (server_pid.and_then(cpu_seconds), agent_pid.and_then(cpu_seconds));
     let mut all = Vec::new();
-    let mut missing = 0usize;
+    let mut open = Vec::with_capacity(n);
+    let (mut sent, mut echoed, mut cut_short) = (0u64, 0u64, 0u64);
     for task in tasks {
-        let (latencies, sent) = task.await.expect("stream task");
-        missing += (sent as usize).saturating_sub(latencies.len());
-        all.extend(latencies);
+        let (socket, stream_sid, call_sid, measured) = task.await.expect("stream task");
+        if measured.sent < frames {
+            cut_short += 1;
+        }
+        sent += measured.sent;
+        echoed += measured.echoed;
+        all.extend(measured.latencies);
+        open.push((socket, stream_sid, call_sid));
     }
-    let elapsed = started.elapsed();
-    let cpu = match (cpu_before, server_pid.and_then(cpu_seconds)) {
-        (Some(before), Some(after)) => Some(100.0 * (after - before) / elapsed.as_secs_f64() / n as f64),
-        _ => None,
-    };
-    report(
+    let elapsed = clock_start.elapsed();
+    let cpu_after = (server_pid.and_then(cpu_seconds), agent_pid.and_then(cpu_seconds));
+    let stops: Vec<_> = open
+        .into_iter()
+        .map(|(socket, stream_sid, call_sid)| {
+            tokio::spawn(async move { stop_stream(socket, &stream_sid, &call_sid).await })
+        })
+        .collect();
+    futures::future::join_all(stops).await;
+    let audio = Duration::from_secs(seconds);
+    let mut report = report(
         &format!("streams ({n} x 20 ms frames)"),
         all,
-        missing,
+        (sent - echoed) as usize,
         elapsed,
         n,
-        cpu,
-    )
+        cpu_per_stream(cpu_before.0, cpu_after.0, audio, n),
+    );
+    report.frames_sent = Some(sent);
+    report.frames_echoed = Some(echoed);
+    report.streams_cut_short = Some(cut_short);
+    report.agent_cpu_per_stream_percent = cpu_per_stream(cpu_before.1, cpu_after.1, audio, n);
+    report
 }
 
 #[tokio::main]
 async fn main() {
     let report = match Cli::parse().command {
-        Command::Seed { target, admin_token } => {
-            seed(&target, &admin_token).await;
+        Command::Seed {
+            target,
+            admin_token,
+            number,
+            agent_url,
+        } => {
+            seed(&target, &admin_token, &number, agent_url.as_deref()).await;
+            return;
+        }
+        Command::Agent { bind } => {
+            open_files::raise();
+            agent::serve(&bind).await;
             return;
         }
         Command::Webhooks {
@@ -490,10 +671,38 @@ async fn main() {
         Command::Streams {
             target,
             public_url,
+            to,
             streams: n,
             seconds,
             server_pid,
-        } => streams(target, public_url, n, seconds, server_pid).await,
+            agent_pid,
+        } => streams(target, public_url, to, n, seconds, server_pid, agent_pid).await,
     };
     println!("{}", serde_json::to_string(&report).expect("report serialises"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_echoed_frame_gives_back_its_sequence_number() {
+        let Message::Text(frame) = media_frame("MZ1", 4242) else {
+            panic!("a text frame")
+        };
+        let sent: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(sent["streamSid"], "MZ1");
+        assert_eq!(sent["media"]["chunk"], "4242");
+        let echo = serde_json::json!({"event": "media", "streamSid": "MZ1", "media": {"payload": sent["media"]["payload"]}});
+        assert_eq!(echoed_seq(&echo.to_string()), Some(4242));
+        let mark = serde_json::json!({"event": "mark", "streamSid": "MZ1", "mark": {"name": "m"}});
+        assert_eq!(echoed_seq(&mark.to_string()), None);
+    }
+
+    #[test]
+    fn cpu_per_stream_is_cpu_seconds_per_audio_second_per_stream() {
+        let cpu = cpu_per_stream(Some(1.0), Some(3.0), Duration::from_secs(10), 4).unwrap();
+        assert!((cpu - 5.0).abs() < 1e-9, "{cpu}");
+        assert_eq!(cpu_per_stream(None, Some(3.0), Duration::from_secs(10), 4), None);
+    }
 }

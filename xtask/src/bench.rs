@@ -1,6 +1,7 @@
 //! `cargo xtask bench [--postgres] [--quick]`: end-to-end load against the release binary and a
-//! reference peer (Twilio's Node helper + express), the concurrent-stream benchmark, and the
-//! criterion micro-benchmarks; results go to `bench/results.md`.
+//! reference peer (Twilio's Node helper + express), the concurrent-stream benchmarks (built-in
+//! echo agent, then a remote agent over WebSocket), and the criterion micro-benchmarks; results
+//! go to `bench/results.md`.
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
@@ -17,6 +18,8 @@ use crate::{
 const ADMIN_TOKEN: &str = "bench-admin-token";
 /// The auth token loadgen signs with (see loadgen).
 const AUTH_TOKEN: &str = "bench-auth-token-0123456789abcdef";
+/// The number routed to the remote agent (the echo route's is loadgen's default).
+const AGENT_NUMBER: &str = "+15555551235";
 
 fn loadgen(args: &[&str]) -> Result<Value, String> {
     let out = Command::new(root().join("target/release/loadgen"))
@@ -32,6 +35,49 @@ fn loadgen(args: &[&str]) -> Result<Value, String> {
         return Ok(Value::Null);
     }
     serde_json::from_str(text.trim()).map_err(|e| format!("loadgen output: {e}: {text}"))
+}
+
+/// Runs `loadgen streams` and fails when any frame went without its echo or the server closed
+/// a stream early.
+fn stream_scenario(args: &[&str], what: &str) -> Result<Value, String> {
+    let r = loadgen(args)?;
+    let lost = r["errors"].as_u64().unwrap_or(u64::MAX);
+    let cut_short = r["streams_cut_short"].as_u64().unwrap_or(u64::MAX);
+    if lost != 0 || cut_short != 0 {
+        return Err(format!(
+            "{what}: {lost} of {} frames lost (no echo), {cut_short} streams closed early: {r}",
+            r["frames_sent"]
+        ));
+    }
+    Ok(r)
+}
+
+/// Raises the soft open-file limit (inherited by the server, the agent and loadgen) and fails
+/// when it cannot reach `needed`.
+fn raise_open_files(needed: libc::rlim_t) -> Result<(), String> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct they are given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Ok(());
+        }
+        if limit.rlim_cur < needed && limit.rlim_max > limit.rlim_cur {
+            limit.rlim_cur = limit.rlim_max.min(65_536);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+            }
+        }
+    }
+    if limit.rlim_cur < needed {
+        return Err(format!(
+            "the open-file limit is {} (hard {}); the stream benchmark needs {needed}: raise `ulimit -n`",
+            limit.rlim_cur, limit.rlim_max
+        ));
+    }
+    Ok(())
 }
 
 fn start_server(port: u16, database_url: &str) -> Result<Killed, String> {
@@ -145,6 +191,26 @@ fn row(out: &mut String, name: &str, r: &Value) {
     );
 }
 
+fn stream_row(out: &mut String, name: &str, seconds: &str, r: &Value) {
+    let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+    let agent_cpu = match r["agent_cpu_per_stream_percent"].as_f64() {
+        Some(cpu) => format!("{cpu:.3} %"),
+        None => "-".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "| {name} | {} | {seconds} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} % | {agent_cpu} |",
+        r["concurrency"],
+        r["frames_sent"],
+        r["errors"],
+        f("p50_ms"),
+        f("p90_ms"),
+        f("p99_ms"),
+        f("max_ms"),
+        f("cpu_per_stream_percent"),
+    );
+}
+
 fn criterion_means() -> Vec<(String, f64)> {
     let dir = root().join("target/criterion");
     let mut out = Vec::new();
@@ -204,6 +270,9 @@ pub fn bench(postgres: bool, quick: bool) -> Result<(), String> {
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
     let (database_url, pg_name) = database(postgres, &work)?;
     let n = if quick { "3000" } else { "20000" };
+    let agent_stream_count = if quick { "50" } else { "500" };
+    // The server holds two sockets per agent stream (Twilio's and the agent's).
+    raise_open_files(2 * agent_stream_count.parse::<libc::rlim_t>().unwrap_or(0) + 512)?;
     let port = free_port()?;
     let server = start_server(port, &database_url)?;
     let target = format!("http://127.0.0.1:{port}");
@@ -226,22 +295,68 @@ pub fn bench(postgres: bool, quick: bool) -> Result<(), String> {
         ])?;
         results.push((scenario, r));
     }
-    eprintln!("==> streams");
+    eprintln!("==> streams (echo agent)");
     let pid = server.0.id().to_string();
     let (stream_count, seconds) = if quick { ("50", "3") } else { ("200", "10") };
-    let streams = loadgen(&[
-        "streams",
+    let streams = stream_scenario(
+        &[
+            "streams",
+            "--target",
+            &target,
+            "--public-url",
+            &target,
+            "--streams",
+            stream_count,
+            "--seconds",
+            seconds,
+            "--server-pid",
+            &pid,
+        ],
+        "streams through the echo agent",
+    )?;
+
+    eprintln!("==> streams (remote agent)");
+    let agent_port = free_port()?;
+    let agent = Command::new(root().join("target/release/loadgen"))
+        .args(["agent", "--bind", &format!("127.0.0.1:{agent_port}")])
+        .spawn()
+        .map_err(|e| format!("starting the agent: {e}"))?;
+    let agent = Killed(agent);
+    wait_for_port(agent_port, "the agent")?;
+    let agent_url = format!("ws://127.0.0.1:{agent_port}/");
+    loadgen(&[
+        "seed",
         "--target",
         &target,
-        "--public-url",
-        &target,
-        "--streams",
-        stream_count,
-        "--seconds",
-        seconds,
-        "--server-pid",
-        &pid,
+        "--admin-token",
+        ADMIN_TOKEN,
+        "--number",
+        AGENT_NUMBER,
+        "--agent-url",
+        &agent_url,
     ])?;
+    let agent_pid = agent.0.id().to_string();
+    let agent_streams = stream_scenario(
+        &[
+            "streams",
+            "--target",
+            &target,
+            "--public-url",
+            &target,
+            "--to",
+            AGENT_NUMBER,
+            "--streams",
+            agent_stream_count,
+            "--seconds",
+            seconds,
+            "--server-pid",
+            &pid,
+            "--agent-pid",
+            &agent_pid,
+        ],
+        "streams through the remote agent",
+    )?;
+    drop(agent);
     drop(server);
     if let Some(name) = pg_name {
         let _ = run(
@@ -340,8 +455,15 @@ pub fn bench(postgres: bool, quick: bool) -> Result<(), String> {
     }
     let _ = writeln!(
         md,
-        "\nMedia streams: {} concurrent streams, 20 ms frames for {} s against the echo agent: frame round trip p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} frames without echo; server CPU {:.2} % of one core per stream.",
-        streams["concurrency"], seconds, streams["p50_ms"].as_f64().unwrap_or(0.0), streams["p90_ms"].as_f64().unwrap_or(0.0), streams["p99_ms"].as_f64().unwrap_or(0.0), streams["max_ms"].as_f64().unwrap_or(0.0), streams["errors"], streams["cpu_per_stream_percent"].as_f64().unwrap_or(f64::NAN)
+        "\nMedia streams, with the built-in echo agent and through a remote agent (`loadgen agent`: speaks Twilio Media Streams over a loopback WebSocket and echoes every frame). One 20 ms frame each way per stream, the streams' clocks spread over the frame interval; round trip is from a frame leaving the load generator to its echo arriving back. Server CPU is the service process's user + system time from the first frame to the last echo per second of audio, in % of one core per stream (work a saturated machine defers is still counted); the remote agent's process is measured the same way, separately. A lost frame (no echo within 30 s of the last frame) fails the benchmark.\n"
+    );
+    md.push_str("| media streams | streams | seconds | frames | frames lost | p50 ms | p90 ms | p99 ms | max ms | server CPU per stream | agent CPU per stream |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    stream_row(&mut md, "built-in echo agent", seconds, &streams);
+    stream_row(
+        &mut md,
+        "through a remote agent (`loadgen agent`, WebSocket)",
+        seconds,
+        &agent_streams,
     );
     md.push_str("\nMicro-benchmarks (criterion, mean):\n\n| benchmark | mean |\n|---|---|\n");
     for (name, ns) in criterion_means() {
