@@ -204,6 +204,15 @@ pub fn incoming_form_with(call_sid: &str, field: &str, value: &str) -> FormParam
     }))
 }
 
+/// The stream token in a `<Connect><Stream>` answer (the `<Parameter>` value).
+pub fn stream_token(twiml: &str) -> &str {
+    twiml
+        .split("value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a stream TwiML answer")
+}
+
 /// A fresh Twilio-style CallSid.
 pub fn call_sid() -> String {
     format!("CA{}", uuid::Uuid::new_v4().simple())

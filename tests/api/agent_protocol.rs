@@ -433,16 +433,8 @@ async fn second_route_call(app: &TestApp, agent_url: String, number: &str) -> (S
         .text()
         .await
         .unwrap();
-    let token = body
-        .split("value=\"")
-        .nth(1)
-        .expect("stream TwiML")
-        .split('"')
-        .next()
-        .unwrap()
-        .to_owned();
     let mut socket = connect(app, "/media-stream").await;
-    send_all(&mut socket, &session_frames(&sid, &token)[..3]).await;
+    send_all(&mut socket, &session_frames(&sid, stream_token(&body))[..3]).await;
     let got = read_all(&mut socket).await;
     (sid, got.close.expect("the service closes the stream").0)
 }

@@ -47,13 +47,7 @@ async fn retry_after_token_expiry_gets_a_fresh_token(backend: Backend) {
 
     let second = app.incoming(&sid).await.text().await.unwrap();
     assert_ne!(second, first);
-    let token = second
-        .split("value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap();
+    let token = stream_token(&second);
     let claims = app.state.tokens.verify(token).unwrap();
     assert_eq!(claims.sub, sid, "the fresh token is for the same call");
     assert_ne!(Some(claims.jti), old_jti);

@@ -37,14 +37,7 @@ pub(super) fn session_frames(call_sid: &str, token: &str) -> Vec<String> {
 pub(super) async fn answered_call(app: &TestApp) -> (String, String) {
     let sid = call_sid();
     let body = app.incoming(&sid).await.text().await.unwrap();
-    let token = body
-        .split("value=\"")
-        .nth(1)
-        .expect("stream TwiML")
-        .split('"')
-        .next()
-        .unwrap()
-        .to_owned();
+    let token = stream_token(&body).to_owned();
     (sid, token)
 }
 

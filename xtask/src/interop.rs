@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::{
     cargo, root, run,
-    support::{fingerprint, free_port, get_body, get_status, python_venv, Killed},
+    support::{fingerprint, free_port, get_body, python_venv, wait_for_service, Killed},
 };
 
 /// Tenant A: its routes point at every agent; the JWT agent holds its webhook secret.
@@ -746,18 +746,7 @@ fn start_server(work: &Path, port: u16) -> Result<Killed, String> {
         .stderr(log_file)
         .spawn()
         .map_err(|e| format!("starting the server: {e}"))?;
-    let mut server = Killed(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if get_status(port, "/readyz") == Some(200) {
-            return Ok(server);
-        }
-        if let Ok(Some(status)) = server.0.try_wait() {
-            return Err(format!("the server exited ({status}):\n{}", tail(&log, 30)));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err("the server was not ready within 60 s".to_owned())
+    wait_for_service(Killed(child), port, &log)
 }
 
 /// A row of the table: a call, or a check over the whole run.

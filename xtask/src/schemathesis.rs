@@ -4,14 +4,14 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use serde_json::Value;
 
 use crate::{
     cargo, root, run,
-    support::{free_port, get_status, python_venv, Killed},
+    support::{free_port, python_venv, wait_for_service, Killed},
 };
 
 /// The Schemathesis release this project is tested with.
@@ -93,19 +93,7 @@ fn start_server(dir: &Path, port: u16) -> Result<Killed, String> {
         .stderr(log_file)
         .spawn()
         .map_err(|e| format!("starting the server: {e}"))?;
-    let mut server = Killed(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if get_status(port, "/readyz") == Some(200) {
-            return Ok(server);
-        }
-        if let Ok(Some(status)) = server.0.try_wait() {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            return Err(format!("the server exited ({status}):\n{text}"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err("the server was not ready within 60 s".to_owned())
+    wait_for_service(Killed(child), port, &log)
 }
 
 /// What the report says, in one paragraph that can be quoted.

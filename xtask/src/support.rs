@@ -41,8 +41,8 @@ pub fn wait_for_port(port: u16, what: &str) -> Result<(), String> {
     Err(format!("{what} did not start listening on port {port}"))
 }
 
-/// The status code of `GET path`, or `None` when nothing answers.
-pub fn get_status(port: u16, path: &str) -> Option<u16> {
+/// Sends `GET path` (HTTP/1.1, `Connection: close`) and returns the connection to read from.
+fn get(port: u16, path: &str) -> Option<TcpStream> {
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).ok()?;
     tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
@@ -50,6 +50,31 @@ pub fn get_status(port: u16, path: &str) -> Option<u16> {
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
+    Some(tcp)
+}
+
+/// Waits up to a minute until the service started as `server` answers 200 on `/readyz` at
+/// `port`; when it exits first, the error holds the end of its `log`.
+pub fn wait_for_service(mut server: Killed, port: u16, log: &Path) -> Result<Killed, String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if get_status(port, "/readyz") == Some(200) {
+            return Ok(server);
+        }
+        if let Ok(Some(status)) = server.0.try_wait() {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+            return Err(format!("the server exited ({status}):\n{tail}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err("the server was not ready within 60 s".to_owned())
+}
+
+/// The status code of `GET path`, or `None` when nothing answers.
+pub fn get_status(port: u16, path: &str) -> Option<u16> {
+    let mut tcp = get(port, path)?;
     let mut head = [0u8; 12];
     tcp.read_exact(&mut head).ok()?;
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
@@ -57,13 +82,7 @@ pub fn get_status(port: u16, path: &str) -> Option<u16> {
 
 /// The body of `GET path` (HTTP/1.1, `Connection: close`), or `None` unless it answers 200.
 pub fn get_body(port: u16, path: &str) -> Option<String> {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        tcp,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    let mut tcp = get(port, path)?;
     let mut response = String::new();
     tcp.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
