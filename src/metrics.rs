@@ -120,14 +120,14 @@ impl Default for Metrics {
                 outcome: outcome.to_owned(),
             });
         }
-        for reason in ["binary", "malformed", "unknown_event", "nameless_mark"] {
+        for reason in crate::twilio::media::Dropped::ALL {
             let _ = m.agent_frames_dropped.get_or_create(&Reason {
-                reason: reason.to_owned(),
+                reason: reason.as_str().to_owned(),
             });
         }
-        for reason in ["stop", "agent_hangup", "agent_failed", "socket_closed"] {
+        for reason in crate::domain::stream::EndReason::ALL {
             let _ = m.streams_ended.get_or_create(&Reason {
-                reason: reason.to_owned(),
+                reason: reason.as_str().to_owned(),
             });
         }
         for kind in [ProbeKind::Http, ProbeKind::Tcp] {

@@ -15,6 +15,14 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    /// Every end reason.
+    pub const ALL: [Self; 4] = [
+        Self::Stop,
+        Self::AgentHangup,
+        Self::AgentFailed,
+        Self::SocketClosed,
+    ];
+
     /// Stable name, as stored.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -50,12 +58,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_only_stop_and_hangup_end_the_call() {
-        for reason in [
-            EndReason::Stop,
-            EndReason::AgentHangup,
-            EndReason::AgentFailed,
-            EndReason::SocketClosed,
-        ] {
+        for reason in EndReason::ALL {
             assert_eq!(EndReason::parse(reason.as_str()), Some(reason));
         }
         assert_eq!(EndReason::parse("other"), None);

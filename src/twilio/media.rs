@@ -224,6 +224,14 @@ pub enum Dropped {
 }
 
 impl Dropped {
+    /// Every reason.
+    pub const ALL: [Self; 4] = [
+        Self::Binary,
+        Self::Malformed,
+        Self::UnknownEvent,
+        Self::NamelessMark,
+    ];
+
     /// Stable name, used as a metric label.
     pub fn as_str(self) -> &'static str {
         match self {
