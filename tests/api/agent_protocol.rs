@@ -325,12 +325,7 @@ async fn an_agent_that_hangs_up_ends_the_call(backend: Backend) {
         for _ in 0..5 {
             ws.send(media(&stream_sid, "Z29vZGJ5ZQ==")).await.unwrap();
         }
-        ws.close(Some(CloseFrame {
-            code: CloseCode::Normal,
-            reason: "goodbye".into(),
-        }))
-        .await
-        .unwrap();
+        hang_up(ws, CloseCode::Normal, "goodbye").await;
         seen
     })
     .await;
@@ -369,12 +364,7 @@ async fn an_agent_that_hangs_up_ends_the_call(backend: Backend) {
     // An agent that closes at once with 1001 (going away) and said nothing: closed at once.
     let (agent_url, _agent) = run_agent(|mut ws, mut seen| async move {
         await_start(&mut ws, &mut seen).await;
-        let _ = ws
-            .close(Some(CloseFrame {
-                code: CloseCode::Away,
-                reason: "".into(),
-            }))
-            .await;
+        hang_up(ws, CloseCode::Away, "").await;
         seen
     })
     .await;
@@ -385,6 +375,19 @@ async fn an_agent_that_hangs_up_ends_the_call(backend: Backend) {
     assert!(stream_ended_on(&app, &sid, "+15555550199")
         .await
         .contains("<Hangup/>"));
+}
+
+/// Closes as a WebSocket peer should: sends the close frame, then reads until the service
+/// answers it. (Dropping the socket with frames still unread makes the kernel reset the
+/// connection, and the close frame may never be read.)
+async fn hang_up(mut ws: AgentSocket, code: CloseCode, reason: &str) {
+    ws.close(Some(CloseFrame {
+        code,
+        reason: reason.to_owned().into(),
+    }))
+    .await
+    .unwrap();
+    while let Some(Ok(_)) = ws.next().await {}
 }
 
 /// Reads frames until a mark arrives and returns its name.
