@@ -1,7 +1,8 @@
 //! Micro-benchmarks of the webhook's hot paths.
 use criterion::{criterion_group, criterion_main, Criterion};
+use entity::id::{RouteId, TenantId};
 use stateset_voice::{
-    domain::token::TokenIssuer,
+    domain::{phone::CallSid, token::TokenIssuer},
     twilio::{
         form::FormParams,
         signature::{compute, validate, Algorithm},
@@ -52,16 +53,13 @@ fn benches(c: &mut Criterion) {
         b"bench-token-secret-0123456789abcdef0123",
         std::time::Duration::from_secs(60),
     );
+    let call_sid = CallSid::parse("CAa1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1").expect("a CallSid");
+    let tenant_id = TenantId("01a20e67-6fdf-7552-87b9-f623a69facb6".to_owned());
+    let route_id = RouteId("01a20e67-6fe0-7572-aa46-4be3bb53ad28".to_owned());
     c.bench_function("token_mint", |b| {
-        b.iter(|| {
-            issuer.mint(
-                "CAa1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1",
-                "01a20e67-6fdf-7552-87b9-f623a69facb6",
-                "01a20e67-6fe0-7572-aa46-4be3bb53ad28",
-            )
-        })
+        b.iter(|| issuer.mint(&call_sid, &tenant_id, &route_id))
     });
-    let token = issuer.mint("CA1", "t", "r").token;
+    let token = issuer.mint(&call_sid, &tenant_id, &route_id).token;
     c.bench_function("twiml_render_connect_stream", |b| {
         b.iter(|| {
             render(&[Verb::ConnectStream {

@@ -1,7 +1,8 @@
 //! The `stateset-voice` command line.
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{builder::TypedValueParser as _, Args, Parser, Subcommand};
+use entity::states::{RouteEnvironment, TenantEnvironment};
 
 use crate::{
     config::{Config, ConfigArgs},
@@ -64,8 +65,8 @@ pub enum TenantCommand {
         /// Twilio auth token (or set VOICE_TENANT_AUTH_TOKEN).
         #[arg(long, env = "VOICE_TENANT_AUTH_TOKEN", hide_env_values = true)]
         auth_token: String,
-        #[arg(long, value_parser = ["production", "sandbox"])]
-        environment: Option<String>,
+        #[arg(long, value_parser = state_parser(TenantEnvironment::ALL, TenantEnvironment::as_str, TenantEnvironment::parse))]
+        environment: Option<TenantEnvironment>,
         #[arg(long)]
         webhook_url: Option<String>,
         /// Webhook signing secret, `whsec_` + base64 of at least 24 bytes (or set
@@ -93,8 +94,8 @@ pub enum RouteCommand {
         phone_number: String,
         #[arg(long)]
         label: Option<String>,
-        #[arg(long, value_parser = ["production", "test"])]
-        environment: Option<String>,
+        #[arg(long, value_parser = state_parser(RouteEnvironment::ALL, RouteEnvironment::as_str, RouteEnvironment::parse))]
+        environment: Option<RouteEnvironment>,
         /// Create the route disabled.
         #[arg(long)]
         disabled: bool,
@@ -440,4 +441,14 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down");
+}
+
+/// A flag taking one of a state enum's names (listed in `--help`).
+fn state_parser<T: Copy + Send + Sync + 'static>(
+    all: &'static [T],
+    name: fn(T) -> &'static str,
+    parse: fn(&str) -> Option<T>,
+) -> impl clap::builder::TypedValueParser<Value = T> {
+    clap::builder::PossibleValuesParser::new(all.iter().map(move |v| name(*v)))
+        .try_map(move |name| parse(&name).ok_or("unknown value"))
 }

@@ -1,6 +1,9 @@
 //! `serve --demo`: a demo tenant and route, a signed curl command to try them, and a
 //! `stateset-voice call` command for a whole test call.
-use entity::tenant;
+use entity::{
+    states::{RouteEnvironment, TenantEnvironment},
+    tenant,
+};
 use sea_orm::DatabaseConnection;
 
 use crate::{
@@ -34,7 +37,7 @@ pub async fn seed(db: &DatabaseConnection) -> Result<tenant::Model, domain::Erro
                     name: "Demo tenant".to_owned(),
                     account_sid: DEMO_ACCOUNT_SID.to_owned(),
                     auth_token: hex::encode(token),
-                    environment: Some("sandbox".to_owned()),
+                    environment: Some(TenantEnvironment::Sandbox),
                     ..NewTenant::default()
                 },
             )
@@ -52,7 +55,7 @@ pub async fn seed(db: &DatabaseConnection) -> Result<tenant::Model, domain::Erro
             NewRoute {
                 phone_number: DEMO_NUMBER.to_owned(),
                 label: Some("Demo line (echo agent)".to_owned()),
-                environment: Some("test".to_owned()),
+                environment: Some(RouteEnvironment::Test),
                 ..NewRoute::default()
             },
         )

@@ -2,7 +2,6 @@
 //!
 //! [`app`] builds the HTTP endpoint used by the server, the tests and the conformance suite.
 pub mod api;
-pub mod cache;
 pub mod call;
 pub mod cli;
 pub mod config;
@@ -96,7 +95,7 @@ pub async fn serve(
     .await;
     drop(workers);
     // Diagnostics still buffered would otherwise be lost with the process.
-    if let Err(e) = domain::alerts::flush(&state).await {
+    if let Err(e) = state.diagnostics.flush().await {
         tracing::warn!(error = %e, "writing diagnostics at shutdown failed");
     }
     served

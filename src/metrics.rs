@@ -125,7 +125,7 @@ impl Default for Metrics {
                 reason: reason.as_str().to_owned(),
             });
         }
-        for reason in crate::domain::stream::EndReason::ALL {
+        for reason in entity::states::EndReason::ALL {
             let _ = m.streams_ended.get_or_create(&Reason {
                 reason: reason.as_str().to_owned(),
             });

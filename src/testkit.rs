@@ -349,14 +349,13 @@ impl TestApp {
 
     /// Writes buffered diagnostics and raises due alerts now, as the flush worker would.
     pub async fn flush(&self) {
-        crate::domain::alerts::flush(&self.state)
-            .await
-            .expect("diagnostics flush");
+        self.state.diagnostics.flush().await.expect("diagnostics flush");
     }
 
     /// Diagnostics of a kind (buffered ones flushed first).
     pub async fn diagnostics(&self, kind: &str) -> Vec<entity::diagnostic::Model> {
         self.flush().await;
+        let kind = entity::states::DiagnosticKind::parse(kind).expect("a diagnostic kind");
         db::diagnostics::list(&self.state.db, Some(kind), None, 100)
             .await
             .expect("diagnostics")

@@ -263,7 +263,10 @@ async fn seed(app: &TestApp, setup: &Setup) -> Option<Seeded> {
                 .secondary_auth_token
                 .then(|| SECONDARY_AUTH_TOKEN.to_owned()),
             shared_key: setup.shared_key.then(|| SHARED_KEY.to_owned()),
-            environment: setup.tenant_environment.clone(),
+            environment: setup
+                .tenant_environment
+                .as_deref()
+                .map(|e| entity::states::TenantEnvironment::parse(e).expect("a tenant environment")),
             default_fallback: setup.tenant_default_fallback.clone(),
             ..NewTenant::default()
         },
@@ -278,7 +281,10 @@ async fn seed(app: &TestApp, setup: &Setup) -> Option<Seeded> {
         NewRoute {
             phone_number: NUMBER.to_owned(),
             label: Some("main".to_owned()),
-            environment: setup.route_environment.clone(),
+            environment: setup
+                .route_environment
+                .as_deref()
+                .map(|e| entity::states::RouteEnvironment::parse(e).expect("a route environment")),
             enabled: setup.route_enabled,
             fallback: setup.route_fallback.clone(),
             agent_url: setup.route_agent_url.clone(),
@@ -570,7 +576,7 @@ async fn state_summary(app: &TestApp, seeded: Option<&Seeded>, streams: bool) ->
             name_route(&c.route_id),
             c.status,
             c.outcome,
-            c.fallback_reason.as_deref().unwrap_or("-"),
+            c.fallback_reason.map_or("-", |r| r.as_str()),
             c.attempts,
             c.error_code.as_deref().unwrap_or("-"),
         );
@@ -583,7 +589,7 @@ async fn state_summary(app: &TestApp, seeded: Option<&Seeded>, streams: bool) ->
         .all(db)
         .await
         .expect("events");
-    let types: Vec<String> = events.into_iter().map(|e| e.event_type).collect();
+    let types: Vec<String> = events.into_iter().map(|e| e.event_type.to_string()).collect();
     let _ = writeln!(
         out,
         "events: {}",
@@ -598,7 +604,7 @@ async fn state_summary(app: &TestApp, seeded: Option<&Seeded>, streams: bool) ->
         .all(db)
         .await
         .expect("diagnostics");
-    diags.sort_by(|a, b| (&a.kind, &a.key).cmp(&(&b.kind, &b.key)));
+    diags.sort_by(|a, b| (a.kind.as_str(), &a.key).cmp(&(b.kind.as_str(), &b.key)));
     if diags.is_empty() {
         out.push_str("  (none)\n");
     }
@@ -638,7 +644,7 @@ async fn media_sessions(app: &TestApp, call_sids: &BTreeMap<String, String>) -> 
             call_sid(&s),
             s.stream_sid.as_deref().unwrap_or("-"),
             s.status,
-            s.end_reason.as_deref().unwrap_or("-"),
+            s.end_reason.map_or("-", |r| r.as_str()),
             s.received_stop,
             s.inbound_frames,
             s.outbound_frames,

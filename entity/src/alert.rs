@@ -1,6 +1,8 @@
 //! A raised alert, e.g. repeated signature failures on a production route.
 use sea_orm::entity::prelude::*;
 
+use crate::states::DiagnosticKind;
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "alerts")]
 pub struct Model {
@@ -8,7 +10,7 @@ pub struct Model {
     pub id: String,
     pub tenant_id: Option<String>,
     pub route_id: Option<String>,
-    pub kind: String,
+    pub kind: DiagnosticKind,
     pub message: String,
     pub failure_count: i64,
     pub window_start: DateTimeUtc,

@@ -1,6 +1,8 @@
 //! One inbound call (unique CallSid) and what the service decided for it.
 use sea_orm::entity::prelude::*;
 
+use crate::states::{CallStatus, FallbackReason, Outcome};
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "calls")]
 pub struct Model {
@@ -12,11 +14,10 @@ pub struct Model {
     pub route_id: String,
     pub from_number: String,
     pub to_number: String,
-    /// Twilio's latest `CallStatus`, verbatim.
-    pub status: String,
-    /// `streamed` or `fallback`.
-    pub outcome: String,
-    pub fallback_reason: Option<String>,
+    /// Twilio's latest `CallStatus`.
+    pub status: CallStatus,
+    pub outcome: Outcome,
+    pub fallback_reason: Option<FallbackReason>,
     /// Deliveries of the call's voice webhook (primary or fallback URL).
     pub attempts: i32,
     pub error_code: Option<String>,

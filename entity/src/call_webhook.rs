@@ -1,14 +1,16 @@
 //! The stored answer to one kind of webhook for a call: the idempotency record.
 use sea_orm::entity::prelude::*;
 
+use crate::states::WebhookKind;
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "call_webhooks")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
     pub call_id: String,
-    /// `incoming`, `fallback`, `stream-ended` or `status`.
-    pub kind: String,
+    #[sea_orm(column_type = "String(StringLen::None)")]
+    pub kind: WebhookKind,
     pub attempts: i32,
     pub twiml: String,
     pub token_jti: Option<String>,

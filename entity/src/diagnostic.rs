@@ -2,12 +2,14 @@
 //! tumbling window count used for alerting.
 use sea_orm::entity::prelude::*;
 
+use crate::states::DiagnosticKind;
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "diagnostics")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: String,
-    pub kind: String,
+    pub kind: DiagnosticKind,
     pub key: String,
     pub tenant_id: Option<String>,
     pub route_id: Option<String>,

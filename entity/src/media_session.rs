@@ -1,6 +1,8 @@
 //! One Media Streams WebSocket session; its token id is unique, which makes tokens single use.
 use sea_orm::entity::prelude::*;
 
+use crate::states::{EndReason, MediaSessionStatus};
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "media_sessions")]
 pub struct Model {
@@ -10,9 +12,8 @@ pub struct Model {
     #[sea_orm(unique)]
     pub token_jti: String,
     pub stream_sid: Option<String>,
-    /// `open` or `ended`.
-    pub status: String,
-    pub end_reason: Option<String>,
+    pub status: MediaSessionStatus,
+    pub end_reason: Option<EndReason>,
     pub received_stop: bool,
     pub inbound_frames: i64,
     pub outbound_frames: i64,

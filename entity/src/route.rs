@@ -1,6 +1,8 @@
 //! A phone route: a called number (E.164) owned by a tenant.
 use sea_orm::entity::prelude::*;
 
+use crate::states::RouteEnvironment;
+
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "routes")]
 pub struct Model {
@@ -11,7 +13,7 @@ pub struct Model {
     pub phone_number: String,
     pub label: Option<String>,
     /// `production` or `test`.
-    pub environment: String,
+    pub environment: RouteEnvironment,
     pub enabled: bool,
     /// Fallback action as JSON text.
     pub fallback: Option<String>,

@@ -1,6 +1,8 @@
 //! A customer account: its Twilio credentials and where its events go.
 use sea_orm::entity::prelude::*;
 
+use crate::states::TenantEnvironment;
+
 #[derive(Clone, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "tenants")]
 pub struct Model {
@@ -13,7 +15,7 @@ pub struct Model {
     pub secondary_auth_token: Option<String>,
     pub shared_key: Option<String>,
     /// `production` or `sandbox`.
-    pub environment: String,
+    pub environment: TenantEnvironment,
     pub webhook_url: Option<String>,
     pub webhook_secret: String,
     /// Fallback action as JSON text.

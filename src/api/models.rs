@@ -1,9 +1,13 @@
 //! JSON shapes of the admin API and their conversions from stored records.
 use chrono::{DateTime, Utc};
+pub use entity::states::{
+    CallStatus, DiagnosticKind, EndReason, EventType, FallbackReason, MediaSessionStatus, OutboxStatus,
+    Outcome, RouteEnvironment, TenantEnvironment,
+};
 use entity::{alert, call, diagnostic, media_session, outbox_event, route, tenant};
-use poem_openapi::{types::MaybeUndefined, Enum, Object, Union};
+use poem_openapi::{types::MaybeUndefined, Object, Union};
 
-use crate::domain::{fallback::FallbackAction, stream::EndReason};
+use crate::domain::fallback::FallbackAction;
 
 /// Say a message (optional), then transfer the call.
 #[derive(Debug, Clone, Object)]
@@ -67,49 +71,13 @@ fn stored_fallback(text: Option<&str>) -> Option<Fallback> {
         .map(Into::into)
 }
 
-/// `production` alerts on repeated signature failures; `sandbox` does not.
-#[derive(Debug, Clone, Copy, Enum)]
-#[oai(rename_all = "lowercase")]
-pub enum TenantEnvironment {
-    Production,
-    Sandbox,
-}
-
-impl TenantEnvironment {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Production => "production",
-            Self::Sandbox => "sandbox",
-        }
-    }
-}
-
-/// `production` routes alert on repeated signature failures; `test` routes do not.
-#[derive(Debug, Clone, Copy, Enum)]
-#[oai(rename_all = "lowercase")]
-pub enum RouteEnvironment {
-    Production,
-    Test,
-}
-
-impl RouteEnvironment {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Production => "production",
-            Self::Test => "test",
-        }
-    }
-}
-
 /// A tenant. Auth tokens, the shared key and the webhook secret are write-only.
 #[derive(Debug, Object)]
 pub struct Tenant {
     pub id: String,
     pub name: String,
     pub account_sid: String,
-    pub environment: String,
+    pub environment: TenantEnvironment,
     #[oai(nullable)]
     pub webhook_url: Option<String>,
     #[oai(nullable)]
@@ -199,7 +167,7 @@ pub struct Route {
     pub phone_number: String,
     #[oai(nullable)]
     pub label: Option<String>,
-    pub environment: String,
+    pub environment: RouteEnvironment,
     pub enabled: bool,
     #[oai(nullable)]
     pub fallback: Option<Fallback>,
@@ -267,41 +235,16 @@ pub struct RoutePatch {
     pub agent_health_url: MaybeUndefined<String>,
 }
 
-/// Why a media stream ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-#[oai(rename_all = "snake_case")]
-pub enum StreamEndReason {
-    /// Twilio sent `stop` (the caller hung up): the call ends.
-    Stop,
-    /// The agent closed its connection with 1000 or 1001: the call ends.
-    AgentHangup,
-    /// The agent failed or could not be reached: the caller gets the fallback.
-    AgentFailed,
-    /// Twilio's socket closed without `stop`: the caller gets the fallback.
-    SocketClosed,
-}
-
-impl From<EndReason> for StreamEndReason {
-    fn from(reason: EndReason) -> Self {
-        match reason {
-            EndReason::Stop => Self::Stop,
-            EndReason::AgentHangup => Self::AgentHangup,
-            EndReason::AgentFailed => Self::AgentFailed,
-            EndReason::SocketClosed => Self::SocketClosed,
-        }
-    }
-}
-
 /// A media stream session of a call.
 #[derive(Debug, Object)]
 pub struct MediaSession {
     pub id: String,
     #[oai(nullable)]
     pub stream_sid: Option<String>,
-    pub status: String,
+    pub status: MediaSessionStatus,
     /// Why the stream ended; null while it is open.
     #[oai(nullable)]
-    pub end_reason: Option<StreamEndReason>,
+    pub end_reason: Option<EndReason>,
     pub received_stop: bool,
     pub inbound_frames: i64,
     pub outbound_frames: i64,
@@ -317,7 +260,7 @@ impl From<media_session::Model> for MediaSession {
             id: m.id,
             stream_sid: m.stream_sid,
             status: m.status,
-            end_reason: m.end_reason.as_deref().and_then(EndReason::parse).map(Into::into),
+            end_reason: m.end_reason,
             received_stop: m.received_stop,
             inbound_frames: m.inbound_frames,
             outbound_frames: m.outbound_frames,
@@ -337,12 +280,11 @@ pub struct Call {
     pub route_id: String,
     pub from: String,
     pub to: String,
-    /// Twilio's latest CallStatus, verbatim.
-    pub status: String,
-    /// `streamed` or `fallback`.
-    pub outcome: String,
+    /// Twilio's latest CallStatus.
+    pub status: CallStatus,
+    pub outcome: Outcome,
     #[oai(nullable)]
-    pub fallback_reason: Option<String>,
+    pub fallback_reason: Option<FallbackReason>,
     /// Deliveries of the voice webhook for this call (1 + retries).
     pub attempts: i32,
     #[oai(nullable)]
@@ -387,8 +329,7 @@ impl Call {
 #[derive(Debug, Object)]
 pub struct Diagnostic {
     pub id: String,
-    /// `unknown_route`, `signature_failure`, `account_mismatch`, `call_route_conflict`.
-    pub kind: String,
+    pub kind: DiagnosticKind,
     /// The called number, route id or CallSid the occurrences share.
     pub key: String,
     #[oai(nullable)]
@@ -426,7 +367,7 @@ pub struct Alert {
     pub tenant_id: Option<String>,
     #[oai(nullable)]
     pub route_id: Option<String>,
-    pub kind: String,
+    pub kind: DiagnosticKind,
     pub message: String,
     pub failure_count: i64,
     pub window_start: DateTime<Utc>,
@@ -454,11 +395,10 @@ pub struct Event {
     pub id: String,
     pub tenant_id: String,
     #[oai(rename = "type")]
-    pub event_type: String,
+    pub event_type: EventType,
     /// The body delivered downstream.
     pub payload: serde_json::Value,
-    /// `pending`, `delivered` or `dead`.
-    pub status: String,
+    pub status: OutboxStatus,
     pub attempts: i32,
     pub next_attempt_at: DateTime<Utc>,
     #[oai(nullable)]

@@ -51,13 +51,13 @@ impl OpsApi {
     async fn diagnostics(
         &self,
         _auth: AdminAuth,
-        kind: Query<Option<String>>,
+        kind: Query<Option<DiagnosticKind>>,
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))] limit: Query<Option<u64>>,
         cursor: Query<Option<String>>,
     ) -> Result<Json<List<Diagnostic>>, AdminError> {
         let page = db::diagnostics::list(
             &self.state.db,
-            kind.0.as_deref(),
+            kind.0,
             cursor.0.as_deref(),
             limit.0.unwrap_or(DEFAULT_LIMIT),
         )

@@ -52,7 +52,7 @@ impl RoutesApi {
         let new = NewRoute {
             phone_number: b.phone_number,
             label: b.label,
-            environment: b.environment.map(|e| e.as_str().to_owned()),
+            environment: b.environment,
             enabled: b.enabled,
             fallback: b.fallback.map(Into::into),
             agent_url: b.agent_url,
@@ -107,7 +107,7 @@ impl RoutesApi {
         let changes = RouteChanges {
             phone_number: b.phone_number,
             label: optional(b.label),
-            environment: b.environment.map(|e| e.as_str().to_owned()),
+            environment: b.environment,
             enabled: b.enabled,
             fallback: optional(b.fallback).map(|f| f.map(Into::into)),
             agent_url: optional(b.agent_url),

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::{
     config::Config,
-    domain::webhook::{self, Answer, InboundWebhook, WebhookKind},
+    domain::webhook::{self, InboundWebhook, Rejection, StatusReply, VoiceKind},
     error::ProblemJson,
     state::AppState,
     twilio::form::FormParams,
@@ -67,9 +67,7 @@ impl VoiceApi {
         #[oai(name = "X-Twilio-Signature")] signature: Header<Option<String>>,
         body: TwilioForm,
     ) -> VoiceResponse {
-        voice_webhook(&self.state, WebhookKind::Incoming, req, signature.0, body)
-            .await
-            .into()
+        voice(&self.state, VoiceKind::Incoming, req, signature.0, body).await
     }
 
     /// Twilio Fallback URL
@@ -87,9 +85,7 @@ impl VoiceApi {
         #[oai(name = "X-Twilio-Signature")] signature: Header<Option<String>>,
         body: TwilioForm,
     ) -> VoiceResponse {
-        voice_webhook(&self.state, WebhookKind::Fallback, req, signature.0, body)
-            .await
-            .into()
+        voice(&self.state, VoiceKind::Fallback, req, signature.0, body).await
     }
 
     /// Stream ended (`<Connect action>`)
@@ -103,9 +99,7 @@ impl VoiceApi {
         #[oai(name = "X-Twilio-Signature")] signature: Header<Option<String>>,
         body: TwilioForm,
     ) -> VoiceResponse {
-        voice_webhook(&self.state, WebhookKind::StreamEnded, req, signature.0, body)
-            .await
-            .into()
+        voice(&self.state, VoiceKind::StreamEnded, req, signature.0, body).await
     }
 
     /// Call status callback
@@ -121,25 +115,16 @@ impl VoiceApi {
         #[oai(name = "X-Twilio-Signature")] signature: Header<Option<String>>,
         body: TwilioForm,
     ) -> StatusResponse {
-        match voice_webhook(&self.state, WebhookKind::Status, req, signature.0, body).await {
-            Answered::Answer(Answer::NoContent | Answer::TwiML(_)) => StatusResponse::Accepted,
-            Answered::Answer(Answer::NotFound(why)) => {
+        let hook = match inbound(&self.state, req, signature.0, body) {
+            Ok(hook) => hook,
+            Err(rejection) => return rejection.into(),
+        };
+        match webhook::call_status(self.state.webhook_context(), hook).await {
+            Ok(StatusReply::Recorded) => StatusResponse::Accepted,
+            Ok(StatusReply::UnknownCall(why)) => {
                 StatusResponse::NotFound(ProblemJson::new(StatusCode::NOT_FOUND, why))
             }
-            other => match VoiceResponse::from(other) {
-                VoiceResponse::BadRequest(p) => StatusResponse::BadRequest(p),
-                VoiceResponse::Forbidden(p) => StatusResponse::Forbidden(p),
-                VoiceResponse::Conflict(p) => StatusResponse::Conflict(p),
-                VoiceResponse::PayloadTooLarge(p) => StatusResponse::PayloadTooLarge(p),
-                VoiceResponse::RequestTimeout(p) => StatusResponse::RequestTimeout(p),
-                VoiceResponse::UnsupportedMediaType(p) => StatusResponse::UnsupportedMediaType(p),
-                VoiceResponse::Ok(_) | VoiceResponse::Unavailable(_) => {
-                    StatusResponse::Unavailable(ProblemJson::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the status could not be recorded",
-                    ))
-                }
-            },
+            Err(rejection) => rejection.into(),
         }
     }
 }
@@ -176,66 +161,82 @@ pub enum StatusResponse {
     Unavailable(ProblemJson),
 }
 
-/// The outcome of a voice webhook before it is shaped into an operation's response.
-enum Answered {
-    Answer(Answer),
-    Malformed(String),
-    Failed,
-}
-
-impl From<Answered> for VoiceResponse {
-    fn from(answered: Answered) -> Self {
-        let problem = ProblemJson::new;
-        match answered {
-            Answered::Answer(Answer::TwiML(twiml)) => Self::Ok(TwiML(twiml)),
-            Answered::Answer(Answer::Forbidden(why)) => Self::Forbidden(PlainText(why.to_owned())),
-            Answered::Answer(Answer::BadRequest(why)) | Answered::Malformed(why) => {
-                Self::BadRequest(problem(StatusCode::BAD_REQUEST, why))
-            }
-            Answered::Answer(Answer::Conflict(why)) => Self::Conflict(problem(StatusCode::CONFLICT, why)),
-            Answered::Answer(Answer::NoContent | Answer::NotFound(_)) | Answered::Failed => {
-                Self::Unavailable(problem(
+impl From<Rejection> for VoiceResponse {
+    fn from(rejection: Rejection) -> Self {
+        match rejection {
+            Rejection::BadRequest(why) => Self::BadRequest(ProblemJson::new(StatusCode::BAD_REQUEST, why)),
+            Rejection::Forbidden(why) => Self::Forbidden(PlainText(why.to_owned())),
+            Rejection::Conflict(why) => Self::Conflict(ProblemJson::new(StatusCode::CONFLICT, why)),
+            Rejection::Failed(e) => {
+                tracing::error!(error = %e, "voice webhook failed");
+                Self::Unavailable(ProblemJson::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "the call could not be recorded".to_owned(),
+                    "the call could not be recorded",
                 ))
             }
         }
     }
 }
 
-async fn voice_webhook(
+impl From<Rejection> for StatusResponse {
+    fn from(rejection: Rejection) -> Self {
+        match rejection {
+            Rejection::BadRequest(why) => Self::BadRequest(ProblemJson::new(StatusCode::BAD_REQUEST, why)),
+            Rejection::Forbidden(why) => Self::Forbidden(PlainText(why.to_owned())),
+            Rejection::Conflict(why) => Self::Conflict(ProblemJson::new(StatusCode::CONFLICT, why)),
+            Rejection::Failed(e) => {
+                tracing::error!(error = %e, "status callback failed");
+                Self::Unavailable(ProblemJson::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the status could not be recorded",
+                ))
+            }
+        }
+    }
+}
+
+/// Answers one voice webhook.
+async fn voice(
     state: &AppState,
-    kind: WebhookKind,
+    kind: VoiceKind,
     req: &Request,
     signature: Option<String>,
     body: TwilioForm,
-) -> Answered {
-    let params = match FormParams::parse(&body.0) {
-        Ok(params) => params,
-        Err(e) => return Answered::Malformed(format!("malformed form body: {e}")),
+) -> VoiceResponse {
+    let answered = match inbound(state, req, signature, body) {
+        Ok(hook) => webhook::voice(state.webhook_context(), kind, hook).await,
+        Err(rejection) => Err(rejection),
     };
-    let query = req.original_uri().query();
-    let route_hint = query
+    match answered {
+        Ok(twiml) => VoiceResponse::Ok(TwiML(twiml)),
+        Err(rejection) => rejection.into(),
+    }
+}
+
+/// Unpacks a webhook request; only the body's form encoding is checked here.
+fn inbound(
+    state: &AppState,
+    req: &Request,
+    signature: Option<String>,
+    body: TwilioForm,
+) -> Result<InboundWebhook, Rejection> {
+    let params =
+        FormParams::parse(&body.0).map_err(|e| Rejection::BadRequest(format!("malformed form body: {e}")))?;
+    let route_hint = req
+        .original_uri()
+        .query()
         .and_then(|q| FormParams::parse(q.as_bytes()).ok())
         .and_then(|q| q.get("route_id").map(str::to_owned));
-    let hook = InboundWebhook {
-        kind,
+    if let Some(token) = header(req, "I-Twilio-Idempotency-Token") {
+        tracing::debug!(idempotency_token = %token, path = req.uri().path(), "webhook delivery");
+    }
+    Ok(InboundWebhook {
         url: signed_url(&state.config, req),
         params,
         signature,
         signature_settings: header(req, "X-Twilio-Webhooks-Signature-Settings"),
         route_hint,
-    };
-    if let Some(token) = header(req, "I-Twilio-Idempotency-Token") {
-        tracing::debug!(idempotency_token = %token, kind = kind.as_str(), "webhook delivery");
-    }
-    match webhook::handle(state, hook).await {
-        Ok(answer) => Answered::Answer(answer),
-        Err(e) => {
-            tracing::error!(error = %e, kind = kind.as_str(), "voice webhook failed");
-            Answered::Failed
-        }
-    }
+    })
 }
 
 fn header(req: &Request, name: &str) -> Option<String> {

@@ -4,13 +4,13 @@ use entity::alert;
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set};
 
 use super::Page;
-use crate::domain::phone::new_id;
+use entity::{id::new_id, states::DiagnosticKind};
 
 /// What an alert is about.
 pub struct NewAlert<'a> {
     pub tenant_id: Option<&'a str>,
     pub route_id: Option<&'a str>,
-    pub kind: &'a str,
+    pub kind: DiagnosticKind,
     pub message: String,
     pub failure_count: i64,
     pub window_start: DateTime<Utc>,
@@ -22,7 +22,7 @@ pub async fn insert<C: ConnectionTrait>(db: &C, new: NewAlert<'_>) -> Result<ale
         id: Set(new_id()),
         tenant_id: Set(new.tenant_id.map(str::to_owned)),
         route_id: Set(new.route_id.map(str::to_owned)),
-        kind: Set(new.kind.to_owned()),
+        kind: Set(new.kind),
         message: Set(new.message),
         failure_count: Set(new.failure_count),
         window_start: Set(new.window_start),

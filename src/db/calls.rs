@@ -1,6 +1,9 @@
 //! Calls, their per-kind webhook answers (the idempotency records) and media sessions.
 use chrono::{DateTime, Utc};
-use entity::{call, call_webhook, media_session};
+use entity::{
+    call, call_webhook, media_session,
+    states::{CallStatus, FallbackReason, Outcome, WebhookKind},
+};
 use sea_orm::{
     sea_query::{Expr, OnConflict},
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, Set,
@@ -81,13 +84,13 @@ pub fn add_webhook_attempts<'a>(
 pub async fn set_fallback<C: ConnectionTrait>(
     db: &C,
     call: call::Model,
-    reason: &str,
+    reason: FallbackReason,
     error_code: Option<String>,
     error_url: Option<String>,
 ) -> Result<call::Model, DbErr> {
     let mut active: call::ActiveModel = call.into();
-    active.outcome = Set("fallback".to_owned());
-    active.fallback_reason = Set(Some(reason.to_owned()));
+    active.outcome = Set(Outcome::Fallback);
+    active.fallback_reason = Set(Some(reason));
     if error_code.is_some() {
         active.error_code = Set(error_code);
     }
@@ -102,13 +105,13 @@ pub async fn set_fallback<C: ConnectionTrait>(
 pub async fn set_status<C: ConnectionTrait>(
     db: &C,
     call: call::Model,
-    status: &str,
+    status: CallStatus,
     duration_secs: Option<i32>,
     ended: bool,
 ) -> Result<call::Model, DbErr> {
     let now = Utc::now();
     let mut active: call::ActiveModel = call.into();
-    active.status = Set(status.to_owned());
+    active.status = Set(status);
     if duration_secs.is_some() {
         active.duration_secs = Set(duration_secs);
     }
@@ -123,7 +126,7 @@ pub async fn set_status<C: ConnectionTrait>(
 pub async fn webhook<C: ConnectionTrait>(
     db: &C,
     call_id: &str,
-    kind: &str,
+    kind: WebhookKind,
 ) -> Result<Option<call_webhook::Model>, DbErr> {
     call_webhook::Entity::find()
         .filter(call_webhook::Column::CallId.eq(call_id))

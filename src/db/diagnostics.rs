@@ -1,19 +1,19 @@
 //! Aggregated diagnostics: one row per (kind, key) holding counts and a tumbling window.
 use chrono::{DateTime, Utc};
-use entity::diagnostic;
+use entity::{diagnostic, states::DiagnosticKind};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, Statement, Value,
 };
 
 use super::Page;
-use crate::domain::phone::new_id;
+use entity::id::new_id;
 
 /// The key that absorbs new keys of a kind once it holds `max_keys` rows.
 pub const OVERFLOW_KEY: &str = "(other)";
 
-/// One occurrence to count.
-pub struct Occurrence<'a> {
-    pub kind: &'a str,
+/// One (kind, key) row to count occurrences on.
+pub struct DiagnosticRow<'a> {
+    pub kind: DiagnosticKind,
     pub key: &'a str,
     pub tenant_id: Option<&'a str>,
     pub route_id: Option<&'a str>,
@@ -33,7 +33,7 @@ pub struct Counts {
 /// began more than `window` ago.
 pub async fn record<C: ConnectionTrait>(
     db: &C,
-    occurrence: &Occurrence<'_>,
+    occurrence: &DiagnosticRow<'_>,
     n: i64,
     window: std::time::Duration,
 ) -> Result<Counts, DbErr> {
@@ -79,7 +79,7 @@ pub async fn record<C: ConnectionTrait>(
 /// `max_keys` rows, new keys are counted under [`OVERFLOW_KEY`], so storage stays bounded.
 pub async fn record_bounded<C: ConnectionTrait>(
     db: &C,
-    occurrence: &Occurrence<'_>,
+    occurrence: &DiagnosticRow<'_>,
     n: i64,
     window: std::time::Duration,
     max_keys: u64,
@@ -96,7 +96,7 @@ pub async fn record_bounded<C: ConnectionTrait>(
             .count(db)
             .await?;
         if keys >= max_keys {
-            let overflow = Occurrence {
+            let overflow = DiagnosticRow {
                 key: OVERFLOW_KEY,
                 detail: None,
                 ..*occurrence
@@ -110,7 +110,7 @@ pub async fn record_bounded<C: ConnectionTrait>(
 /// Lists diagnostics, newest first, optionally of one kind.
 pub async fn list<C: ConnectionTrait>(
     db: &C,
-    kind: Option<&str>,
+    kind: Option<DiagnosticKind>,
     cursor: Option<&str>,
     limit: u64,
 ) -> Result<Page<diagnostic::Model>, DbErr> {

@@ -1,9 +1,12 @@
 //! Media sessions. The unique token id makes each stream token usable once, across instances.
 use chrono::Utc;
-use entity::media_session;
+use entity::{
+    media_session,
+    states::{EndReason, MediaSessionStatus},
+};
 use sea_orm::{ActiveModelTrait, ConnectionTrait, DbErr, Set};
 
-use crate::domain::phone::new_id;
+use entity::id::new_id;
 
 /// Opens a session for a call with the token id `jti`; `None` when the token was used already.
 pub async fn open<C: ConnectionTrait>(
@@ -17,7 +20,7 @@ pub async fn open<C: ConnectionTrait>(
         call_id: Set(call_id.to_owned()),
         token_jti: Set(jti.to_owned()),
         stream_sid: Set(Some(stream_sid.to_owned())),
-        status: Set("open".to_owned()),
+        status: Set(MediaSessionStatus::Open),
         end_reason: Set(None),
         received_stop: Set(false),
         inbound_frames: Set(0),
@@ -48,12 +51,12 @@ pub async fn close<C: ConnectionTrait>(
     db: &C,
     session: media_session::Model,
     counts: Counts,
-    end_reason: &str,
+    end_reason: EndReason,
     received_stop: bool,
 ) -> Result<media_session::Model, DbErr> {
     let mut active: media_session::ActiveModel = session.into();
-    active.status = Set("ended".to_owned());
-    active.end_reason = Set(Some(end_reason.to_owned()));
+    active.status = Set(MediaSessionStatus::Ended);
+    active.end_reason = Set(Some(end_reason));
     active.received_stop = Set(received_stop);
     active.inbound_frames = Set(counts.inbound);
     active.outbound_frames = Set(counts.outbound);

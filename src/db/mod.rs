@@ -1,6 +1,7 @@
 //! Query functions. Each takes a connection or a transaction; lookups of tenant-owned rows
 //! start from the tenant id. Errors are sea-orm's `DbErr`.
 pub mod alerts;
+pub mod cache;
 pub mod calls;
 pub mod diagnostics;
 pub mod media;

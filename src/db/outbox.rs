@@ -7,13 +7,16 @@ use sea_orm::{
 use serde_json::{json, Value};
 
 use super::Page;
-use crate::domain::phone::new_id;
+use entity::{
+    id::new_id,
+    states::{EventType, OutboxStatus},
+};
 
 /// Records an event of `event_type` for a tenant.
 pub async fn record<C: ConnectionTrait>(
     db: &C,
     tenant_id: &str,
-    event_type: &str,
+    event_type: EventType,
     data: Value,
 ) -> Result<outbox_event::Model, DbErr> {
     event(tenant_id, event_type, data)
@@ -24,7 +27,7 @@ pub async fn record<C: ConnectionTrait>(
 
 /// A pending event of `event_type` for a tenant, not yet stored. The delivered body follows
 /// the Standard Webhooks shape: `{"type", "timestamp", "data"}`.
-pub fn event(tenant_id: &str, event_type: &str, data: Value) -> outbox_event::Model {
+pub fn event(tenant_id: &str, event_type: EventType, data: Value) -> outbox_event::Model {
     let now = Utc::now();
     let payload = json!({
         "type": event_type,
@@ -34,9 +37,9 @@ pub fn event(tenant_id: &str, event_type: &str, data: Value) -> outbox_event::Mo
     outbox_event::Model {
         id: new_id(),
         tenant_id: tenant_id.to_owned(),
-        event_type: event_type.to_owned(),
+        event_type,
         payload: payload.to_string(),
-        status: "pending".to_owned(),
+        status: OutboxStatus::Pending,
         attempts: 0,
         next_attempt_at: now,
         last_error: None,

@@ -8,7 +8,11 @@ use std::{
 };
 
 use chrono::Utc;
-use entity::{call, call_webhook, outbox_event};
+use entity::{
+    call, call_webhook,
+    id::{CallId, WebhookId},
+    outbox_event,
+};
 use prometheus_client::metrics::histogram::Histogram;
 use sea_orm::{
     sea_query::OnConflict, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
@@ -32,8 +36,8 @@ pub struct NewCall {
 enum Job {
     Claim(Box<NewCall>, oneshot::Sender<Result<bool, DbErr>>),
     CountRetry {
-        call_id: String,
-        webhook_id: String,
+        call_id: CallId,
+        webhook_id: WebhookId,
         done: oneshot::Sender<Result<(), DbErr>>,
     },
 }
@@ -93,7 +97,7 @@ impl Writer {
     }
 
     /// Counts one more delivery of a call's webhook and of its stored answer.
-    pub async fn count_retry(&self, call_id: String, webhook_id: String) -> Result<(), DbErr> {
+    pub async fn count_retry(&self, call_id: CallId, webhook_id: WebhookId) -> Result<(), DbErr> {
         self.submit(|done| Job::CountRetry {
             call_id,
             webhook_id,
@@ -206,8 +210,8 @@ async fn write(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<bool>, DbErr
             call_id, webhook_id, ..
         } = job
         {
-            *calls.entry(call_id).or_default() += 1;
-            *answers.entry(webhook_id).or_default() += 1;
+            *calls.entry(call_id.as_str()).or_default() += 1;
+            *answers.entry(webhook_id.as_str()).or_default() += 1;
         }
     }
     let now = Utc::now();

@@ -1,12 +1,17 @@
 //! Tenant and route administration: validation, normalisation, secret generation.
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use chrono::Utc;
-use entity::{route, tenant};
+use entity::{
+    id::new_id,
+    route,
+    states::{RouteEnvironment, TenantEnvironment},
+    tenant,
+};
 use sea_orm::{ConnectionTrait, DbErr, IntoActiveModel, Set};
 
 use super::{
     fallback::FallbackAction,
-    phone::{is_sid, new_id, E164},
+    phone::{is_sid, E164},
     Error,
 };
 use crate::db;
@@ -19,7 +24,7 @@ pub struct NewTenant {
     pub auth_token: String,
     pub secondary_auth_token: Option<String>,
     pub shared_key: Option<String>,
-    pub environment: Option<String>,
+    pub environment: Option<TenantEnvironment>,
     pub webhook_url: Option<String>,
     pub webhook_secret: Option<String>,
     pub default_fallback: Option<FallbackAction>,
@@ -32,7 +37,7 @@ pub struct TenantChanges {
     pub auth_token: Option<String>,
     pub secondary_auth_token: Option<Option<String>>,
     pub shared_key: Option<Option<String>>,
-    pub environment: Option<String>,
+    pub environment: Option<TenantEnvironment>,
     pub webhook_url: Option<Option<String>>,
     pub webhook_secret: Option<String>,
     pub default_fallback: Option<Option<FallbackAction>>,
@@ -50,7 +55,7 @@ pub struct CreatedTenant {
 pub struct NewRoute {
     pub phone_number: String,
     pub label: Option<String>,
-    pub environment: Option<String>,
+    pub environment: Option<RouteEnvironment>,
     pub enabled: Option<bool>,
     pub fallback: Option<FallbackAction>,
     pub agent_url: Option<String>,
@@ -62,7 +67,7 @@ pub struct NewRoute {
 pub struct RouteChanges {
     pub phone_number: Option<String>,
     pub label: Option<Option<String>>,
-    pub environment: Option<String>,
+    pub environment: Option<RouteEnvironment>,
     pub enabled: Option<bool>,
     pub fallback: Option<Option<FallbackAction>>,
     pub agent_url: Option<Option<String>>,
@@ -90,14 +95,6 @@ fn secret(field: &str, value: String) -> Result<String, Error> {
         )));
     }
     Ok(value)
-}
-
-fn one_of(field: &str, value: Option<String>, allowed: [&str; 2]) -> Result<String, Error> {
-    match value {
-        None => Ok(allowed[0].to_owned()),
-        Some(v) if allowed.contains(&v.as_str()) => Ok(v),
-        Some(v) => Err(invalid(format!("{field} must be one of {allowed:?}, not {v:?}"))),
-    }
 }
 
 fn url_with_scheme(field: &str, value: String, schemes: &[&str]) -> Result<String, Error> {
@@ -156,9 +153,6 @@ fn conflict_or(err: DbErr, message: &str) -> Error {
     }
 }
 
-const PRODUCTION_SANDBOX: [&str; 2] = ["production", "sandbox"];
-const PRODUCTION_TEST: [&str; 2] = ["production", "test"];
-
 /// Validates and stores a tenant.
 pub async fn create_tenant<C: ConnectionTrait>(db: &C, new: NewTenant) -> Result<CreatedTenant, Error> {
     if !is_sid(&new.account_sid, "AC") {
@@ -185,7 +179,7 @@ pub async fn create_tenant<C: ConnectionTrait>(db: &C, new: NewTenant) -> Result
             .map(|s| secret("secondary_auth_token", s))
             .transpose()?),
         shared_key: Set(new.shared_key.map(|s| secret("shared_key", s)).transpose()?),
-        environment: Set(one_of("environment", new.environment, PRODUCTION_SANDBOX)?),
+        environment: Set(new.environment.unwrap_or(TenantEnvironment::Production)),
         webhook_url: Set(new
             .webhook_url
             .map(|u| url_with_scheme("webhook_url", u, &["http", "https"]))
@@ -225,7 +219,7 @@ pub async fn update_tenant<C: ConnectionTrait>(
         model.shared_key = Set(key.map(|s| secret("shared_key", s)).transpose()?);
     }
     if let Some(env) = changes.environment {
-        model.environment = Set(one_of("environment", Some(env), PRODUCTION_SANDBOX)?);
+        model.environment = Set(env);
     }
     if let Some(url) = changes.webhook_url {
         model.webhook_url = Set(url
@@ -258,7 +252,7 @@ pub async fn create_route<C: ConnectionTrait>(
         tenant_id: Set(tenant_id.to_owned()),
         phone_number: Set(phone_number.as_str().to_owned()),
         label: Set(new.label.map(|l| text("label", l, 200)).transpose()?),
-        environment: Set(one_of("environment", new.environment, PRODUCTION_TEST)?),
+        environment: Set(new.environment.unwrap_or(RouteEnvironment::Production)),
         enabled: Set(new.enabled.unwrap_or(true)),
         fallback: Set(new.fallback.map(fallback).transpose()?),
         agent_url: Set(new
@@ -292,7 +286,7 @@ pub async fn update_route<C: ConnectionTrait>(
         model.label = Set(label.map(|l| text("label", l, 200)).transpose()?);
     }
     if let Some(env) = changes.environment {
-        model.environment = Set(one_of("environment", Some(env), PRODUCTION_TEST)?);
+        model.environment = Set(env);
     }
     if let Some(enabled) = changes.enabled {
         model.enabled = Set(enabled);

@@ -3,24 +3,32 @@
 //! transaction per flush interval, so a flood of forged or misdirected requests costs no
 //! database write per request. Signature failures on production routes raise an alert in the
 //! flush whose counts cross the threshold within the window: one per window.
-use std::{collections::HashMap, sync::Mutex};
+use std::{collections::HashMap, sync::Arc, sync::Mutex, time::Duration};
 
-use sea_orm::TransactionTrait;
+use entity::states::{DiagnosticKind, EventType, RouteEnvironment};
+use sea_orm::{DatabaseConnection, TransactionTrait};
 use serde_json::json;
 
 use super::Error;
-use crate::{
-    db::{self, diagnostics::Occurrence},
-    state::AppState,
-};
+use crate::{db, metrics::Metrics};
 
-/// Diagnostic kinds.
-pub mod kind {
-    pub const SIGNATURE_FAILURE: &str = "signature_failure";
-    pub const ACCOUNT_MISMATCH: &str = "account_mismatch";
-    pub const UNKNOWN_ROUTE: &str = "unknown_route";
-    pub const CALL_ROUTE_CONFLICT: &str = "call_route_conflict";
-    pub const STREAM_REFUSED: &str = "stream_refused";
+/// One occurrence to count: what happened (`kind`) to what (`key`: a number, route id or
+/// CallSid), with the ids it concerns.
+#[derive(Debug, Clone)]
+pub struct Occurrence<'a> {
+    pub kind: DiagnosticKind,
+    pub key: &'a str,
+    pub tenant_id: Option<&'a str>,
+    pub route_id: Option<&'a str>,
+    pub detail: Option<String>,
+}
+
+/// When repeated signature failures raise an alert.
+#[derive(Debug, Clone, Copy)]
+pub struct AlertRule {
+    /// Failures within `window` that raise one.
+    pub threshold: u32,
+    pub window: Duration,
 }
 
 /// Most distinct keys stored per diagnostic kind (extra keys are counted under one row).
@@ -51,17 +59,52 @@ impl Pending {
     }
 }
 
-/// The in-memory side of diagnostics.
-#[derive(Default)]
-pub struct DiagnosticsBuffer {
-    pending: Mutex<HashMap<(String, String), Pending>>,
+/// Buffered keys: (kind, key).
+type Buffer = HashMap<(DiagnosticKind, String), Pending>;
+
+/// Diagnostics of one instance: counted in memory, written by [`Diagnostics::flush`].
+pub struct Diagnostics {
+    pending: Mutex<Buffer>,
+    db: DatabaseConnection,
+    metrics: Arc<Metrics>,
+    rule: AlertRule,
 }
 
-impl DiagnosticsBuffer {
+impl Diagnostics {
+    /// Diagnostics written to `db`, alerting by `rule`.
+    pub fn new(db: DatabaseConnection, metrics: Arc<Metrics>, rule: AlertRule) -> Self {
+        Self {
+            pending: Mutex::default(),
+            db,
+            metrics,
+            rule,
+        }
+    }
+
+    /// Counts one occurrence.
+    pub fn record(&self, occurrence: Occurrence<'_>) {
+        self.add(occurrence, false);
+    }
+
+    /// Counts a signature failure on a route.
+    pub fn signature_failure(&self, route: &entity::route::Model, tenant: &entity::tenant::Model) {
+        self.metrics.signature_failures.inc();
+        self.add(
+            Occurrence {
+                kind: DiagnosticKind::SignatureFailure,
+                key: &route.id,
+                tenant_id: Some(&tenant.id),
+                route_id: Some(&route.id),
+                detail: Some(route.phone_number.clone()),
+            },
+            route.environment == RouteEnvironment::Production,
+        );
+    }
+
     /// Counts one occurrence; `production` marks signature failures on production routes.
-    pub fn add(&self, occurrence: Occurrence<'_>, production: bool) {
-        let mut pending = self.pending.lock().expect("diagnostics lock");
-        let mut key = (occurrence.kind.to_owned(), occurrence.key.to_owned());
+    fn add(&self, occurrence: Occurrence<'_>, production: bool) {
+        let mut pending = self.lock();
+        let mut key = (occurrence.kind, occurrence.key.to_owned());
         if pending.len() >= MAX_PENDING && !pending.contains_key(&key) {
             key.1 = db::diagnostics::OVERFLOW_KEY.to_owned();
         }
@@ -74,106 +117,86 @@ impl DiagnosticsBuffer {
         });
     }
 
-    fn take(&self) -> HashMap<(String, String), Pending> {
-        std::mem::take(&mut *self.pending.lock().expect("diagnostics lock"))
+    /// The buffer; a panic while it was held loses nothing worth stopping for.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buffer> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
 
-/// Writes buffered occurrences and raises the alerts they call for; returns how many distinct
-/// keys were written. Failed writes are put back for the next flush.
-pub async fn flush(state: &AppState) -> Result<usize, Error> {
-    let pending = state.diagnostics.take();
-    let n = pending.len();
-    let mut entries = pending.into_iter();
-    while let Some(((kind, key), p)) = entries.next() {
-        if let Err(e) = write(state, &kind, &key, &p).await {
-            let mut buffer = state.diagnostics.pending.lock().expect("diagnostics lock");
-            for (key, p) in std::iter::once(((kind, key), p)).chain(entries) {
-                buffer.entry(key).or_default().merge(p);
+    fn take(&self) -> Buffer {
+        std::mem::take(&mut *self.lock())
+    }
+
+    /// Writes buffered occurrences and raises the alerts they call for; returns how many
+    /// distinct keys were written. Failed writes are put back for the next flush.
+    pub async fn flush(&self) -> Result<usize, Error> {
+        let pending = self.take();
+        let n = pending.len();
+        let mut entries = pending.into_iter();
+        while let Some(((kind, key), p)) = entries.next() {
+            if let Err(e) = self.write(kind, &key, &p).await {
+                let mut buffer = self.lock();
+                for (key, p) in std::iter::once(((kind, key), p)).chain(entries) {
+                    buffer.entry(key).or_default().merge(p);
+                }
+                return Err(e);
             }
-            return Err(e);
         }
+        Ok(n)
     }
-    Ok(n)
-}
 
-async fn write(state: &AppState, kind: &str, key: &str, p: &Pending) -> Result<(), Error> {
-    let config = &state.config;
-    let occurrence = Occurrence {
-        kind,
-        key,
-        tenant_id: p.tenant_id.as_deref(),
-        route_id: p.route_id.as_deref(),
-        detail: p.detail.clone(),
-    };
-    if kind != kind::SIGNATURE_FAILURE {
-        db::diagnostics::record_bounded(
-            &state.db,
-            &occurrence,
-            p.count,
-            config.alert_window,
-            MAX_KEYS_PER_KIND,
-        )
-        .await?;
-        return Ok(());
-    }
-    let txn = state.db.begin().await?;
-    let counts = db::diagnostics::record(&txn, &occurrence, p.count, config.alert_window).await?;
-    let threshold = i64::from(config.alert_threshold);
-    let crossed = counts.in_window >= threshold && counts.in_window - p.count < threshold;
-    if p.production && crossed {
-        let message = format!(
-            "{} signature failures within {} s on production route {key} ({})",
-            counts.in_window,
-            config.alert_window.as_secs(),
-            p.detail.as_deref().unwrap_or("-"),
-        );
-        let alert = db::alerts::insert(
-            &txn,
-            db::alerts::NewAlert {
-                tenant_id: p.tenant_id.as_deref(),
-                route_id: Some(key),
-                kind,
-                message: message.clone(),
-                failure_count: counts.in_window,
-                window_start: counts.window_start,
-            },
-        )
-        .await?;
-        if let Some(tenant_id) = &p.tenant_id {
-            let data = json!({
-                "alert_id": alert.id,
-                "kind": alert.kind,
-                "route_id": key,
-                "failure_count": counts.in_window,
-                "window_seconds": config.alert_window.as_secs(),
-                "message": message,
-            });
-            db::outbox::record(&txn, tenant_id, "alert.raised", data).await?;
+    async fn write(&self, kind: DiagnosticKind, key: &str, p: &Pending) -> Result<(), Error> {
+        let rule = self.rule;
+        let row = db::diagnostics::DiagnosticRow {
+            kind,
+            key,
+            tenant_id: p.tenant_id.as_deref(),
+            route_id: p.route_id.as_deref(),
+            detail: p.detail.clone(),
+        };
+        if kind != DiagnosticKind::SignatureFailure {
+            db::diagnostics::record_bounded(&self.db, &row, p.count, rule.window, MAX_KEYS_PER_KIND).await?;
+            return Ok(());
         }
-        tracing::error!(alert_id = %alert.id, route_id = %key, "{message}");
-        state.metrics.alerts.inc();
+        let txn = self.db.begin().await?;
+        let counts = db::diagnostics::record(&txn, &row, p.count, rule.window).await?;
+        let threshold = i64::from(rule.threshold);
+        let crossed = counts.in_window >= threshold && counts.in_window - p.count < threshold;
+        if p.production && crossed {
+            let message = format!(
+                "{} signature failures within {} s on production route {key} ({})",
+                counts.in_window,
+                rule.window.as_secs(),
+                p.detail.as_deref().unwrap_or("-"),
+            );
+            let alert = db::alerts::insert(
+                &txn,
+                db::alerts::NewAlert {
+                    tenant_id: p.tenant_id.as_deref(),
+                    route_id: Some(key),
+                    kind,
+                    message: message.clone(),
+                    failure_count: counts.in_window,
+                    window_start: counts.window_start,
+                },
+            )
+            .await?;
+            if let Some(tenant_id) = &p.tenant_id {
+                let data = json!({
+                    "alert_id": alert.id,
+                    "kind": alert.kind,
+                    "route_id": key,
+                    "failure_count": counts.in_window,
+                    "window_seconds": rule.window.as_secs(),
+                    "message": message,
+                });
+                db::outbox::record(&txn, tenant_id, EventType::AlertRaised, data).await?;
+            }
+            tracing::error!(alert_id = %alert.id, route_id = %key, "{message}");
+            self.metrics.alerts.inc();
+        }
+        txn.commit().await?;
+        Ok(())
     }
-    txn.commit().await?;
-    Ok(())
-}
-
-/// Counts a signature failure on a route.
-pub fn signature_failure(state: &AppState, route: &entity::route::Model, tenant: &entity::tenant::Model) {
-    state.metrics.signature_failures.inc();
-    state.diagnostics.add(
-        Occurrence {
-            kind: kind::SIGNATURE_FAILURE,
-            key: &route.id,
-            tenant_id: Some(&tenant.id),
-            route_id: Some(&route.id),
-            detail: Some(route.phone_number.clone()),
-        },
-        route.environment == "production",
-    );
-}
-
-/// Counts any other diagnostic.
-pub fn diagnostic(state: &AppState, occurrence: Occurrence<'_>) {
-    state.diagnostics.add(occurrence, false);
 }

@@ -4,7 +4,7 @@ pub mod agent_token;
 pub mod alerts;
 pub mod fallback;
 pub mod phone;
-pub mod stream;
+pub mod runtime;
 pub mod token;
 pub mod webhook;
 

@@ -1,4 +1,4 @@
-//! Identifiers parsed at the boundary: E.164 numbers, Twilio SIDs, record ids.
+//! Identifiers parsed at the boundary: E.164 numbers and Twilio SIDs.
 use std::fmt;
 
 /// A phone number in E.164 form: `+` then 8 to 15 digits, the first not 0.
@@ -75,11 +75,6 @@ impl CallSid {
     }
 }
 
-/// A new record id: a UUIDv7, so ids sort by creation time.
-pub fn new_id() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +111,5 @@ mod tests {
         assert!(!is_sid("CA3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f3f", "AC"));
         assert!(CallSid::parse("CA1234567890ABCDE").is_ok());
         assert!(CallSid::parse("CA12'; DROP").is_err());
-        assert!(new_id() < new_id());
     }
 }

@@ -1,7 +1,10 @@
 //! Media stream tokens: short-lived HS256 JWTs bound to one call, single use by `jti`.
 use chrono::{DateTime, Utc};
+use entity::id::{RouteId, TenantId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+
+use super::phone::CallSid;
 
 /// The audience every stream token carries.
 pub const AUDIENCE: &str = "media-stream";
@@ -58,14 +61,14 @@ impl TokenIssuer {
     }
 
     /// Mints a token for a call on a tenant's route.
-    pub fn mint(&self, call_sid: &str, tenant_id: &str, route_id: &str) -> MintedToken {
+    pub fn mint(&self, call_sid: &CallSid, tenant_id: &TenantId, route_id: &RouteId) -> MintedToken {
         let now = Utc::now();
         let expires_at = now + self.ttl;
         let jti = uuid::Uuid::new_v4().simple().to_string();
         let claims = StreamClaims {
-            sub: call_sid.to_owned(),
-            tid: tenant_id.to_owned(),
-            rid: route_id.to_owned(),
+            sub: call_sid.as_str().to_owned(),
+            tid: tenant_id.as_str().to_owned(),
+            rid: route_id.as_str().to_owned(),
             aud: AUDIENCE.to_owned(),
             iat: now.timestamp(),
             exp: expires_at.timestamp(),
@@ -99,13 +102,17 @@ impl TokenIssuer {
 mod tests {
     use super::*;
 
+    fn sid(value: &str) -> CallSid {
+        CallSid::parse(value).unwrap()
+    }
+
     #[test]
     fn round_trip_binds_the_call() {
         let issuer = TokenIssuer::new(
             b"0123456789abcdef0123456789abcdef",
             std::time::Duration::from_secs(60),
         );
-        let minted = issuer.mint("CA1", "t1", "r1");
+        let minted = issuer.mint(&sid("CA1"), &TenantId("t1".to_owned()), &RouteId("r1".to_owned()));
         let claims = issuer.verify(&minted.token).unwrap();
         assert_eq!(
             (claims.sub.as_str(), claims.tid.as_str(), claims.rid.as_str()),
@@ -114,7 +121,12 @@ mod tests {
         assert_eq!(claims.aud, AUDIENCE);
         assert_eq!(claims.jti, minted.jti);
         assert_eq!(claims.exp - claims.iat, 60);
-        assert_ne!(issuer.mint("CA1", "t1", "r1").jti, minted.jti);
+        assert_ne!(
+            issuer
+                .mint(&sid("CA1"), &TenantId("t1".to_owned()), &RouteId("r1".to_owned()))
+                .jti,
+            minted.jti
+        );
     }
 
     #[test]
@@ -127,7 +139,9 @@ mod tests {
             b"secret-two-secret-two-secret-two",
             std::time::Duration::from_secs(60),
         );
-        let token = issuer.mint("CA1", "t", "r").token;
+        let token = issuer
+            .mint(&sid("CA1"), &TenantId("t".to_owned()), &RouteId("r".to_owned()))
+            .token;
         assert!(matches!(other.verify(&token), Err(TokenError::Invalid(_))));
         let mut tampered = token.clone();
         tampered.push('x');

@@ -2,6 +2,7 @@
 //! replies go out through a channel, which the WebSocket handler connects to the socket.
 use std::time::Duration;
 
+use entity::states::{DiagnosticKind, EndReason, EventType};
 use futures::{Stream, StreamExt};
 use sea_orm::TransactionTrait;
 use serde_json::json;
@@ -9,8 +10,8 @@ use tokio::sync::mpsc;
 
 use super::agent::{self, AgentEvent, AgentHandle, Relayed, RemoteAgent};
 use crate::{
-    db::{self, diagnostics::Occurrence, media::Counts},
-    domain::{agent_token, alerts, stream::EndReason, token::StreamClaims},
+    db::{self, media::Counts},
+    domain::{agent_token, alerts::Occurrence, token::StreamClaims},
     state::AppState,
     twilio::media::{self as proto, Inbound, Outbound},
 };
@@ -94,13 +95,13 @@ pub fn record_refusal(state: &AppState, refusal: Refusal) {
     tracing::warn!(reason = refusal.reason(), "media stream refused");
     crate::metrics::Metrics::reason(&state.metrics.streams_refused, refusal.as_str());
     let occurrence = Occurrence {
-        kind: alerts::kind::STREAM_REFUSED,
+        kind: DiagnosticKind::StreamRefused,
         key: refusal.as_str(),
         tenant_id: None,
         route_id: None,
         detail: Some(refusal.reason().to_owned()),
     };
-    alerts::diagnostic(state, occurrence);
+    state.diagnostics.record(occurrence);
 }
 
 async fn refuse(state: &AppState, out: &mpsc::Sender<Reply>, refusal: Refusal) {
@@ -440,7 +441,7 @@ async fn open(
         "route_id": call.route_id,
         "agent": route.agent_url.as_deref().unwrap_or("echo"),
     });
-    db::outbox::record(&txn, &call.tenant_id, "stream.started", data).await?;
+    db::outbox::record(&txn, &call.tenant_id, EventType::StreamStarted, data).await?;
     txn.commit().await?;
     tracing::info!(call_sid = %call.call_sid, stream_sid, "media stream started");
     Ok(Ok(Opened {
@@ -462,7 +463,7 @@ async fn finish(
     let end_reason = end.as_str();
     let received_stop = end == EndReason::Stop;
     let txn = state.db.begin().await?;
-    let session = db::media::close(&txn, session, counts, end_reason, received_stop).await?;
+    let session = db::media::close(&txn, session, counts, end, received_stop).await?;
     let data = json!({
         "call_sid": call.call_sid,
         "stream_sid": session.stream_sid,
@@ -475,7 +476,7 @@ async fn finish(
         "outbound_frames": counts.outbound,
         "malformed_frames": counts.malformed,
     });
-    db::outbox::record(&txn, &call.tenant_id, "stream.ended", data).await?;
+    db::outbox::record(&txn, &call.tenant_id, EventType::StreamEnded, data).await?;
     txn.commit().await?;
     tracing::info!(call_sid = %call.call_sid, end_reason, inbound = counts.inbound, outbound = counts.outbound, "media stream ended");
     Ok(())

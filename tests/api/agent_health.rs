@@ -8,8 +8,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use stateset_voice::{
     domain::admin::{NewRoute, NewTenant},
+    domain::runtime::AGENT_FAILURES_TO_OPEN,
     on_both_backends,
-    state::AGENT_FAILURES_TO_OPEN,
     testkit::*,
     worker::{
         agent_health,
@@ -55,7 +55,7 @@ async fn streams(app: &TestApp) -> bool {
         return true;
     }
     assert_eq!(
-        app.call(&sid).await.unwrap().fallback_reason.as_deref(),
+        app.call(&sid).await.unwrap().fallback_reason.map(|r| r.as_str()),
         Some("agent_unhealthy"),
         "{body}"
     );

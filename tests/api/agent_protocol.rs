@@ -125,7 +125,7 @@ async fn ended_session(app: &TestApp, call_sid: &str) -> entity::media_session::
     for _ in 0..200 {
         let sessions = db::calls::media_sessions(&app.state.db, &call.id).await.unwrap();
         if let [s] = sessions.as_slice() {
-            if s.status == "ended" {
+            if s.status.as_str() == "ended" {
                 return s.clone();
             }
         }
@@ -233,7 +233,7 @@ async fn agent_sees_exactly_what_twilio_sent(backend: Backend) {
     let session = ended_session(&app, &sid).await;
     assert_eq!(
         (
-            session.end_reason.as_deref(),
+            session.end_reason.map(|r| r.as_str()),
             session.received_stop,
             session.malformed_frames
         ),
@@ -310,7 +310,7 @@ async fn agents_are_taken_leniently_and_garbage_is_counted(backend: Backend) {
         (1, 1, 2, 1)
     );
     assert_eq!(
-        ended_session(&app, &sid).await.end_reason.as_deref(),
+        ended_session(&app, &sid).await.end_reason.map(|r| r.as_str()),
         Some("stop")
     );
 }
@@ -350,7 +350,7 @@ async fn an_agent_that_hangs_up_ends_the_call(backend: Backend) {
     let session = ended_session(&app, &sid).await;
     assert_eq!(
         (
-            session.end_reason.as_deref(),
+            session.end_reason.map(|r| r.as_str()),
             session.received_stop,
             session.outbound_frames
         ),
@@ -371,7 +371,7 @@ async fn an_agent_that_hangs_up_ends_the_call(backend: Backend) {
     let (sid, close) = second_route_call(&app, agent_url, "+15555550199").await;
     assert_eq!(close, CloseCode::from(CLOSE_NORMAL));
     let session = ended_session(&app, &sid).await;
-    assert_eq!(session.end_reason.as_deref(), Some("agent_hangup"));
+    assert_eq!(session.end_reason.map(|r| r.as_str()), Some("agent_hangup"));
     assert!(stream_ended_on(&app, &sid, "+15555550199")
         .await
         .contains("<Hangup/>"));
@@ -506,7 +506,11 @@ async fn abnormal_agent_ends_are_failures(backend: Backend) {
         let (sid, close) = second_route_call(&app, agent_url, &number).await;
         assert_eq!(close, CloseCode::from(CLOSE_AGENT_FAILED), "{case:?}");
         let session = ended_session(&app, &sid).await;
-        assert_eq!(session.end_reason.as_deref(), Some("agent_failed"), "{case:?}");
+        assert_eq!(
+            session.end_reason.map(|r| r.as_str()),
+            Some("agent_failed"),
+            "{case:?}"
+        );
         let twiml = stream_ended_on(&app, &sid, &number).await;
         assert!(twiml.contains(FALLBACK), "{case:?}: {twiml}");
     }
@@ -546,7 +550,11 @@ async fn unreachable_agents_are_failures(backend: Backend) {
         let (sid, close) = second_route_call(&app, url.clone(), &number).await;
         assert_eq!(close, CloseCode::from(CLOSE_AGENT_FAILED), "{url}");
         let session = ended_session(&app, &sid).await;
-        assert_eq!(session.end_reason.as_deref(), Some("agent_failed"), "{url}");
+        assert_eq!(
+            session.end_reason.map(|r| r.as_str()),
+            Some("agent_failed"),
+            "{url}"
+        );
         assert!(
             started.elapsed() < Duration::from_secs(9),
             "{url}: gave up in time"
@@ -582,7 +590,7 @@ async fn flooding_agents_fail_with_bounded_memory(backend: Backend) {
     let mut socket = connect(&app, "/media-stream").await;
     send_all(&mut socket, &frames[..3]).await;
     let session = ended_session(&app, &sid).await;
-    assert_eq!(session.end_reason.as_deref(), Some("agent_failed"));
+    assert_eq!(session.end_reason.map(|r| r.as_str()), Some("agent_failed"));
     let seen = agent.await.unwrap();
     let sent: usize = seen.frames.last().unwrap().parse().unwrap();
     assert!(
@@ -626,7 +634,7 @@ async fn agents_that_do_not_read_fail(backend: Backend) {
         }
     });
     let session = ended_session(&app, &sid).await;
-    assert_eq!(session.end_reason.as_deref(), Some("agent_failed"));
+    assert_eq!(session.end_reason.map(|r| r.as_str()), Some("agent_failed"));
     assert!(stream_ended(&app, &sid).await.contains(FALLBACK));
     sender.abort();
 }

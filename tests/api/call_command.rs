@@ -92,7 +92,7 @@ async fn echo_call_streams_records_and_hangs_up(backend: Backend) {
 
     // The service saw the same call: streamed, its media session ended by our stop.
     let stored = app.call(&report.call_sid).await.expect("the call is recorded");
-    assert_eq!(stored.outcome, "streamed");
+    assert_eq!(stored.outcome.as_str(), "streamed");
     let sessions = stateset_voice::db::calls::media_sessions(&app.state.db, &stored.id)
         .await
         .unwrap();

@@ -189,7 +189,7 @@ async fn delivery_resumes_after_a_crash_mid_delivery(backend: Backend) {
     let restarted = stateset_voice::state::AppState::new(app.state.db.clone(), (*app.state.config).clone());
     let worker = tokio::spawn(outbox::run(restarted));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while all_events(&app).await[0].status != "delivered" {
+    while all_events(&app).await[0].status.as_str() != "delivered" {
         assert!(tokio::time::Instant::now() < deadline, "delivered after restart");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -211,7 +211,7 @@ async fn private_destinations_refused_when_guarded(backend: Backend) {
     assert_eq!(app.incoming(&call_sid()).await.status(), 200);
     rounds(&app, 2).await;
     let event = &all_events(&app).await[0];
-    assert_eq!(event.status, "dead");
+    assert_eq!(event.status.as_str(), "dead");
     assert!(
         event
             .last_error
@@ -263,7 +263,7 @@ async fn one_round_records_mixed_results_per_event(backend: Backend) {
                 stateset_voice::db::outbox::record(
                     &db,
                     &tenant_id,
-                    "call.received",
+                    entity::states::EventType::CallReceived,
                     serde_json::json!({ "i": i }),
                 )
                 .await
@@ -279,7 +279,14 @@ async fn one_round_records_mixed_results_per_event(backend: Backend) {
     let mut results: Vec<(String, String, Option<String>, bool)> = all_events(&app)
         .await
         .into_iter()
-        .map(|e| (e.tenant_id, e.status, e.last_error, e.delivered_at.is_some()))
+        .map(|e| {
+            (
+                e.tenant_id,
+                e.status.to_string(),
+                e.last_error,
+                e.delivered_at.is_some(),
+            )
+        })
         .collect();
     results.sort();
     let expected = |tenant: &str, status: &str, error: Option<&str>, delivered: bool| {

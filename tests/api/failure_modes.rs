@@ -1,7 +1,7 @@
 //! Every row of the contract's failure-mode table, and the processing order.
 use entity::{alert, call, outbox_event};
 use stateset_voice::{
-    db::{self, diagnostics::Occurrence},
+    db::{self, diagnostics::DiagnosticRow},
     domain::{
         admin::{NewRoute, NewTenant},
         fallback::FallbackAction,
@@ -110,7 +110,7 @@ async fn failures_on_a_test_route_do_not_alert(backend: Backend) {
     app.seed_with(
         NewTenant::default(),
         NewRoute {
-            environment: Some("test".to_owned()),
+            environment: Some(entity::states::RouteEnvironment::Test),
             ..Default::default()
         },
     )
@@ -175,8 +175,8 @@ async fn unknown_route_diagnostics_are_bounded(backend: Backend) {
     let window = std::time::Duration::from_secs(300);
     for n in 0..12 {
         let key = format!("+1555000{n:04}");
-        let occurrence = Occurrence {
-            kind: "unknown_route",
+        let occurrence = DiagnosticRow {
+            kind: entity::states::DiagnosticKind::UnknownRoute,
             key: &key,
             tenant_id: None,
             route_id: None,
@@ -228,7 +228,10 @@ async fn disabled_route_answers_route_fallback(backend: Backend) {
     );
     let stored = app.call(&sid).await.unwrap();
     assert_eq!(
-        (stored.outcome.as_str(), stored.fallback_reason.as_deref()),
+        (
+            stored.outcome.as_str(),
+            stored.fallback_reason.map(|r| r.as_str())
+        ),
         ("fallback", Some("route_disabled"))
     );
     assert_eq!(app.events("call.fallback").await.len(), 1);
@@ -264,7 +267,7 @@ async fn drain_mode_uses_the_tenant_default(backend: Backend) {
         "{body}"
     );
     assert_eq!(
-        app.call(&sid).await.unwrap().fallback_reason.as_deref(),
+        app.call(&sid).await.unwrap().fallback_reason.map(|r| r.as_str()),
         Some("draining")
     );
     app.state.runtime.set_draining(false);
@@ -295,7 +298,7 @@ async fn stream_capacity_uses_the_platform_message(backend: Backend) {
         "{body}"
     );
     assert_eq!(
-        app.call(&sid).await.unwrap().fallback_reason.as_deref(),
+        app.call(&sid).await.unwrap().fallback_reason.map(|r| r.as_str()),
         Some("capacity")
     );
     drop(guard);
@@ -334,7 +337,7 @@ async fn failing_agent_uses_the_route_fallback(backend: Backend) {
         .unwrap()
         .contains("<Say>One moment</Say>"));
     assert_eq!(
-        app.call(&sid).await.unwrap().fallback_reason.as_deref(),
+        app.call(&sid).await.unwrap().fallback_reason.map(|r| r.as_str()),
         Some("agent_unhealthy")
     );
 }
@@ -488,7 +491,7 @@ async fn admin_changes_apply_at_once_despite_the_route_cache(backend: Backend) {
     let sid = call_sid();
     assert!(!app.incoming(&sid).await.text().await.unwrap().contains("<Stream"));
     assert_eq!(
-        app.call(&sid).await.unwrap().fallback_reason.as_deref(),
+        app.call(&sid).await.unwrap().fallback_reason.map(|r| r.as_str()),
         Some("route_disabled")
     );
     let res = app

@@ -34,10 +34,11 @@ async fn retry_after_token_expiry_gets_a_fresh_token(backend: Backend) {
     let first = app.incoming(&sid).await.text().await.unwrap();
     // Age the stored answer past its token's expiry.
     let stored = app.call(&sid).await.unwrap();
-    let hook = stateset_voice::db::calls::webhook(&app.state.db, &stored.id, "incoming")
-        .await
-        .unwrap()
-        .unwrap();
+    let hook =
+        stateset_voice::db::calls::webhook(&app.state.db, &stored.id, entity::states::WebhookKind::Incoming)
+            .await
+            .unwrap()
+            .unwrap();
     let old_jti = hook.token_jti.clone();
     let mut active: call_webhook::ActiveModel = hook.into();
     active.token_expires_at = Set(Some(chrono::Utc::now() - chrono::Duration::seconds(1)));
@@ -184,10 +185,14 @@ async fn a_burst_of_new_calls_and_their_duplicates_is_stored_exactly_once(backen
     for sid in &sids {
         let stored = app.call(sid).await.unwrap();
         assert_eq!(stored.attempts, 8, "4 copies in each of two bursts");
-        let answer = stateset_voice::db::calls::webhook(&app.state.db, &stored.id, "incoming")
-            .await
-            .unwrap()
-            .unwrap();
+        let answer = stateset_voice::db::calls::webhook(
+            &app.state.db,
+            &stored.id,
+            entity::states::WebhookKind::Incoming,
+        )
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(answer.attempts, 8);
         assert_eq!(&answer.twiml, &answers[sid]);
     }
@@ -202,14 +207,14 @@ async fn one_failing_write_does_not_fail_the_others_in_its_batch(backend: Backen
     let new_call = |route_id: &str| {
         let now = chrono::Utc::now();
         let call = call::Model {
-            id: stateset_voice::domain::phone::new_id(),
+            id: entity::id::new_id(),
             call_sid: call_sid(),
             tenant_id: tenant.id.clone(),
             route_id: route_id.to_owned(),
             from_number: "+15550001111".to_owned(),
             to_number: NUMBER.to_owned(),
-            status: "ringing".to_owned(),
-            outcome: "streamed".to_owned(),
+            status: entity::states::CallStatus::Ringing,
+            outcome: entity::states::Outcome::Streamed,
             fallback_reason: None,
             attempts: 1,
             error_code: None,
@@ -220,9 +225,9 @@ async fn one_failing_write_does_not_fail_the_others_in_its_batch(backend: Backen
             ended_at: None,
         };
         let answer = call_webhook::Model {
-            id: stateset_voice::domain::phone::new_id(),
+            id: entity::id::new_id(),
             call_id: call.id.clone(),
-            kind: "incoming".to_owned(),
+            kind: entity::states::WebhookKind::Incoming,
             attempts: 1,
             twiml: "<Response/>".to_owned(),
             token_jti: None,
@@ -230,7 +235,11 @@ async fn one_failing_write_does_not_fail_the_others_in_its_batch(backend: Backen
             created_at: now,
             updated_at: now,
         };
-        let event = stateset_voice::db::outbox::event(&tenant.id, "call.received", serde_json::json!({}));
+        let event = stateset_voice::db::outbox::event(
+            &tenant.id,
+            entity::states::EventType::CallReceived,
+            serde_json::json!({}),
+        );
         stateset_voice::db::writer::NewCall { call, answer, event }
     };
     // A route that does not exist breaks the foreign key of one call among many.

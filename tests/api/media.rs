@@ -146,7 +146,11 @@ async fn recorded_session_echoes_and_is_recorded(backend: Backend) {
     assert_eq!(sessions.len(), 1);
     let s = &sessions[0];
     assert_eq!(
-        (s.status.as_str(), s.end_reason.as_deref(), s.received_stop),
+        (
+            s.status.as_str(),
+            s.end_reason.map(|r| r.as_str()),
+            s.received_stop
+        ),
         ("ended", Some("stop"), true)
     );
     assert_eq!(
@@ -453,7 +457,7 @@ async fn agent_failure_mid_call_ends_in_fallback(backend: Backend) {
     let call = app.call(&sid).await.unwrap();
     let session = &db::calls::media_sessions(&app.state.db, &call.id).await.unwrap()[0];
     assert_eq!(
-        (session.end_reason.as_deref(), session.received_stop),
+        (session.end_reason.map(|r| r.as_str()), session.received_stop),
         (Some("agent_failed"), false)
     );
     // Twilio runs the <Connect action>: the caller hears the fallback, not silence.
@@ -497,7 +501,7 @@ async fn failing_health_checks_open_the_circuit(backend: Backend) {
     let sid = call_sid();
     assert!(!app.incoming(&sid).await.text().await.unwrap().contains("<Stream"));
     assert_eq!(
-        app.call(&sid).await.unwrap().fallback_reason.as_deref(),
+        app.call(&sid).await.unwrap().fallback_reason.map(|r| r.as_str()),
         Some("agent_unhealthy")
     );
     // The agent comes back: the next successful check closes the circuit.

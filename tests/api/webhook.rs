@@ -116,8 +116,11 @@ async fn fallback_url_records_error_and_answers_fallback(backend: Backend) {
         "{body}"
     );
     let stored = app.call(&sid).await.unwrap();
-    assert_eq!(stored.outcome, "fallback");
-    assert_eq!(stored.fallback_reason.as_deref(), Some("provider_fallback"));
+    assert_eq!(stored.outcome.as_str(), "fallback");
+    assert_eq!(
+        stored.fallback_reason.map(|r| r.as_str()),
+        Some("provider_fallback")
+    );
     assert_eq!(stored.error_code.as_deref(), Some("11200"));
     assert_eq!(
         stored.error_url.as_deref(),
@@ -182,7 +185,7 @@ async fn stream_ended_without_session_plays_fallback(backend: Backend) {
     );
     assert_eq!(bodies[0], bodies[1]);
     let stored = app.call(&sid).await.unwrap();
-    assert_eq!(stored.fallback_reason.as_deref(), Some("stream_failed"));
+    assert_eq!(stored.fallback_reason.map(|r| r.as_str()), Some("stream_failed"));
     assert_eq!(
         stored.attempts, 1,
         "stream-ended is not a delivery of the voice webhook"
@@ -205,8 +208,8 @@ async fn stream_ended_after_stop_hangs_up(backend: Backend) {
         call_id: Set(stored.id.clone()),
         token_jti: Set("jti-1".to_owned()),
         stream_sid: Set(Some("MZ1".to_owned())),
-        status: Set("ended".to_owned()),
-        end_reason: Set(Some("stop".to_owned())),
+        status: Set(entity::states::MediaSessionStatus::Ended),
+        end_reason: Set(Some(entity::states::EndReason::Stop)),
         received_stop: Set(true),
         inbound_frames: Set(10),
         outbound_frames: Set(10),
@@ -225,7 +228,7 @@ async fn stream_ended_after_stop_hangs_up(backend: Backend) {
         res.text().await.unwrap(),
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response>\n  <Hangup/>\n</Response>\n"
     );
-    assert_eq!(app.call(&sid).await.unwrap().outcome, "streamed");
+    assert_eq!(app.call(&sid).await.unwrap().outcome.as_str(), "streamed");
 }
 
 async fn route_named_in_the_url_selects_the_key(backend: Backend) {

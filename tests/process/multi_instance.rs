@@ -124,7 +124,7 @@ async fn two_processes_on_one_postgres_schema() {
             .await
             .unwrap()
             .iter()
-            .filter(|e| e.status == "delivered")
+            .filter(|e| e.status == entity::states::OutboxStatus::Delivered)
             .count();
         if events.keys().all(|id| received.contains_key(id)) && delivered == events.len() {
             break;

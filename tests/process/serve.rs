@@ -34,10 +34,15 @@ async fn serve_flushes_diagnostics_and_closes_idle_connections(backend: Backend)
     assert_eq!(status, 403);
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let failures = db::diagnostics::list(&fresh.db, Some("signature_failure"), None, 10)
-            .await
-            .expect("diagnostics")
-            .items;
+        let failures = db::diagnostics::list(
+            &fresh.db,
+            Some(entity::states::DiagnosticKind::SignatureFailure),
+            None,
+            10,
+        )
+        .await
+        .expect("diagnostics")
+        .items;
         if failures.first().is_some_and(|d| d.count == 1) {
             break;
         }

@@ -266,13 +266,16 @@ impl Stored {
         }
         let mut answers: HashMap<String, Vec<call_webhook::Model>> = HashMap::new();
         for w in call_webhook::Entity::find().all(db).await.expect("answers") {
-            if w.kind == "incoming" {
+            if w.kind == entity::states::WebhookKind::Incoming {
                 answers.entry(w.call_id.clone()).or_default().push(w);
             }
         }
         let mut events: HashMap<String, Vec<outbox_event::Model>> = HashMap::new();
         for e in outbox_event::Entity::find().all(db).await.expect("events") {
-            if e.event_type == "call.received" || e.event_type == "call.fallback" {
+            if matches!(
+                e.event_type,
+                entity::states::EventType::CallReceived | entity::states::EventType::CallFallback
+            ) {
                 let payload: serde_json::Value = serde_json::from_str(&e.payload).expect("JSON payload");
                 let sid = payload["data"]["call_sid"]
                     .as_str()

@@ -3,11 +3,14 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
-use entity::{route, tenant};
+use entity::{
+    id::{CallId, WebhookId},
+    route,
+    states::WebhookKind,
+    tenant,
+};
 use moka::sync::Cache;
 use sea_orm::{ConnectionTrait, DbErr};
-
-use crate::db;
 
 /// A route and its tenant.
 pub type RouteEntry = Arc<(route::Model, tenant::Model)>;
@@ -49,14 +52,14 @@ impl RouteCache {
         number: &str,
     ) -> Result<Option<RouteEntry>, DbErr> {
         self.get_or_load(format!("n:{number}"), || {
-            db::routes::with_tenant_by_number(db, number)
+            super::routes::with_tenant_by_number(db, number)
         })
         .await
     }
 
     /// The route with this id.
     pub async fn by_id<C: ConnectionTrait>(&self, db: &C, id: &str) -> Result<Option<RouteEntry>, DbErr> {
-        self.get_or_load(format!("i:{id}"), || db::routes::with_tenant_by_id(db, id))
+        self.get_or_load(format!("i:{id}"), || super::routes::with_tenant_by_id(db, id))
             .await
     }
 
@@ -72,16 +75,16 @@ impl RouteCache {
 /// retries need no transaction.
 #[derive(Debug, Clone)]
 pub struct CachedAnswer {
-    pub call_id: String,
+    pub call_id: CallId,
     pub route_id: String,
-    pub webhook_id: String,
+    pub webhook_id: WebhookId,
     pub twiml: String,
     pub token_expires_at: Option<DateTime<Utc>>,
 }
 
 /// Answers by (CallSid, webhook kind).
 pub struct AnswerCache {
-    cache: Cache<(String, &'static str), Arc<CachedAnswer>>,
+    cache: Cache<(String, WebhookKind), Arc<CachedAnswer>>,
 }
 
 impl AnswerCache {
@@ -96,7 +99,7 @@ impl AnswerCache {
     }
 
     /// The answer for a call and kind, if cached and its token stays valid for a while yet.
-    pub fn get(&self, call_sid: &str, kind: &'static str) -> Option<Arc<CachedAnswer>> {
+    pub fn get(&self, call_sid: &str, kind: WebhookKind) -> Option<Arc<CachedAnswer>> {
         let hit = self.cache.get(&(call_sid.to_owned(), kind))?;
         let fresh = hit
             .token_expires_at
@@ -110,7 +113,7 @@ impl AnswerCache {
     }
 
     /// Remembers an answer.
-    pub fn put(&self, call_sid: &str, kind: &'static str, answer: CachedAnswer) {
+    pub fn put(&self, call_sid: &str, kind: WebhookKind, answer: CachedAnswer) {
         self.cache.insert((call_sid.to_owned(), kind), Arc::new(answer));
     }
 }

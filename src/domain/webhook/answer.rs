@@ -1,0 +1,418 @@
+//! Step 3: store the answer once per (CallSid, webhook kind) and give every retry the same one.
+//!
+//! [`AnswerStore`] hides three mechanisms: the in-process answer cache (a retry this instance
+//! answered costs no transaction), the group-commit writer (a new call, its answer and its
+//! event are committed in one batched transaction), and the replay transaction (a retry of an
+//! answer another instance stored, or a new kind of webhook for a known call).
+use std::sync::Arc;
+
+use chrono::Utc;
+use entity::{
+    call, call_webhook,
+    id::{new_id, CallId, WebhookId},
+    states::{CallStatus, EventType, Outcome, WebhookKind},
+};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use serde_json::json;
+
+use super::{
+    count_fallback, decide, stream_twiml, Authenticated, Decision, Rejection, Situation, VoiceKind,
+    WebhookContext,
+};
+use crate::{
+    db::{
+        self,
+        cache::{AnswerCache, CachedAnswer},
+        writer::{NewCall, Writer},
+    },
+    domain::{token::MintedToken, Error},
+    metrics::Metrics,
+    twilio::twiml::{self, Verb},
+};
+
+/// Stored answers of the voice webhooks.
+pub struct AnswerStore {
+    db: DatabaseConnection,
+    cache: AnswerCache,
+    writer: Arc<Writer>,
+}
+
+/// An answer ready to be stored: its TwiML and the stream token it carries, if any.
+struct Fresh {
+    twiml: String,
+    token: Option<MintedToken>,
+}
+
+/// An answer as stored.
+struct Stored {
+    id: WebhookId,
+    twiml: String,
+    token_expires_at: Option<chrono::DateTime<Utc>>,
+}
+
+/// A retry's view of an existing call.
+enum Known {
+    /// The call was answered on this route: here is the answer of this kind.
+    Answer(Stored),
+    /// The CallSid was answered on another route.
+    OtherRoute(String),
+}
+
+impl AnswerStore {
+    /// A store on `db`, writing new calls through `writer` and caching answers for
+    /// `token_ttl` (while their stream token stays valid).
+    pub fn new(db: DatabaseConnection, writer: Arc<Writer>, token_ttl: std::time::Duration) -> Self {
+        Self {
+            db,
+            cache: AnswerCache::new(token_ttl),
+            writer,
+        }
+    }
+
+    /// Forgets cached answers (after a tenant or route was changed or deleted).
+    pub fn invalidate(&self) {
+        self.cache.invalidate();
+    }
+
+    /// A retry of an answer this instance stored: counted, and the same TwiML.
+    async fn cached_retry(&self, call: &Authenticated, kind: WebhookKind) -> Result<Option<String>, Error> {
+        let Some(hit) = self.cache.get(call.form.call_sid.as_str(), kind) else {
+            return Ok(None);
+        };
+        if hit.route_id != call.route().id {
+            return Ok(None);
+        }
+        self.writer
+            .count_retry(hit.call_id.clone(), hit.webhook_id.clone())
+            .await?;
+        Ok(Some(hit.twiml.clone()))
+    }
+
+    fn remember(&self, call: &Authenticated, kind: WebhookKind, call_id: &str, stored: &Stored) {
+        self.cache.put(
+            call.form.call_sid.as_str(),
+            kind,
+            CachedAnswer {
+                call_id: CallId(call_id.to_owned()),
+                route_id: call.route().id.clone(),
+                webhook_id: stored.id.clone(),
+                twiml: stored.twiml.clone(),
+                token_expires_at: stored.token_expires_at,
+            },
+        );
+    }
+
+    /// For a known call, in `txn`: the stored answer of `kind` (with a fresh token from
+    /// `reissue` if the stored one expired), or, if this kind is new for the call, `fresh`
+    /// stored as its answer; `first` then runs in the same transaction.
+    async fn replay_or_store<F>(
+        &self,
+        txn: &DatabaseTransaction,
+        call_id: &str,
+        kind: WebhookKind,
+        fresh: Fresh,
+        reissue: impl Fn() -> Fresh,
+        first: F,
+    ) -> Result<Stored, Error>
+    where
+        F: AsyncFnOnce(&DatabaseTransaction) -> Result<(), Error>,
+    {
+        let row = answer_row(call_id, kind, &fresh);
+        let claimed = Stored {
+            id: WebhookId(row.id.clone()),
+            twiml: row.twiml.clone(),
+            token_expires_at: row.token_expires_at,
+        };
+        if db::calls::claim_webhook(txn, row.into()).await? {
+            first(txn).await?;
+            return Ok(claimed);
+        }
+        let stored = db::calls::webhook(txn, call_id, kind)
+            .await?
+            .ok_or_else(|| Error::Conflict("webhook answer disappeared while answering".to_owned()))?;
+        let expired = stored.token_expires_at.is_some_and(|exp| exp <= Utc::now());
+        let renewed = expired
+            .then(&reissue)
+            .and_then(|f| f.token.map(|token| (f.twiml, token.jti, token.expires_at)));
+        let stored = db::calls::bump_webhook(txn, stored, renewed).await?;
+        Ok(Stored {
+            id: WebhookId(stored.id),
+            twiml: stored.twiml,
+            token_expires_at: stored.token_expires_at,
+        })
+    }
+
+    /// A known call's answer of `kind` in one transaction; see [`Self::replay_or_store`].
+    #[allow(clippy::too_many_arguments)]
+    async fn known_call<F>(
+        &self,
+        call: &Authenticated,
+        kind: WebhookKind,
+        count_attempt: bool,
+        existing: Option<call::Model>,
+        fresh: Fresh,
+        reissue: impl Fn() -> Fresh,
+        first: F,
+    ) -> Result<Known, Error>
+    where
+        F: AsyncFnOnce(&DatabaseTransaction, call::Model) -> Result<(), Error>,
+    {
+        let txn = self.db.begin().await?;
+        let existing = match existing {
+            Some(existing) => existing,
+            None => db::calls::by_sid(&txn, call.form.call_sid.as_str())
+                .await?
+                .ok_or_else(|| Error::Conflict("call disappeared while answering".to_owned()))?,
+        };
+        if existing.route_id != call.route().id {
+            txn.rollback().await?;
+            return Ok(Known::OtherRoute(existing.route_id));
+        }
+        if count_attempt {
+            db::calls::bump_attempts(&txn, &existing.id).await?;
+        }
+        let call_id = existing.id.clone();
+        let stored = self
+            .replay_or_store(&txn, &call_id, kind, fresh, reissue, async move |txn| {
+                first(txn, existing).await
+            })
+            .await?;
+        txn.commit().await?;
+        if matches!(kind, WebhookKind::Incoming | WebhookKind::Fallback) {
+            self.remember(call, kind, &call_id, &stored);
+        }
+        Ok(Known::Answer(stored))
+    }
+}
+
+/// The stored answer row for `fresh`.
+fn answer_row(call_id: &str, kind: WebhookKind, fresh: &Fresh) -> call_webhook::Model {
+    let now = Utc::now();
+    call_webhook::Model {
+        id: new_id(),
+        call_id: call_id.to_owned(),
+        kind,
+        attempts: 1,
+        twiml: fresh.twiml.clone(),
+        token_jti: fresh.token.as_ref().map(|t| t.jti.clone()),
+        token_expires_at: fresh.token.as_ref().map(|t| t.expires_at),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// The data of a call's events.
+pub(super) fn event_data(call: &call::Model) -> serde_json::Value {
+    json!({
+        "call_id": call.id,
+        "call_sid": call.call_sid,
+        "tenant_id": call.tenant_id,
+        "route_id": call.route_id,
+        "from": call.from_number,
+        "to": call.to_number,
+        "status": call.status,
+        "outcome": call.outcome,
+        "fallback_reason": call.fallback_reason,
+        "error_code": call.error_code,
+    })
+}
+
+/// Renders a decision; a stream gets a fresh token.
+fn render(ctx: WebhookContext<'_>, call: &Authenticated, decision: &Decision) -> Fresh {
+    match decision {
+        Decision::Stream => {
+            let token = call.mint(ctx.tokens);
+            Fresh {
+                twiml: stream_twiml(ctx.settings, &token.token),
+                token: Some(token),
+            }
+        }
+        Decision::Fallback { verbs, .. } => Fresh {
+            twiml: twiml::render(verbs),
+            token: None,
+        },
+        Decision::Hangup => Fresh {
+            twiml: twiml::render(&[Verb::Hangup]),
+            token: None,
+        },
+    }
+}
+
+/// The voice URL or Fallback URL: answer once per call and kind; retries get the stored
+/// answer.
+pub(super) async fn new_call(
+    ctx: WebhookContext<'_>,
+    call: &Authenticated,
+    kind: VoiceKind,
+) -> Result<String, Rejection> {
+    let store = ctx.answers;
+    let stored_kind = kind.stored();
+    if let Some(twiml) = store.cached_retry(call, stored_kind).await? {
+        return Ok(twiml);
+    }
+    let situation = match kind {
+        VoiceKind::Fallback => Situation::ProviderFallback,
+        _ => Situation::NewCall,
+    };
+    let (route, tenant) = (call.route(), call.tenant());
+    let runtime = ctx
+        .runtime
+        .snapshot(route.agent_url.as_deref(), ctx.settings.max_streams);
+    let decision = decide(route, tenant, &runtime, situation, &ctx.settings.fallback_message);
+    let reason = match &decision {
+        Decision::Fallback { reason, .. } => Some(*reason),
+        _ => None,
+    };
+    let fresh = render(ctx, call, &decision);
+    let form = &call.form;
+    let now = Utc::now();
+    let new_call = call::Model {
+        id: new_id(),
+        call_sid: form.call_sid.as_str().to_owned(),
+        tenant_id: tenant.id.clone(),
+        route_id: route.id.clone(),
+        from_number: form.from.clone().unwrap_or_default(),
+        to_number: form.to.clone(),
+        status: form.call_status.unwrap_or(CallStatus::Ringing),
+        outcome: if reason.is_some() {
+            Outcome::Fallback
+        } else {
+            Outcome::Streamed
+        },
+        fallback_reason: reason,
+        attempts: 1,
+        error_code: form.error_code.clone(),
+        error_url: form.error_url.clone(),
+        duration_secs: None,
+        created_at: now,
+        updated_at: now,
+        ended_at: None,
+    };
+    let answer = answer_row(&new_call.id, stored_kind, &fresh);
+    let stored = Stored {
+        id: WebhookId(answer.id.clone()),
+        twiml: answer.twiml.clone(),
+        token_expires_at: answer.token_expires_at,
+    };
+    let event_type = if reason.is_some() {
+        EventType::CallFallback
+    } else {
+        EventType::CallReceived
+    };
+    let event = db::outbox::event(&tenant.id, event_type, event_data(&new_call));
+    let claimed = store
+        .writer
+        .claim(NewCall {
+            call: new_call.clone(),
+            answer,
+            event,
+        })
+        .await
+        .map_err(Error::from)?;
+    if claimed {
+        Metrics::outcome(&ctx.metrics.calls, new_call.outcome.as_str());
+        if let Some(reason) = reason {
+            count_fallback(ctx.metrics, reason);
+        }
+        tracing::info!(call_sid = %new_call.call_sid, route_id = %route.id, outcome = %new_call.outcome, "call answered");
+        store.remember(call, stored_kind, &new_call.id, &stored);
+        return Ok(stored.twiml);
+    }
+    // The CallSid is known: a retry, possibly of a delivery stored a moment ago (the writer
+    // answers only after that one is committed).
+    let reissue = || render(ctx, call, &Decision::Stream);
+    let known = store
+        .known_call(
+            call,
+            stored_kind,
+            true,
+            None,
+            fresh,
+            reissue,
+            async |txn, existing| {
+                // A fallback answer for a call first answered otherwise: the call is now a fallback.
+                if let Some(reason) = reason {
+                    count_fallback(ctx.metrics, reason);
+                    let updated = db::calls::set_fallback(
+                        txn,
+                        existing,
+                        reason,
+                        call.form.error_code.clone(),
+                        call.form.error_url.clone(),
+                    )
+                    .await?;
+                    db::outbox::record(txn, &tenant.id, EventType::CallFallback, event_data(&updated))
+                        .await?;
+                }
+                Ok(())
+            },
+        )
+        .await?;
+    match known {
+        Known::Answer(stored) => Ok(stored.twiml),
+        Known::OtherRoute(other) => Err(call.route_conflict(ctx.diagnostics, &other)),
+    }
+}
+
+/// The `<Connect action>` callback: hang up after a normally ended stream, otherwise play the
+/// route's fallback so the caller is never left in silence.
+pub(super) async fn stream_ended(ctx: WebhookContext<'_>, call: &Authenticated) -> Result<String, Rejection> {
+    let (route, tenant) = (call.route(), call.tenant());
+    let Some(existing) = db::calls::by_sid(ctx.db, call.form.call_sid.as_str()).await? else {
+        let verbs = super::fallback_verbs(route, tenant, &ctx.settings.fallback_message);
+        return Ok(twiml::render(&verbs));
+    };
+    if existing.route_id != route.id {
+        return Err(call.route_conflict(ctx.diagnostics, &existing.route_id));
+    }
+    let sessions = db::calls::media_sessions(ctx.db, &existing.id).await?;
+    let ended_normally = sessions
+        .iter()
+        .any(|s| s.received_stop || s.end_reason.is_some_and(|r| r.ends_the_call()));
+    let runtime = ctx
+        .runtime
+        .snapshot(route.agent_url.as_deref(), ctx.settings.max_streams);
+    let decision = decide(
+        route,
+        tenant,
+        &runtime,
+        Situation::StreamEnded { ended_normally },
+        &ctx.settings.fallback_message,
+    );
+    let reason = match &decision {
+        Decision::Fallback { reason, .. } => Some(*reason),
+        _ => None,
+    };
+    let fresh = render(ctx, call, &decision);
+    let known = ctx
+        .answers
+        .known_call(
+            call,
+            WebhookKind::StreamEnded,
+            false,
+            Some(existing),
+            fresh,
+            || render(ctx, call, &Decision::Stream),
+            async |txn, existing| {
+                if let Some(reason) = reason {
+                    count_fallback(ctx.metrics, reason);
+                    let updated = db::calls::set_fallback(
+                        txn,
+                        existing,
+                        reason,
+                        call.form.error_code.clone(),
+                        call.form.error_url.clone(),
+                    )
+                    .await?;
+                    db::outbox::record(txn, &tenant.id, EventType::CallFallback, event_data(&updated))
+                        .await?;
+                }
+                Ok(())
+            },
+        )
+        .await?;
+    match known {
+        Known::Answer(stored) => Ok(stored.twiml),
+        Known::OtherRoute(other) => Err(call.route_conflict(ctx.diagnostics, &other)),
+    }
+}

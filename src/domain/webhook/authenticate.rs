@@ -1,0 +1,175 @@
+//! Step 1: nothing in a webhook is trusted until the route's tenant's key verified it.
+use entity::{
+    route,
+    states::{CallStatus, DiagnosticKind},
+    tenant,
+};
+
+use super::{InboundWebhook, Rejection, WebhookContext};
+use crate::{
+    db::cache::RouteEntry,
+    domain::{
+        alerts::Occurrence,
+        phone::{CallSid, E164},
+    },
+    twilio::signature::{self, Algorithm},
+};
+
+/// The fields of an authenticated webhook, parsed into types that cannot be wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoiceForm {
+    pub call_sid: CallSid,
+    /// `To` as sent (E.164 when it selected the route; any text with `?route_id=`).
+    pub to: String,
+    pub from: Option<String>,
+    pub call_status: Option<CallStatus>,
+    pub call_duration: Option<i32>,
+    pub error_code: Option<String>,
+    pub error_url: Option<String>,
+}
+
+impl VoiceForm {
+    /// Reads the fields the service uses; CallSid and To are required.
+    pub fn parse(params: &crate::twilio::form::FormParams) -> Result<Self, String> {
+        let call_sid = match params.get("CallSid") {
+            Some(sid) => CallSid::parse(sid)?,
+            None => return Err("missing CallSid".to_owned()),
+        };
+        let to = params.get("To").ok_or("missing To")?.to_owned();
+        let call_status = params
+            .get("CallStatus")
+            .map(|s| CallStatus::parse(s).ok_or_else(|| format!("unknown CallStatus {s:?}")))
+            .transpose()?;
+        let owned = |key| params.get(key).map(str::to_owned);
+        Ok(Self {
+            call_sid,
+            to,
+            from: owned("From"),
+            call_status,
+            call_duration: params.get("CallDuration").and_then(|d| d.parse().ok()),
+            error_code: owned("ErrorCode"),
+            error_url: owned("ErrorUrl"),
+        })
+    }
+}
+
+/// An authenticated webhook for a call on a known route.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    entry: RouteEntry,
+    pub form: VoiceForm,
+}
+
+impl Authenticated {
+    /// The route the call came in on.
+    pub fn route(&self) -> &route::Model {
+        &self.entry.0
+    }
+
+    /// The route's tenant.
+    pub fn tenant(&self) -> &tenant::Model {
+        &self.entry.1
+    }
+}
+
+/// Selects the signing key by route, validates the signature and the account, then parses the
+/// form. `None`: no route for the called number (counted as a diagnostic; the caller hears the
+/// platform message).
+pub async fn authenticate(
+    ctx: WebhookContext<'_>,
+    hook: &InboundWebhook,
+) -> Result<Option<Authenticated>, Rejection> {
+    // Nothing in the request is trusted yet: `To` only selects the key.
+    let called = hook.params.get("To").map(E164::parse);
+    let found = match (&hook.route_hint, &called) {
+        (Some(route_id), _) => ctx.routes.by_id(ctx.db, route_id).await?,
+        (None, None) => return Err(Rejection::BadRequest("missing To".to_owned())),
+        (None, Some(Ok(number))) => ctx.routes.by_number(ctx.db, number.as_str()).await?,
+        (None, Some(Err(_))) => None,
+    };
+    let Some(entry) = found else {
+        let key = match (&hook.route_hint, &called) {
+            (Some(_), _) => "(unknown route id)",
+            (None, Some(Ok(number))) => number.as_str(),
+            _ => "(not an E.164 number)",
+        };
+        tracing::info!(called = %key, "no route for called number");
+        ctx.metrics.unknown_routes.inc();
+        ctx.diagnostics.record(Occurrence {
+            kind: DiagnosticKind::UnknownRoute,
+            key,
+            tenant_id: None,
+            route_id: None,
+            detail: None,
+        });
+        return Ok(None);
+    };
+    let (route, tenant) = (&entry.0, &entry.1);
+    if let Err(why) = check(hook, tenant) {
+        match why {
+            Refusal::Signature(why) => {
+                ctx.diagnostics.signature_failure(route, tenant);
+                tracing::warn!(route_id = %route.id, "{why}");
+                return Err(Rejection::Forbidden(why));
+            }
+            Refusal::Account => {
+                ctx.diagnostics.record(Occurrence {
+                    kind: DiagnosticKind::AccountMismatch,
+                    key: &route.id,
+                    tenant_id: Some(&tenant.id),
+                    route_id: Some(&route.id),
+                    detail: Some("AccountSid does not match the route's tenant".to_owned()),
+                });
+                return Err(Rejection::Forbidden(
+                    "AccountSid does not match this number's account",
+                ));
+            }
+        }
+    }
+    // The request is authentic: its fields can be trusted from here on.
+    let form = VoiceForm::parse(&hook.params).map_err(Rejection::BadRequest)?;
+    Ok(Some(Authenticated { entry, form }))
+}
+
+/// Why an authentic-looking request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Signature(&'static str),
+    Account,
+}
+
+/// The signature, then the account: both must be the tenant's.
+fn check(hook: &InboundWebhook, tenant: &tenant::Model) -> Result<(), Refusal> {
+    if !signature_valid(hook, tenant) {
+        return Err(Refusal::Signature(if hook.signature.is_none() {
+            "missing X-Twilio-Signature"
+        } else {
+            "invalid X-Twilio-Signature"
+        }));
+    }
+    if hook.params.get("AccountSid") != Some(tenant.account_sid.as_str()) {
+        return Err(Refusal::Account);
+    }
+    Ok(())
+}
+
+/// Whether the request is signed with one of the tenant's keys for the algorithm it names:
+/// the primary or secondary auth token (HMAC-SHA1) or the shared key (HMAC-SHA256).
+pub fn signature_valid(hook: &InboundWebhook, tenant: &tenant::Model) -> bool {
+    let Some(sig) = hook.signature.as_deref() else {
+        return false;
+    };
+    let algorithm = Algorithm::from_settings_header(hook.signature_settings.as_deref());
+    let keys: Vec<&[u8]> = match algorithm {
+        Algorithm::HmacSha1 => std::iter::once(tenant.auth_token.as_bytes())
+            .chain(tenant.secondary_auth_token.as_deref().map(str::as_bytes))
+            .collect(),
+        Algorithm::HmacSha256 => tenant
+            .shared_key
+            .as_deref()
+            .map(str::as_bytes)
+            .into_iter()
+            .collect(),
+    };
+    signature::validate(algorithm, &keys, &hook.url, &hook.params, sig).is_some()
+}
