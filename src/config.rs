@@ -147,40 +147,135 @@ pub struct ConfigArgs {
     pub webhook_deny_private: bool,
 }
 
-/// Validated configuration.
+/// Validated configuration, grouped by concern. Each field names the variable it comes from.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub database_url: Secret,
-    pub database_max_connections: u32,
-    pub bind: String,
-    /// Without a trailing slash.
-    pub public_url: String,
-    /// Without a trailing slash.
-    pub stream_url: String,
-    pub stream_token_placement: TokenPlacement,
-    pub token_secret: Secret,
-    /// True when no secret was configured and one was generated for this process.
-    pub token_secret_generated: bool,
-    pub stream_token_ttl: Duration,
-    pub admin_token: Option<Secret>,
-    pub trust_forwarded: bool,
-    pub max_streams: usize,
-    pub alert_threshold: u32,
-    pub alert_window: Duration,
-    pub unknown_route_message: String,
-    pub fallback_message: String,
-    pub stream_start_timeout: Duration,
-    pub agent_health_interval: Duration,
-    pub idle_timeout: Duration,
-    pub header_read_timeout: Duration,
-    pub body_read_timeout: Duration,
+    /// Where records are stored.
+    pub database: Database,
+    /// The HTTP listener and its connection limits.
+    pub http: Http,
+    /// The URLs Twilio calls and signs.
+    pub urls: PublicUrls,
+    /// Stream tokens handed out in the TwiML.
+    pub stream_tokens: StreamTokens,
+    /// Media streams and the agents behind them.
+    pub media: Media,
+    /// Buffered diagnostics and the signature-failure alerts they raise.
+    pub alerts: Alerts,
+    /// Event delivery from the outbox to tenant webhooks.
+    pub outbox: Outbox,
+    /// The admin API.
+    pub admin: Admin,
+    /// What callers hear when no agent takes the call.
+    pub messages: CallerMessages,
+}
+
+/// Where records are stored.
+#[derive(Debug, Clone)]
+pub struct Database {
+    /// `VOICE_DATABASE_URL`.
+    pub url: Secret,
+    /// `VOICE_DATABASE_MAX_CONNECTIONS`, defaulted per backend.
+    pub max_connections: u32,
+    /// `VOICE_ROUTE_CACHE_TTL`: how long route lookups are cached; zero disables the cache.
     pub route_cache_ttl: Duration,
+}
+
+/// The HTTP listener and its connection limits.
+#[derive(Debug, Clone)]
+pub struct Http {
+    /// `VOICE_BIND`.
+    pub bind: String,
+    /// `VOICE_IDLE_TIMEOUT`.
+    pub idle_timeout: Duration,
+    /// `VOICE_HEADER_READ_TIMEOUT`.
+    pub header_read_timeout: Duration,
+    /// `VOICE_BODY_READ_TIMEOUT`.
+    pub body_read_timeout: Duration,
+}
+
+/// The URLs Twilio calls and signs.
+#[derive(Debug, Clone)]
+pub struct PublicUrls {
+    /// `VOICE_PUBLIC_URL`, without a trailing slash.
+    pub public: String,
+    /// `VOICE_STREAM_URL` (or derived from the public URL), without a trailing slash.
+    pub stream: String,
+    /// `VOICE_TRUST_FORWARDED`: take scheme and host from `X-Forwarded-*`.
+    pub trust_forwarded: bool,
+}
+
+impl PublicUrls {
+    /// The URL Twilio posts to when a stream ends.
+    pub fn stream_ended(&self) -> String {
+        format!("{}/api/v1/stream-ended", self.public)
+    }
+}
+
+/// Stream tokens handed out in the TwiML.
+#[derive(Debug, Clone)]
+pub struct StreamTokens {
+    /// `VOICE_TOKEN_SECRET`, or a random one.
+    pub secret: Secret,
+    /// True when no secret was configured and one was generated for this process.
+    pub secret_generated: bool,
+    /// `VOICE_STREAM_TOKEN_TTL`.
+    pub ttl: Duration,
+    /// `VOICE_STREAM_TOKEN_PLACEMENT`.
+    pub placement: TokenPlacement,
+}
+
+/// Media streams and the agents behind them.
+#[derive(Debug, Clone)]
+pub struct Media {
+    /// `VOICE_MAX_STREAMS`.
+    pub max_streams: usize,
+    /// `VOICE_STREAM_START_TIMEOUT`.
+    pub start_timeout: Duration,
+    /// `VOICE_AGENT_HEALTH_INTERVAL`.
+    pub agent_health_interval: Duration,
+}
+
+/// Buffered diagnostics and the signature-failure alerts they raise.
+#[derive(Debug, Clone)]
+pub struct Alerts {
+    /// `VOICE_ALERT_THRESHOLD`.
+    pub threshold: u32,
+    /// `VOICE_ALERT_WINDOW`.
+    pub window: Duration,
+    /// `VOICE_DIAGNOSTICS_FLUSH_INTERVAL`.
     pub diagnostics_flush_interval: Duration,
-    pub webhook_max_attempts: i32,
-    pub webhook_timeout: Duration,
-    pub webhook_retry_base: Duration,
-    pub outbox_poll_interval: Duration,
-    pub webhook_deny_private: bool,
+}
+
+/// Event delivery from the outbox to tenant webhooks.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    /// `VOICE_WEBHOOK_MAX_ATTEMPTS`.
+    pub max_attempts: i32,
+    /// `VOICE_WEBHOOK_TIMEOUT`: one delivery attempt.
+    pub timeout: Duration,
+    /// `VOICE_WEBHOOK_RETRY_BASE`.
+    pub retry_base: Duration,
+    /// `VOICE_OUTBOX_POLL_INTERVAL`.
+    pub poll_interval: Duration,
+    /// `VOICE_WEBHOOK_DENY_PRIVATE`.
+    pub deny_private: bool,
+}
+
+/// The admin API.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// `VOICE_ADMIN_TOKEN`; the admin API is disabled when `None`.
+    pub token: Option<Secret>,
+}
+
+/// What callers hear when no agent takes the call.
+#[derive(Debug, Clone)]
+pub struct CallerMessages {
+    /// `VOICE_UNKNOWN_ROUTE_MESSAGE`.
+    pub unknown_route: String,
+    /// `VOICE_FALLBACK_MESSAGE`.
+    pub fallback: String,
 }
 
 /// A configuration value that cannot work.
@@ -275,40 +370,51 @@ impl Config {
             .unwrap_or(if is_sqlite { 1 } else { 16 })
             .max(1);
         Ok(Self {
-            database_url: Secret::new(args.database_url),
-            database_max_connections,
-            bind: args.bind,
-            public_url,
-            stream_url,
-            stream_token_placement: args.stream_token_placement,
-            token_secret,
-            token_secret_generated,
-            stream_token_ttl: args.stream_token_ttl,
-            admin_token,
-            trust_forwarded: args.trust_forwarded,
-            max_streams: args.max_streams,
-            alert_threshold: args.alert_threshold,
-            alert_window: args.alert_window,
-            unknown_route_message: args.unknown_route_message,
-            fallback_message: args.fallback_message,
-            stream_start_timeout: args.stream_start_timeout.max(Duration::from_secs(1)),
-            agent_health_interval: args.agent_health_interval.max(Duration::from_secs(1)),
-            idle_timeout: args.idle_timeout.max(Duration::from_secs(1)),
-            header_read_timeout: args.header_read_timeout.max(Duration::from_millis(10)),
-            body_read_timeout: args.body_read_timeout.max(Duration::from_millis(10)),
-            route_cache_ttl: args.route_cache_ttl,
-            diagnostics_flush_interval: args.diagnostics_flush_interval.max(Duration::from_millis(10)),
-            webhook_max_attempts: args.webhook_max_attempts,
-            webhook_timeout: args.webhook_timeout.max(Duration::from_millis(10)),
-            webhook_retry_base: args.webhook_retry_base,
-            outbox_poll_interval: args.outbox_poll_interval.max(Duration::from_millis(10)),
-            webhook_deny_private: args.webhook_deny_private,
+            database: Database {
+                url: Secret::new(args.database_url),
+                max_connections: database_max_connections,
+                route_cache_ttl: args.route_cache_ttl,
+            },
+            http: Http {
+                bind: args.bind,
+                idle_timeout: args.idle_timeout.max(Duration::from_secs(1)),
+                header_read_timeout: args.header_read_timeout.max(Duration::from_millis(10)),
+                body_read_timeout: args.body_read_timeout.max(Duration::from_millis(10)),
+            },
+            urls: PublicUrls {
+                public: public_url,
+                stream: stream_url,
+                trust_forwarded: args.trust_forwarded,
+            },
+            stream_tokens: StreamTokens {
+                secret: token_secret,
+                secret_generated: token_secret_generated,
+                ttl: args.stream_token_ttl,
+                placement: args.stream_token_placement,
+            },
+            media: Media {
+                max_streams: args.max_streams,
+                start_timeout: args.stream_start_timeout.max(Duration::from_secs(1)),
+                agent_health_interval: args.agent_health_interval.max(Duration::from_secs(1)),
+            },
+            alerts: Alerts {
+                threshold: args.alert_threshold,
+                window: args.alert_window,
+                diagnostics_flush_interval: args.diagnostics_flush_interval.max(Duration::from_millis(10)),
+            },
+            outbox: Outbox {
+                max_attempts: args.webhook_max_attempts,
+                timeout: args.webhook_timeout.max(Duration::from_millis(10)),
+                retry_base: args.webhook_retry_base,
+                poll_interval: args.outbox_poll_interval.max(Duration::from_millis(10)),
+                deny_private: args.webhook_deny_private,
+            },
+            admin: Admin { token: admin_token },
+            messages: CallerMessages {
+                unknown_route: args.unknown_route_message,
+                fallback: args.fallback_message,
+            },
         })
-    }
-
-    /// The URL Twilio posts to when a stream ends.
-    pub fn stream_ended_url(&self) -> String {
-        format!("{}/api/v1/stream-ended", self.public_url)
     }
 }
 
@@ -371,14 +477,14 @@ mod tests {
     #[test]
     fn derives_stream_url_from_public_url() {
         let c = parse(&["--public-url", "https://voice.example.com/tw/"]).unwrap();
-        assert_eq!(c.public_url, "https://voice.example.com/tw");
-        assert_eq!(c.stream_url, "wss://voice.example.com/tw/media-stream");
+        assert_eq!(c.urls.public, "https://voice.example.com/tw");
+        assert_eq!(c.urls.stream, "wss://voice.example.com/tw/media-stream");
         assert_eq!(
-            c.stream_ended_url(),
+            c.urls.stream_ended(),
             "https://voice.example.com/tw/api/v1/stream-ended"
         );
         let c = parse(&["--public-url", "http://127.0.0.1:9000"]).unwrap();
-        assert_eq!(c.stream_url, "ws://127.0.0.1:9000/media-stream");
+        assert_eq!(c.urls.stream, "ws://127.0.0.1:9000/media-stream");
     }
 
     #[test]
@@ -408,7 +514,12 @@ mod tests {
             !shown.contains("adm-secret-value") && !shown.contains(&"k".repeat(40)),
             "{shown}"
         );
-        assert!(parse(&["--trust-forwarded", "true"]).unwrap().trust_forwarded);
+        assert!(
+            parse(&["--trust-forwarded", "true"])
+                .unwrap()
+                .urls
+                .trust_forwarded
+        );
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));

@@ -44,13 +44,16 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         let writer = Writer::new(
             db.clone(),
-            config.database_max_connections,
+            config.database.max_connections,
             metrics.write_batch_size.clone(),
         );
-        let tokens = TokenIssuer::new(config.token_secret.expose().as_bytes(), config.stream_token_ttl);
+        let tokens = TokenIssuer::new(
+            config.stream_tokens.secret.expose().as_bytes(),
+            config.stream_tokens.ttl,
+        );
         Self {
-            routes: Arc::new(RouteCache::new(config.route_cache_ttl)),
-            answers: Arc::new(AnswerCache::new(config.stream_token_ttl)),
+            routes: Arc::new(RouteCache::new(config.database.route_cache_ttl)),
+            answers: Arc::new(AnswerCache::new(config.stream_tokens.ttl)),
             diagnostics: Arc::new(DiagnosticsBuffer::default()),
 
             db,

@@ -111,21 +111,21 @@ async fn write(state: &AppState, kind: &str, key: &str, p: &Pending) -> Result<(
             &state.db,
             &occurrence,
             p.count,
-            config.alert_window,
+            config.alerts.window,
             MAX_KEYS_PER_KIND,
         )
         .await?;
         return Ok(());
     }
     let txn = state.db.begin().await?;
-    let counts = db::diagnostics::record(&txn, &occurrence, p.count, config.alert_window).await?;
-    let threshold = i64::from(config.alert_threshold);
+    let counts = db::diagnostics::record(&txn, &occurrence, p.count, config.alerts.window).await?;
+    let threshold = i64::from(config.alerts.threshold);
     let crossed = counts.in_window >= threshold && counts.in_window - p.count < threshold;
     if p.production && crossed {
         let message = format!(
             "{} signature failures within {} s on production route {key} ({})",
             counts.in_window,
-            config.alert_window.as_secs(),
+            config.alerts.window.as_secs(),
             p.detail.as_deref().unwrap_or("-"),
         );
         let alert = db::alerts::insert(
@@ -146,7 +146,7 @@ async fn write(state: &AppState, kind: &str, key: &str, p: &Pending) -> Result<(
                 "kind": alert.kind,
                 "route_id": key,
                 "failure_count": counts.in_window,
-                "window_seconds": config.alert_window.as_secs(),
+                "window_seconds": config.alerts.window.as_secs(),
                 "message": message,
             });
             db::outbox::record(&txn, tenant_id, "alert.raised", data).await?;

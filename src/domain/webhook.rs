@@ -198,7 +198,7 @@ fn unknown_route(state: &AppState, hook: &InboundWebhook) -> Answer {
         },
     );
     Answer::TwiML(twiml::render(&[
-        Verb::Say(state.config.unknown_route_message.clone()),
+        Verb::Say(state.config.messages.unknown_route.clone()),
         Verb::Hangup,
     ]))
 }
@@ -249,7 +249,7 @@ impl CallContext<'_> {
             Some(reason::ROUTE_DISABLED)
         } else if runtime.is_draining() {
             Some(reason::DRAINING)
-        } else if runtime.active_streams() >= self.state.config.max_streams {
+        } else if runtime.active_streams() >= self.state.config.media.max_streams {
             Some(reason::CAPACITY)
         } else if self
             .route
@@ -276,19 +276,19 @@ impl CallContext<'_> {
         let verbs = fallback::resolve(
             parse(&self.route.fallback).as_ref(),
             parse(&self.tenant.default_fallback).as_ref(),
-            &self.state.config.fallback_message,
+            &self.state.config.messages.fallback,
         );
         twiml::render(&verbs)
     }
 
     fn stream_twiml(&self, token: &str) -> String {
         let config = &self.state.config;
-        let stream_url = match config.stream_token_placement {
-            TokenPlacement::Query => format!("{}?stream_token={token}", config.stream_url),
-            TokenPlacement::Path => format!("{}/{token}", config.stream_url),
+        let stream_url = match config.stream_tokens.placement {
+            TokenPlacement::Query => format!("{}?stream_token={token}", config.urls.stream),
+            TokenPlacement::Path => format!("{}/{token}", config.urls.stream),
         };
         twiml::render(&[Verb::ConnectStream {
-            action: config.stream_ended_url(),
+            action: config.urls.stream_ended(),
             stream_url,
             parameters: vec![("stream_token".to_owned(), token.to_owned())],
         }])
