@@ -297,13 +297,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Sign(_) | Command::Call(_) | Command::Openapi => unreachable!("handled above"),
         Command::Serve { demo } => {
-            if config.token_secret_generated {
+            if config.stream_tokens.secret_generated {
                 tracing::warn!(
                     "VOICE_TOKEN_SECRET is not set: using a random secret for this process; \
                      stream tokens will not verify on other instances or after a restart"
                 );
             }
-            if config.admin_token.is_none() {
+            if config.admin.token.is_none() {
                 tracing::info!("VOICE_ADMIN_TOKEN is not set: the admin API is disabled");
             }
             let state = crate::prepare(config).await?;

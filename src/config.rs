@@ -1,5 +1,8 @@
 //! Configuration: defaults in code, environment variables and flags override, validated once.
-use std::{fmt, time::Duration};
+//!
+//! Every bounded setting has one allowed range, checked in [`check_ranges`]: a value outside it
+//! is rejected with the variable, the flag, the value and the range, never raised or clamped.
+use std::{fmt, ops::RangeInclusive, time::Duration};
 
 use clap::{builder::BoolishValueParser, ArgAction, Args, ValueEnum};
 
@@ -88,7 +91,7 @@ pub struct ConfigArgs {
     #[arg(long, global = true, env = "VOICE_MAX_STREAMS", default_value = "500")]
     pub max_streams: usize,
     /// Signature failures on a production route within the window that raise an alert.
-    #[arg(long, global = true, env = "VOICE_ALERT_THRESHOLD", default_value = "5", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, global = true, env = "VOICE_ALERT_THRESHOLD", default_value = "5")]
     pub alert_threshold: u32,
     /// Alert window (seconds, or a number with s/m suffix).
     #[arg(long, global = true, env = "VOICE_ALERT_WINDOW", default_value = "300", value_parser = parse_duration)]
@@ -131,7 +134,7 @@ pub struct ConfigArgs {
     #[arg(long, global = true, env = "VOICE_DIAGNOSTICS_FLUSH_INTERVAL", default_value = "1", value_parser = parse_duration)]
     pub diagnostics_flush_interval: Duration,
     /// Deliveries of an event before it is dead-lettered.
-    #[arg(long, global = true, env = "VOICE_WEBHOOK_MAX_ATTEMPTS", default_value = "8", value_parser = clap::value_parser!(i32).range(1..=50))]
+    #[arg(long, global = true, env = "VOICE_WEBHOOK_MAX_ATTEMPTS", default_value = "8")]
     pub webhook_max_attempts: i32,
     /// Time allowed for one event delivery (e.g. 10, 10s, 500ms).
     #[arg(long, global = true, env = "VOICE_WEBHOOK_TIMEOUT", default_value = "10", value_parser = parse_duration)]
@@ -147,48 +150,151 @@ pub struct ConfigArgs {
     pub webhook_deny_private: bool,
 }
 
-/// Validated configuration.
+/// Validated configuration, grouped by concern. Each field names the variable it comes from.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub database_url: Secret,
-    pub database_max_connections: u32,
-    pub bind: String,
-    /// Without a trailing slash.
-    pub public_url: String,
-    /// Without a trailing slash.
-    pub stream_url: String,
-    pub stream_token_placement: TokenPlacement,
-    pub token_secret: Secret,
-    /// True when no secret was configured and one was generated for this process.
-    pub token_secret_generated: bool,
-    pub stream_token_ttl: Duration,
-    pub admin_token: Option<Secret>,
-    pub trust_forwarded: bool,
-    pub max_streams: usize,
-    pub alert_threshold: u32,
-    pub alert_window: Duration,
-    pub unknown_route_message: String,
-    pub fallback_message: String,
-    pub stream_start_timeout: Duration,
-    pub agent_health_interval: Duration,
-    pub idle_timeout: Duration,
-    pub header_read_timeout: Duration,
-    pub body_read_timeout: Duration,
+    /// Where records are stored.
+    pub database: Database,
+    /// The HTTP listener and its connection limits.
+    pub http: Http,
+    /// The URLs Twilio calls and signs.
+    pub urls: PublicUrls,
+    /// Stream tokens handed out in the TwiML.
+    pub stream_tokens: StreamTokens,
+    /// Media streams and the agents behind them.
+    pub media: Media,
+    /// Buffered diagnostics and the signature-failure alerts they raise.
+    pub alerts: Alerts,
+    /// Event delivery from the outbox to tenant webhooks.
+    pub outbox: Outbox,
+    /// The admin API.
+    pub admin: Admin,
+    /// What callers hear when no agent takes the call.
+    pub messages: CallerMessages,
+}
+
+/// Where records are stored.
+#[derive(Debug, Clone)]
+pub struct Database {
+    /// `VOICE_DATABASE_URL`.
+    pub url: Secret,
+    /// `VOICE_DATABASE_MAX_CONNECTIONS`, defaulted per backend.
+    pub max_connections: u32,
+    /// `VOICE_ROUTE_CACHE_TTL`: how long route lookups are cached; zero disables the cache.
     pub route_cache_ttl: Duration,
+}
+
+/// The HTTP listener and its connection limits.
+#[derive(Debug, Clone)]
+pub struct Http {
+    /// `VOICE_BIND`.
+    pub bind: String,
+    /// `VOICE_IDLE_TIMEOUT`.
+    pub idle_timeout: Duration,
+    /// `VOICE_HEADER_READ_TIMEOUT`.
+    pub header_read_timeout: Duration,
+    /// `VOICE_BODY_READ_TIMEOUT`.
+    pub body_read_timeout: Duration,
+}
+
+/// The URLs Twilio calls and signs.
+#[derive(Debug, Clone)]
+pub struct PublicUrls {
+    /// `VOICE_PUBLIC_URL`, without a trailing slash.
+    pub public: String,
+    /// `VOICE_STREAM_URL` (or derived from the public URL), without a trailing slash.
+    pub stream: String,
+    /// `VOICE_TRUST_FORWARDED`: take scheme and host from `X-Forwarded-*`.
+    pub trust_forwarded: bool,
+}
+
+impl PublicUrls {
+    /// The URL Twilio posts to when a stream ends.
+    pub fn stream_ended(&self) -> String {
+        format!("{}/api/v1/stream-ended", self.public)
+    }
+}
+
+/// Stream tokens handed out in the TwiML.
+#[derive(Debug, Clone)]
+pub struct StreamTokens {
+    /// `VOICE_TOKEN_SECRET`, or a random one.
+    pub secret: Secret,
+    /// True when no secret was configured and one was generated for this process.
+    pub secret_generated: bool,
+    /// `VOICE_STREAM_TOKEN_TTL`.
+    pub ttl: Duration,
+    /// `VOICE_STREAM_TOKEN_PLACEMENT`.
+    pub placement: TokenPlacement,
+}
+
+/// Media streams and the agents behind them.
+#[derive(Debug, Clone)]
+pub struct Media {
+    /// `VOICE_MAX_STREAMS`.
+    pub max_streams: usize,
+    /// `VOICE_STREAM_START_TIMEOUT`.
+    pub start_timeout: Duration,
+    /// `VOICE_AGENT_HEALTH_INTERVAL`.
+    pub agent_health_interval: Duration,
+}
+
+/// Buffered diagnostics and the signature-failure alerts they raise.
+#[derive(Debug, Clone)]
+pub struct Alerts {
+    /// `VOICE_ALERT_THRESHOLD`.
+    pub threshold: u32,
+    /// `VOICE_ALERT_WINDOW`.
+    pub window: Duration,
+    /// `VOICE_DIAGNOSTICS_FLUSH_INTERVAL`.
     pub diagnostics_flush_interval: Duration,
-    pub webhook_max_attempts: i32,
-    pub webhook_timeout: Duration,
-    pub webhook_retry_base: Duration,
-    pub outbox_poll_interval: Duration,
-    pub webhook_deny_private: bool,
+}
+
+/// Event delivery from the outbox to tenant webhooks.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    /// `VOICE_WEBHOOK_MAX_ATTEMPTS`.
+    pub max_attempts: i32,
+    /// `VOICE_WEBHOOK_TIMEOUT`: one delivery attempt.
+    pub timeout: Duration,
+    /// `VOICE_WEBHOOK_RETRY_BASE`.
+    pub retry_base: Duration,
+    /// `VOICE_OUTBOX_POLL_INTERVAL`.
+    pub poll_interval: Duration,
+    /// `VOICE_WEBHOOK_DENY_PRIVATE`.
+    pub deny_private: bool,
+}
+
+/// The admin API.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// `VOICE_ADMIN_TOKEN`; the admin API is disabled when `None`.
+    pub token: Option<Secret>,
+}
+
+/// What callers hear when no agent takes the call.
+#[derive(Debug, Clone)]
+pub struct CallerMessages {
+    /// `VOICE_UNKNOWN_ROUTE_MESSAGE`.
+    pub unknown_route: String,
+    /// `VOICE_FALLBACK_MESSAGE`.
+    pub fallback: String,
 }
 
 /// A configuration value that cannot work.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid {name}: {reason}")]
+#[error("invalid {name} ({flag}): {reason}", flag = flag_of(name))]
 pub struct ConfigError {
+    /// The environment variable, e.g. `VOICE_IDLE_TIMEOUT`.
     pub name: &'static str,
+    /// What is wrong with the value.
     pub reason: String,
+}
+
+/// The flag of an environment variable: `VOICE_IDLE_TIMEOUT` is `--idle-timeout`.
+fn flag_of(name: &str) -> String {
+    let flag = name.strip_prefix("VOICE_").unwrap_or(name);
+    format!("--{}", flag.to_ascii_lowercase().replace('_', "-"))
 }
 
 fn invalid(name: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -222,6 +328,16 @@ impl ConfigArgs {
 impl Config {
     /// Validates flags and environment.
     pub fn from_args(args: ConfigArgs) -> Result<Self, ConfigError> {
+        let is_sqlite = args.database_url.starts_with("sqlite:");
+        if !is_sqlite && !args.database_url.starts_with("postgres") {
+            return Err(invalid(
+                "VOICE_DATABASE_URL",
+                "must start with sqlite: or postgres://",
+            ));
+        }
+        let default_connections = if is_sqlite { 1 } else { 16 };
+        let database_max_connections = args.database_max_connections.unwrap_or(default_connections);
+        check_ranges(&args, database_max_connections)?;
         let public_url =
             base_url(&args.public_url, &["http", "https"]).map_err(|r| invalid("VOICE_PUBLIC_URL", r))?;
         let stream_url = match &args.stream_url {
@@ -241,12 +357,6 @@ impl Config {
             Some(_) => return Err(invalid("VOICE_TOKEN_SECRET", "must be at least 32 bytes")),
             None => (Secret::new(random_token(32)), true),
         };
-        if args.stream_token_ttl.is_zero() || args.stream_token_ttl > Duration::from_secs(3600) {
-            return Err(invalid("VOICE_STREAM_TOKEN_TTL", "must be between 1 s and 1 h"));
-        }
-        if args.alert_window.is_zero() {
-            return Err(invalid("VOICE_ALERT_WINDOW", "must be at least 1 s"));
-        }
         let admin_token = match args.admin_token {
             Some(t) if t.trim().is_empty() => None,
             Some(t) => Some(Secret::new(t)),
@@ -263,52 +373,144 @@ impl Config {
                 ));
             }
         }
-        let is_sqlite = args.database_url.starts_with("sqlite:");
-        if !is_sqlite && !args.database_url.starts_with("postgres") {
-            return Err(invalid(
-                "VOICE_DATABASE_URL",
-                "must start with sqlite: or postgres://",
-            ));
-        }
-        let database_max_connections = args
-            .database_max_connections
-            .unwrap_or(if is_sqlite { 1 } else { 16 })
-            .max(1);
         Ok(Self {
-            database_url: Secret::new(args.database_url),
-            database_max_connections,
-            bind: args.bind,
-            public_url,
-            stream_url,
-            stream_token_placement: args.stream_token_placement,
-            token_secret,
-            token_secret_generated,
-            stream_token_ttl: args.stream_token_ttl,
-            admin_token,
-            trust_forwarded: args.trust_forwarded,
-            max_streams: args.max_streams,
-            alert_threshold: args.alert_threshold,
-            alert_window: args.alert_window,
-            unknown_route_message: args.unknown_route_message,
-            fallback_message: args.fallback_message,
-            stream_start_timeout: args.stream_start_timeout.max(Duration::from_secs(1)),
-            agent_health_interval: args.agent_health_interval.max(Duration::from_secs(1)),
-            idle_timeout: args.idle_timeout.max(Duration::from_secs(1)),
-            header_read_timeout: args.header_read_timeout.max(Duration::from_millis(10)),
-            body_read_timeout: args.body_read_timeout.max(Duration::from_millis(10)),
-            route_cache_ttl: args.route_cache_ttl,
-            diagnostics_flush_interval: args.diagnostics_flush_interval.max(Duration::from_millis(10)),
-            webhook_max_attempts: args.webhook_max_attempts,
-            webhook_timeout: args.webhook_timeout.max(Duration::from_millis(10)),
-            webhook_retry_base: args.webhook_retry_base,
-            outbox_poll_interval: args.outbox_poll_interval.max(Duration::from_millis(10)),
-            webhook_deny_private: args.webhook_deny_private,
+            database: Database {
+                url: Secret::new(args.database_url),
+                max_connections: database_max_connections,
+                route_cache_ttl: args.route_cache_ttl,
+            },
+            http: Http {
+                bind: args.bind,
+                idle_timeout: args.idle_timeout,
+                header_read_timeout: args.header_read_timeout,
+                body_read_timeout: args.body_read_timeout,
+            },
+            urls: PublicUrls {
+                public: public_url,
+                stream: stream_url,
+                trust_forwarded: args.trust_forwarded,
+            },
+            stream_tokens: StreamTokens {
+                secret: token_secret,
+                secret_generated: token_secret_generated,
+                ttl: args.stream_token_ttl,
+                placement: args.stream_token_placement,
+            },
+            media: Media {
+                max_streams: args.max_streams,
+                start_timeout: args.stream_start_timeout,
+                agent_health_interval: args.agent_health_interval,
+            },
+            alerts: Alerts {
+                threshold: args.alert_threshold,
+                window: args.alert_window,
+                diagnostics_flush_interval: args.diagnostics_flush_interval,
+            },
+            outbox: Outbox {
+                max_attempts: args.webhook_max_attempts,
+                timeout: args.webhook_timeout,
+                retry_base: args.webhook_retry_base,
+                poll_interval: args.outbox_poll_interval,
+                deny_private: args.webhook_deny_private,
+            },
+            admin: Admin { token: admin_token },
+            messages: CallerMessages {
+                unknown_route: args.unknown_route_message,
+                fallback: args.fallback_message,
+            },
         })
     }
+}
 
-    /// The URL Twilio posts to when a stream ends.
-    pub fn stream_ended_url(&self) -> String {
-        format!("{}/api/v1/stream-ended", self.public_url)
+const ONE_MS: Duration = Duration::from_millis(1);
+const TEN_MS: Duration = Duration::from_millis(10);
+const SECOND: Duration = Duration::from_secs(1);
+const FIVE_MIN: Duration = Duration::from_secs(300);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// The allowed range of every bounded setting. Upper bounds keep deadlines and intervals within
+/// what timers and caches accept; lower bounds keep loops and timeouts meaningful.
+#[rustfmt::skip]
+fn check_ranges(args: &ConfigArgs, database_max_connections: u32) -> Result<(), ConfigError> {
+    within("VOICE_DATABASE_MAX_CONNECTIONS",   database_max_connections,        1..=u32::MAX)?;
+    within("VOICE_STREAM_TOKEN_TTL",           args.stream_token_ttl,           SECOND..=HOUR)?;
+    within("VOICE_ALERT_THRESHOLD",            args.alert_threshold,            1..=u32::MAX)?;
+    within("VOICE_ALERT_WINDOW",               args.alert_window,               SECOND..=DAY)?;
+    within("VOICE_STREAM_START_TIMEOUT",       args.stream_start_timeout,       SECOND..=FIVE_MIN)?;
+    within("VOICE_AGENT_HEALTH_INTERVAL",      args.agent_health_interval,      SECOND..=DAY)?;
+    within("VOICE_IDLE_TIMEOUT",               args.idle_timeout,               SECOND..=DAY)?;
+    within("VOICE_HEADER_READ_TIMEOUT",        args.header_read_timeout,        TEN_MS..=FIVE_MIN)?;
+    within("VOICE_BODY_READ_TIMEOUT",          args.body_read_timeout,          TEN_MS..=FIVE_MIN)?;
+    within("VOICE_ROUTE_CACHE_TTL",            args.route_cache_ttl,            Duration::ZERO..=HOUR)?;
+    within("VOICE_DIAGNOSTICS_FLUSH_INTERVAL", args.diagnostics_flush_interval, TEN_MS..=FIVE_MIN)?;
+    within("VOICE_WEBHOOK_MAX_ATTEMPTS",       args.webhook_max_attempts,       1..=50)?;
+    within("VOICE_WEBHOOK_TIMEOUT",            args.webhook_timeout,            TEN_MS..=FIVE_MIN)?;
+    within("VOICE_WEBHOOK_RETRY_BASE",         args.webhook_retry_base,         ONE_MS..=HOUR)?;
+    within("VOICE_OUTBOX_POLL_INTERVAL",       args.outbox_poll_interval,       TEN_MS..=DAY)?;
+    Ok(())
+}
+
+/// The type of a bounded setting, and how an error shows its value.
+trait Bounded: PartialOrd + Copy {
+    /// The largest representable value: a range ending there has no upper bound.
+    const MAX: Self;
+    fn show(self) -> String;
+}
+
+impl Bounded for u32 {
+    const MAX: Self = u32::MAX;
+    fn show(self) -> String {
+        self.to_string()
+    }
+}
+
+impl Bounded for i32 {
+    const MAX: Self = i32::MAX;
+    fn show(self) -> String {
+        self.to_string()
+    }
+}
+
+impl Bounded for Duration {
+    const MAX: Self = Duration::MAX;
+    fn show(self) -> String {
+        show_duration(self)
+    }
+}
+
+/// Accepts `value` when `range` contains it.
+fn within<T: Bounded>(name: &'static str, value: T, range: RangeInclusive<T>) -> Result<(), ConfigError> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    let (min, max) = range.into_inner();
+    let allowed = if max == T::MAX {
+        format!("at least {}", min.show())
+    } else {
+        format!("{} to {}", min.show(), max.show())
+    };
+    Err(invalid(
+        name,
+        format!("{} is out of range (allowed: {allowed})", value.show()),
+    ))
+}
+
+/// `250 ms`, `10 s`, `5 min`, `24 h`: the largest unit that shows the value exactly.
+fn show_duration(d: Duration) -> String {
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return format!("{d:?}");
+    }
+    let millis = d.as_millis();
+    let secs = d.as_secs();
+    if millis % 1000 != 0 {
+        format!("{millis} ms")
+    } else if secs != 0 && secs % 3600 == 0 {
+        format!("{} h", secs / 3600)
+    } else if secs != 0 && secs % 60 == 0 {
+        format!("{} min", secs / 60)
+    } else {
+        format!("{secs} s")
     }
 }
 
@@ -371,14 +573,14 @@ mod tests {
     #[test]
     fn derives_stream_url_from_public_url() {
         let c = parse(&["--public-url", "https://voice.example.com/tw/"]).unwrap();
-        assert_eq!(c.public_url, "https://voice.example.com/tw");
-        assert_eq!(c.stream_url, "wss://voice.example.com/tw/media-stream");
+        assert_eq!(c.urls.public, "https://voice.example.com/tw");
+        assert_eq!(c.urls.stream, "wss://voice.example.com/tw/media-stream");
         assert_eq!(
-            c.stream_ended_url(),
+            c.urls.stream_ended(),
             "https://voice.example.com/tw/api/v1/stream-ended"
         );
         let c = parse(&["--public-url", "http://127.0.0.1:9000"]).unwrap();
-        assert_eq!(c.stream_url, "ws://127.0.0.1:9000/media-stream");
+        assert_eq!(c.urls.stream, "ws://127.0.0.1:9000/media-stream");
     }
 
     #[test]
@@ -392,6 +594,258 @@ mod tests {
         let e = parse(&["--alert-threshold", "0"]).unwrap_err();
         assert!(e.contains("alert-threshold"), "{e}");
         assert!(parse(&["--database-url", "mysql://x"]).is_err());
+        for (flag, name) in [
+            ("--unknown-route-message", "VOICE_UNKNOWN_ROUTE_MESSAGE"),
+            ("--fallback-message", "VOICE_FALLBACK_MESSAGE"),
+        ] {
+            let e = parse(&[flag, "  "]).unwrap_err();
+            assert!(e.contains(name) && e.contains("must not be empty"), "{e}");
+        }
+    }
+
+    /// Flag, a value outside its range, and what the error must say besides the variable.
+    const OUT_OF_RANGE: &[(&str, &str, &str)] = &[
+        (
+            "--database-max-connections",
+            "0",
+            "0 is out of range (allowed: at least 1)",
+        ),
+        (
+            "--stream-token-ttl",
+            "0",
+            "0 s is out of range (allowed: 1 s to 1 h)",
+        ),
+        (
+            "--stream-token-ttl",
+            "3601",
+            "3601 s is out of range (allowed: 1 s to 1 h)",
+        ),
+        (
+            "--alert-threshold",
+            "0",
+            "0 is out of range (allowed: at least 1)",
+        ),
+        (
+            "--alert-window",
+            "0",
+            "0 s is out of range (allowed: 1 s to 24 h)",
+        ),
+        (
+            "--alert-window",
+            "1441m",
+            "1441 min is out of range (allowed: 1 s to 24 h)",
+        ),
+        (
+            "--stream-start-timeout",
+            "999ms",
+            "999 ms is out of range (allowed: 1 s to 5 min)",
+        ),
+        (
+            "--stream-start-timeout",
+            "301",
+            "301 s is out of range (allowed: 1 s to 5 min)",
+        ),
+        (
+            "--agent-health-interval",
+            "0",
+            "0 s is out of range (allowed: 1 s to 24 h)",
+        ),
+        (
+            "--agent-health-interval",
+            "1441m",
+            "1441 min is out of range (allowed: 1 s to 24 h)",
+        ),
+        (
+            "--idle-timeout",
+            "500ms",
+            "500 ms is out of range (allowed: 1 s to 24 h)",
+        ),
+        (
+            "--idle-timeout",
+            "1441m",
+            "1441 min is out of range (allowed: 1 s to 24 h)",
+        ),
+        (
+            "--header-read-timeout",
+            "9ms",
+            "9 ms is out of range (allowed: 10 ms to 5 min)",
+        ),
+        (
+            "--header-read-timeout",
+            "6m",
+            "6 min is out of range (allowed: 10 ms to 5 min)",
+        ),
+        (
+            "--body-read-timeout",
+            "0",
+            "0 s is out of range (allowed: 10 ms to 5 min)",
+        ),
+        (
+            "--body-read-timeout",
+            "301",
+            "301 s is out of range (allowed: 10 ms to 5 min)",
+        ),
+        (
+            "--route-cache-ttl",
+            "61m",
+            "61 min is out of range (allowed: 0 s to 1 h)",
+        ),
+        (
+            "--diagnostics-flush-interval",
+            "5ms",
+            "5 ms is out of range (allowed: 10 ms to 5 min)",
+        ),
+        (
+            "--diagnostics-flush-interval",
+            "10m",
+            "10 min is out of range (allowed: 10 ms to 5 min)",
+        ),
+        (
+            "--webhook-max-attempts",
+            "0",
+            "0 is out of range (allowed: 1 to 50)",
+        ),
+        (
+            "--webhook-max-attempts",
+            "51",
+            "51 is out of range (allowed: 1 to 50)",
+        ),
+        (
+            "--webhook-timeout",
+            "0",
+            "0 s is out of range (allowed: 10 ms to 5 min)",
+        ),
+        (
+            "--webhook-timeout",
+            "5001s",
+            "5001 s is out of range (allowed: 10 ms to 5 min)",
+        ),
+        (
+            "--webhook-retry-base",
+            "0",
+            "0 s is out of range (allowed: 1 ms to 1 h)",
+        ),
+        (
+            "--webhook-retry-base",
+            "3601",
+            "3601 s is out of range (allowed: 1 ms to 1 h)",
+        ),
+        (
+            "--outbox-poll-interval",
+            "1ms",
+            "1 ms is out of range (allowed: 10 ms to 24 h)",
+        ),
+        (
+            "--outbox-poll-interval",
+            "86401",
+            "86401 s is out of range (allowed: 10 ms to 24 h)",
+        ),
+    ];
+
+    #[test]
+    fn out_of_range_values_are_rejected_never_raised() {
+        for &(flag, value, expected) in OUT_OF_RANGE {
+            let name = format!("VOICE_{}", flag[2..].to_ascii_uppercase().replace('-', "_"));
+            let e = parse(&[flag, value]).expect_err(&format!("{flag} {value} is accepted"));
+            assert_eq!(e, format!("invalid {name} ({flag}): {expected}"));
+        }
+    }
+
+    #[test]
+    fn range_bounds_and_the_values_tests_use_are_accepted() {
+        for (flag, value) in [
+            ("--database-max-connections", "1"),
+            ("--stream-token-ttl", "1"),
+            ("--stream-token-ttl", "3600"),
+            ("--alert-threshold", "1"),
+            ("--alert-window", "1"),
+            ("--alert-window", "1440m"),
+            ("--stream-start-timeout", "1"),
+            ("--stream-start-timeout", "5m"),
+            ("--agent-health-interval", "1"),
+            ("--agent-health-interval", "1440m"),
+            ("--idle-timeout", "1"),
+            ("--idle-timeout", "1440m"),
+            ("--header-read-timeout", "10ms"),
+            ("--header-read-timeout", "5m"),
+            ("--body-read-timeout", "10ms"),
+            ("--body-read-timeout", "5m"),
+            ("--route-cache-ttl", "0"),
+            ("--route-cache-ttl", "60m"),
+            ("--diagnostics-flush-interval", "10ms"),
+            ("--diagnostics-flush-interval", "5m"),
+            ("--webhook-max-attempts", "1"),
+            ("--webhook-max-attempts", "50"),
+            ("--webhook-timeout", "10ms"),
+            ("--webhook-timeout", "5m"),
+            ("--webhook-retry-base", "1ms"),
+            ("--webhook-retry-base", "60m"),
+            ("--outbox-poll-interval", "10ms"),
+            ("--outbox-poll-interval", "1440m"),
+        ] {
+            if let Err(e) = parse(&[flag, value]) {
+                panic!("{flag} {value}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::from_args(ConfigArgs::defaults()).unwrap();
+        assert_eq!(c.database.max_connections, 1);
+        assert_eq!(c.database.route_cache_ttl, Duration::from_secs(2));
+        assert_eq!(c.http.bind, "127.0.0.1:8080");
+        assert_eq!(c.http.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.http.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.body_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.urls.public, "http://127.0.0.1:8080");
+        assert!(!c.urls.trust_forwarded);
+        assert!(c.stream_tokens.secret_generated);
+        assert_eq!(c.stream_tokens.ttl, Duration::from_secs(60));
+        assert_eq!(c.stream_tokens.placement, TokenPlacement::Query);
+        assert_eq!(c.media.max_streams, 500);
+        assert_eq!(c.media.start_timeout, Duration::from_secs(5));
+        assert_eq!(c.media.agent_health_interval, Duration::from_secs(15));
+        assert_eq!(c.alerts.threshold, 5);
+        assert_eq!(c.alerts.window, Duration::from_secs(300));
+        assert_eq!(c.alerts.diagnostics_flush_interval, Duration::from_secs(1));
+        assert_eq!(c.outbox.max_attempts, 8);
+        assert_eq!(c.outbox.timeout, Duration::from_secs(10));
+        assert_eq!(c.outbox.retry_base, Duration::from_secs(5));
+        assert_eq!(c.outbox.poll_interval, Duration::from_secs(1));
+        assert!(!c.outbox.deny_private);
+        assert!(c.admin.token.is_none());
+        let postgres = parse(&["--database-url", "postgres://u@h/db"]).unwrap();
+        assert_eq!(postgres.database.max_connections, 16);
+    }
+
+    #[test]
+    fn error_flags_are_the_flags_of_their_variables() {
+        let command = <Cli as clap::CommandFactory>::command();
+        let mut checked = 0;
+        for arg in command.get_arguments() {
+            let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) else {
+                continue;
+            };
+            assert_eq!(flag_of(&env.to_string_lossy()), format!("--{long}"));
+            checked += 1;
+        }
+        assert_eq!(checked, 27);
+    }
+
+    #[test]
+    fn durations_show_in_their_largest_exact_unit() {
+        for (d, shown) in [
+            (Duration::ZERO, "0 s"),
+            (Duration::from_millis(250), "250 ms"),
+            (Duration::from_millis(1500), "1500 ms"),
+            (Duration::from_secs(90), "90 s"),
+            (Duration::from_secs(300), "5 min"),
+            (Duration::from_secs(7200), "2 h"),
+            (Duration::from_micros(1500), "1.5ms"),
+        ] {
+            assert_eq!(show_duration(d), shown);
+        }
     }
 
     #[test]
@@ -401,14 +855,21 @@ mod tests {
             "adm-secret-value",
             "--token-secret",
             &"k".repeat(40),
+            "--database-url",
+            "postgres://voice:db-password@db.internal/voice",
         ])
         .unwrap();
         let shown = format!("{c:?}");
+        for secret in ["adm-secret-value", &"k".repeat(40), "db-password"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.contains("Secret([redacted])"), "{shown}");
         assert!(
-            !shown.contains("adm-secret-value") && !shown.contains(&"k".repeat(40)),
-            "{shown}"
+            parse(&["--trust-forwarded", "true"])
+                .unwrap()
+                .urls
+                .trust_forwarded
         );
-        assert!(parse(&["--trust-forwarded", "true"]).unwrap().trust_forwarded);
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));

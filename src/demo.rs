@@ -66,7 +66,7 @@ pub async fn seed(db: &DatabaseConnection) -> Result<tenant::Model, domain::Erro
 
 /// A ready-to-paste curl command posting a signed inbound-call webhook with a fresh CallSid.
 pub fn curl_command(config: &Config, tenant: &tenant::Model) -> String {
-    let url = format!("{}/api/v1/incoming-call", config.public_url);
+    let url = format!("{}/api/v1/incoming-call", config.urls.public);
     let call_sid = format!("CA{}", uuid::Uuid::new_v4().simple());
     let form = FormParams::from_pairs([
         ("AccountSid", tenant.account_sid.as_str()),
@@ -89,6 +89,6 @@ pub fn curl_command(config: &Config, tenant: &tenant::Model) -> String {
 pub fn call_command(config: &Config, tenant: &tenant::Model) -> String {
     format!(
         "cargo run --release -- call --url '{}' \\\n  --token '{}' --account-sid {} \\\n  --to '{DEMO_NUMBER}' --record out.wav",
-        config.public_url, tenant.auth_token, tenant.account_sid
+        config.urls.public, tenant.auth_token, tenant.account_sid
     )
 }

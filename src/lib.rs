@@ -79,11 +79,11 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let acceptor = TcpListener::bind(state.config.bind.clone())
+    let acceptor = TcpListener::bind(state.config.http.bind.clone())
         .into_acceptor()
         .await?;
     for addr in acceptor.local_addr() {
-        tracing::info!(address = %addr, public_url = %state.config.public_url, "listening");
+        tracing::info!(address = %addr, public_url = %state.config.urls.public, "listening");
     }
     let workers = worker::spawn_all(state.clone());
     let served = serve_on(
@@ -110,10 +110,10 @@ pub async fn serve_on(
     shutdown: impl std::future::Future<Output = ()>,
     grace: Option<std::time::Duration>,
 ) -> std::io::Result<()> {
-    let acceptor = head_deadline::HeadDeadline::new(NoDelay(acceptor), state.config.header_read_timeout);
+    let acceptor = head_deadline::HeadDeadline::new(NoDelay(acceptor), state.config.http.header_read_timeout);
     let endpoint = acceptor.watch(app(state.clone()));
     Server::new_with_acceptor(acceptor)
-        .idle_timeout(state.config.idle_timeout)
+        .idle_timeout(state.config.http.idle_timeout)
         .run_with_graceful_shutdown(endpoint, shutdown, grace)
         .await
 }

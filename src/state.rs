@@ -59,32 +59,35 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         let writer = Arc::new(Writer::new(
             db.clone(),
-            config.database_max_connections,
+            config.database.max_connections,
             metrics.write_batch_size.clone(),
         ));
-        let tokens = TokenIssuer::new(config.token_secret.expose().as_bytes(), config.stream_token_ttl);
+        let tokens = TokenIssuer::new(
+            config.stream_tokens.secret.expose().as_bytes(),
+            config.stream_tokens.ttl,
+        );
         let diagnostics = Diagnostics::new(
             db.clone(),
             metrics.clone(),
             AlertRule {
-                threshold: config.alert_threshold,
-                window: config.alert_window,
+                threshold: config.alerts.threshold,
+                window: config.alerts.window,
             },
         );
         let voice = VoiceSettings {
-            unknown_route_message: config.unknown_route_message.clone(),
-            fallback_message: config.fallback_message.clone(),
-            stream_url: config.stream_url.clone(),
-            token_placement: config.stream_token_placement,
-            stream_ended_url: config.stream_ended_url(),
-            max_streams: config.max_streams,
+            unknown_route_message: config.messages.unknown_route.clone(),
+            fallback_message: config.messages.fallback.clone(),
+            stream_url: config.urls.stream.clone(),
+            token_placement: config.stream_tokens.placement,
+            stream_ended_url: config.urls.stream_ended(),
+            max_streams: config.media.max_streams,
         };
         Self {
-            routes: Arc::new(RouteCache::new(config.route_cache_ttl)),
+            routes: Arc::new(RouteCache::new(config.database.route_cache_ttl)),
             answers: Arc::new(AnswerStore::new(
                 db.clone(),
                 writer.clone(),
-                config.stream_token_ttl,
+                config.stream_tokens.ttl,
             )),
             diagnostics: Arc::new(diagnostics),
             voice: Arc::new(voice),

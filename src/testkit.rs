@@ -226,7 +226,7 @@ impl TestApp {
             .schema
             .as_deref()
             .expect("a second instance needs PostgreSQL");
-        let db = db::connect_url(self.state.config.database_url.expose(), 8, Some(schema))
+        let db = db::connect_url(self.state.config.database.url.expose(), 8, Some(schema))
             .await
             .expect("connects");
         let (acceptor, port) = bind_local().await;
@@ -269,7 +269,7 @@ impl TestApp {
 
     /// The URL the service reconstructs for `path_and_query`.
     pub fn public(&self, path_and_query: &str) -> String {
-        format!("{}{path_and_query}", self.state.config.public_url)
+        format!("{}{path_and_query}", self.state.config.urls.public)
     }
 
     /// POSTs a raw body with headers.

@@ -511,7 +511,7 @@ fn check_tokens(app: &TestApp, body: &str, request: &Request, seeded: &Seeded) {
         assert_eq!(claims.aud, AUDIENCE);
         assert_eq!(
             claims.exp - claims.iat,
-            app.state.config.stream_token_ttl.as_secs() as i64,
+            app.state.config.stream_tokens.ttl.as_secs() as i64,
             "token lifetime"
         );
         assert!(!token.contains(AUTH_TOKEN), "no secret in the token");

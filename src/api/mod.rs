@@ -43,7 +43,7 @@ async fn check_admin_token(req: &Request, bearer: Bearer) -> poem::Result<()> {
     let state = req
         .data::<AppState>()
         .ok_or_else(|| unauthorized("admin API unavailable"))?;
-    let Some(expected) = &state.config.admin_token else {
+    let Some(expected) = &state.config.admin.token else {
         return Err(unauthorized(
             "the admin API is disabled: VOICE_ADMIN_TOKEN is not set",
         ));

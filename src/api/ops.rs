@@ -35,7 +35,7 @@ impl OpsApi {
         RuntimeStatus {
             draining: runtime.is_draining(),
             active_streams: runtime.active_streams() as u64,
-            max_streams: self.state.config.max_streams as u64,
+            max_streams: self.state.config.media.max_streams as u64,
         }
     }
 }

@@ -94,7 +94,9 @@ impl ParsePayload for TwilioForm {
         }
         let deadline = request
             .data::<crate::state::AppState>()
-            .map_or(std::time::Duration::from_secs(10), |s| s.config.body_read_timeout);
+            .map_or(std::time::Duration::from_secs(10), |s| {
+                s.config.http.body_read_timeout
+            });
         let mut reader = body.take()?.into_async_read();
         let mut bytes =
             Vec::with_capacity(declared.map_or(1024, |len| len.min(MAX_BODY_BYTES as u64) as usize));

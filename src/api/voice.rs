@@ -249,8 +249,8 @@ fn header(req: &Request, name: &str) -> Option<String> {
 /// The URL Twilio signed: the configured public base URL (or, when trusted, the forwarded
 /// scheme and host with the base URL's path prefix) + the request path + the raw query.
 pub fn signed_url(config: &Config, req: &Request) -> String {
-    let base = &config.public_url;
-    let mut url = if config.trust_forwarded {
+    let base = &config.urls.public;
+    let mut url = if config.urls.trust_forwarded {
         let after_scheme = base.find("://").map_or(0, |i| i + 3);
         let prefix_at = base[after_scheme..]
             .find('/')

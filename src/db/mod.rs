@@ -23,8 +23,8 @@ use crate::config::Config;
 /// Opens the pool. SQLite runs in WAL mode with a busy timeout; PostgreSQL as configured.
 pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
     connect_url(
-        config.database_url.expose(),
-        config.database_max_connections,
+        config.database.url.expose(),
+        config.database.max_connections,
         None,
     )
     .await

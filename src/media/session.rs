@@ -136,7 +136,7 @@ pub async fn run(
     out: mpsc::Sender<Reply>,
 ) {
     let _counted = state.runtime.stream_opened();
-    let deadline = tokio::time::Instant::now() + state.config.stream_start_timeout;
+    let deadline = tokio::time::Instant::now() + state.config.media.start_timeout;
     let mut counts = Counts::default();
     let mut connected = None;
 

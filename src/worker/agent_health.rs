@@ -14,7 +14,7 @@ pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3)
 /// Checks every agent every `agent_health_interval`, forever.
 pub async fn run(state: AppState) {
     let client = probe::http_client();
-    let mut tick = tokio::time::interval(state.config.agent_health_interval);
+    let mut tick = tokio::time::interval(state.config.media.agent_health_interval);
     loop {
         tick.tick().await;
         if let Err(e) = check_with(&state, &client).await {

@@ -3,7 +3,7 @@ use crate::state::AppState;
 
 /// Flushes forever.
 pub async fn run(state: AppState) {
-    let mut tick = tokio::time::interval(state.config.diagnostics_flush_interval);
+    let mut tick = tokio::time::interval(state.config.alerts.diagnostics_flush_interval);
     loop {
         tick.tick().await;
         if let Err(e) = state.diagnostics.flush().await {

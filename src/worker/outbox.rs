@@ -36,7 +36,7 @@ pub async fn run(state: AppState) {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "outbox round failed"),
         }
-        tokio::time::sleep(state.config.outbox_poll_interval).await;
+        tokio::time::sleep(state.config.outbox.poll_interval).await;
     }
 }
 
@@ -77,7 +77,7 @@ pub async fn claim(state: &AppState) -> Result<Vec<outbox_event::Model>, DbErr> 
     let db = &state.db;
     let backend = db.get_database_backend();
     let now = Utc::now();
-    let lease_until = now + chrono::Duration::from_std(state.config.webhook_timeout * 3).unwrap_or_default();
+    let lease_until = now + chrono::Duration::from_std(state.config.outbox.timeout * 3).unwrap_or_default();
     let lock = if backend == DbBackend::Postgres {
         " FOR UPDATE SKIP LOCKED"
     } else {
@@ -124,7 +124,7 @@ fn outcome(state: &AppState, event: &outbox_event::Model, result: &Result<(), Fa
         Ok(()) => "delivered",
         Err(Failure::Skip(_)) => "skipped",
         Err(Failure::Refuse(_)) => "dead",
-        Err(Failure::Retry(_)) if event.attempts >= state.config.webhook_max_attempts => "dead",
+        Err(Failure::Retry(_)) if event.attempts >= state.config.outbox.max_attempts => "dead",
         Err(Failure::Retry(_)) => "failed",
     }
 }
@@ -152,7 +152,7 @@ async fn record(state: &AppState, events: &[outbox_event::Model], results: Vec<R
             _ => {}
         }
         if outcome == "failed" {
-            let delay = backoff(state.config.webhook_retry_base, event.attempts);
+            let delay = backoff(state.config.outbox.retry_base, event.attempts);
             let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
             updates.push(
                 leased(&event.id, event.attempts)
@@ -211,7 +211,7 @@ async fn attempt(
         .webhook_url
         .clone()
         .ok_or_else(|| Failure::Skip("tenant has no webhook_url".to_owned()))?;
-    if state.config.webhook_deny_private {
+    if state.config.outbox.deny_private {
         refuse_private(&url).await.map_err(Failure::Refuse)?;
     }
     let timestamp = Utc::now().timestamp();
@@ -219,7 +219,7 @@ async fn attempt(
         .ok_or_else(|| Failure::Refuse("the tenant's webhook secret is not valid base64".to_owned()))?;
     let response = client
         .post(&url)
-        .timeout(state.config.webhook_timeout)
+        .timeout(state.config.outbox.timeout)
         .header("content-type", "application/json")
         .header("webhook-id", &event.id)
         .header("webhook-timestamp", timestamp.to_string())
