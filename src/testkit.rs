@@ -172,9 +172,14 @@ async fn bind_local() -> (TcpAcceptor, u16) {
     (acceptor, port)
 }
 
-/// Serves `state` on `acceptor` as [`crate::serve`] does, without the background workers.
+/// Serves `state` on `acceptor` as [`crate::server::serve`] does, without the background workers.
 fn serve_on(acceptor: TcpAcceptor, state: AppState) {
-    tokio::spawn(crate::serve_on(acceptor, state, std::future::pending(), None));
+    tokio::spawn(crate::server::serve_on(
+        acceptor,
+        state,
+        std::future::pending(),
+        None,
+    ));
 }
 
 /// The inbound-call fields Twilio sends, from the recorded example, for `call_sid`.
