@@ -34,6 +34,12 @@ pub struct HttpLabels {
     pub status: u16,
 }
 
+/// The label of a supervised task.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Worker {
+    pub worker: String,
+}
+
 /// Agent health check labels: the kind of check (`http`, `tcp`) and its outcome (`healthy`,
 /// `unhealthy`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -83,6 +89,8 @@ pub struct Metrics {
     pub write_batch_size: Histogram,
     /// Agent health checks by kind and outcome.
     pub agent_health_checks: Family<HealthCheckLabels, Counter>,
+    /// Restarts of supervised tasks (after an exit or a panic), by task name.
+    pub worker_restarts: Family<Worker, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -107,6 +115,7 @@ impl Default for Metrics {
             http: Family::new_with_constructor(latency_histogram),
             write_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
             agent_health_checks: Family::default(),
+            worker_restarts: Family::default(),
             registry: Registry::default(),
         };
         // Known series exist from the start, at zero, so rates and alerts see them.
@@ -195,6 +204,11 @@ impl Default for Metrics {
             "Agent runtime health checks, by kind of check and outcome",
             m.agent_health_checks.clone(),
         );
+        registry.register(
+            "worker_restarts",
+            "Restarts of supervised tasks after an exit or a panic, by task",
+            m.worker_restarts.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -216,6 +230,15 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// The restart counter of the supervised task `name`, created at zero.
+    pub fn worker_restarts(&self, name: &str) -> Counter {
+        self.worker_restarts
+            .get_or_create(&Worker {
+                worker: name.to_owned(),
+            })
+            .clone()
     }
 
     /// Records one HTTP request.

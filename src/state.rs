@@ -15,6 +15,7 @@ use crate::{
     db::writer::Writer,
     domain::{alerts::DiagnosticsBuffer, token::TokenIssuer},
     metrics::Metrics,
+    worker::supervisor::TaskHealth,
 };
 
 /// Everything a request handler needs; cheap to clone.
@@ -30,6 +31,8 @@ pub struct AppState {
     pub diagnostics: Arc<DiagnosticsBuffer>,
     /// Batches the webhook hot path's writes.
     pub writer: Arc<Writer>,
+    /// Which supervised tasks are down; `/readyz` reports them.
+    pub tasks: Arc<TaskHealth>,
 }
 
 impl AppState {
@@ -59,6 +62,7 @@ impl AppState {
             runtime: Arc::new(Runtime::default()),
             metrics,
             writer: Arc::new(writer),
+            tasks: Arc::default(),
         }
     }
 }

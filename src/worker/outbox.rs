@@ -19,34 +19,44 @@ use sea_orm::{
     sea_query::Expr, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, Statement,
 };
 use sha2::Sha256;
+use tokio_util::sync::CancellationToken;
 
 use crate::{db, metrics::Metrics, state::AppState};
 
 /// Events claimed per round.
 pub const BATCH: u64 = 128;
 
-/// Delivers due events until the process ends: rounds follow each other while they come back
-/// full (a backlog), otherwise the next round waits one poll interval, so a steady trickle of
-/// events is delivered in batches rather than one round per event.
-pub async fn run(state: AppState) {
-    let client = http_client();
-    loop {
+/// Delivers due events until `stop` is cancelled (between rounds): rounds follow each other
+/// while they come back full (a backlog), otherwise the next round waits one poll interval, so
+/// a steady trickle of events is delivered in batches rather than one round per event. Without
+/// an HTTP client it returns at once (its supervisor restarts it).
+pub async fn run(state: AppState, stop: CancellationToken) {
+    let client = match http_client() {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "event delivery needs an HTTP client");
+            return;
+        }
+    };
+    while !stop.is_cancelled() {
         match deliver_due(&state, &client).await {
             Ok(n) if n as u64 >= BATCH => continue,
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "outbox round failed"),
         }
-        tokio::time::sleep(state.config.outbox_poll_interval).await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(state.config.outbox_poll_interval) => {}
+        }
     }
 }
 
 /// The HTTP client deliveries use (no redirects: a receiver answers, it does not forward).
-pub fn http_client() -> reqwest::Client {
+pub fn http_client() -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("stateset-voice/", env!("CARGO_PKG_VERSION")))
         .build()
-        .expect("HTTP client builds")
 }
 
 /// Claims and delivers one batch of due events; returns how many were claimed. The batch's
@@ -112,9 +122,12 @@ pub fn backoff(base: Duration, attempt: i32) -> Duration {
     let exp = base
         .saturating_mul(1u32 << (attempt - 1).clamp(0, 20) as u32)
         .min(Duration::from_secs(3600));
+    // Without the OS random source, no jitter rather than no delivery.
     let mut r = [0u8; 2];
-    getrandom::fill(&mut r).expect("the OS random source is available");
-    let jitter = 0.8 + 0.4 * f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX);
+    let jitter = match getrandom::fill(&mut r) {
+        Ok(()) => 0.8 + 0.4 * f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX),
+        Err(_) => 1.0,
+    };
     exp.mul_f64(jitter)
 }
 

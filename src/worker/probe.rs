@@ -83,7 +83,7 @@ impl Probe {
 
 /// The HTTP client of health checks. Redirects are not followed: a health endpoint answers
 /// 2xx itself.
-pub fn http_client() -> reqwest::Client {
+pub fn http_client() -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!(
@@ -92,7 +92,6 @@ pub fn http_client() -> reqwest::Client {
             " health-check"
         ))
         .build()
-        .expect("HTTP client builds")
 }
 
 async fn http(client: &reqwest::Client, url: &str) -> Result<(), ProbeError> {
