@@ -13,6 +13,7 @@ pub mod domain;
 pub mod error;
 pub mod media;
 pub mod metrics;
+pub mod net;
 pub mod server;
 pub mod state;
 #[cfg(feature = "testkit")]

@@ -1,27 +1,32 @@
-//! Delivers outbox events to each tenant's `webhook_url`, signed per Standard Webhooks.
+//! Delivers outbox events to each tenant's `webhook_url`, signed per Standard Webhooks
+//! ([`signing`]).
 //!
-//! Claiming an event leases it: its `next_attempt_at` moves past the delivery timeout and its
-//! attempt count goes up, in one statement (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so several
-//! instances share the work). A worker that dies mid-delivery leaves the event to be claimed
+//! Claiming an event leases it ([`db::outbox::claim`]) for three delivery timeouts. A worker
+//! that dies mid-delivery leaves the event to be claimed
 //! again when the lease ends, so events survive restarts; a receiver may then see an event
 //! twice and can drop the repeat by its `webhook-id`. A delivered event is never sent again.
+pub mod signing;
+
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    net::IpAddr,
+    collections::{BTreeSet, HashMap},
     time::Duration,
 };
 
-use base64::{engine::general_purpose::STANDARD, Engine as _};
 use chrono::Utc;
 use entity::{outbox_event, tenant};
-use hmac::{Hmac, Mac};
-use sea_orm::{
-    sea_query::Expr, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, Statement,
-};
-use sha2::Sha256;
+use sea_orm::DbErr;
 use tokio_util::sync::CancellationToken;
 
-use crate::{db, metrics::Metrics, state::AppState};
+use crate::{
+    db::{
+        self,
+        outbox::{Attempt, Next},
+    },
+    metrics::Metrics,
+    net::ssrf,
+    state::AppState,
+};
+pub use signing::sign;
 
 /// Events claimed per round.
 pub const BATCH: u64 = 128;
@@ -84,37 +89,9 @@ pub async fn deliver_due(state: &AppState, client: &reqwest::Client) -> Result<u
 
 /// Leases up to [`BATCH`] due events to this worker and counts the attempt.
 pub async fn claim(state: &AppState) -> Result<Vec<outbox_event::Model>, DbErr> {
-    let db = &state.db;
-    let backend = db.get_database_backend();
     let now = Utc::now();
     let lease_until = now + chrono::Duration::from_std(state.config.webhook_timeout * 3).unwrap_or_default();
-    let lock = if backend == DbBackend::Postgres {
-        " FOR UPDATE SKIP LOCKED"
-    } else {
-        ""
-    };
-    let sql = format!(
-        "UPDATE outbox_events SET next_attempt_at = $1, attempts = attempts + 1 \
-         WHERE id IN (SELECT id FROM outbox_events WHERE status = 'pending' AND next_attempt_at <= $2 \
-         ORDER BY next_attempt_at LIMIT {BATCH}{lock}) RETURNING *"
-    );
-    outbox_event::Entity::find()
-        .from_raw_sql(Statement::from_sql_and_values(
-            backend,
-            sql,
-            [lease_until.into(), now.into()],
-        ))
-        .all(db)
-        .await
-}
-
-/// The `webhook-signature` value for a message: `v1,` + base64 HMAC-SHA256 over
-/// `id.timestamp.body`, keyed with the base64 part of the `whsec_` secret.
-pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> Option<String> {
-    let key = crate::domain::admin::webhook_secret_key(secret)?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(&key).ok()?;
-    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
-    Some(format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes())))
+    db::outbox::claim(&state.db, now, lease_until, BATCH).await
 }
 
 /// Delay before retry `attempt` (1-based): base × 2^(attempt−1), at most an hour, ±20 % jitter.
@@ -142,12 +119,11 @@ fn outcome(state: &AppState, event: &outbox_event::Model, result: &Result<(), Fa
     }
 }
 
-/// Records the results of a round. Final results are written per (outcome, error, attempt)
-/// group; a failure to retry is written alone, with its own backoff.
+/// Records the results of a round: counts and logs each, and stores them (a failure to
+/// retry gets its backoff).
 async fn record(state: &AppState, events: &[outbox_event::Model], results: Vec<Result<(), Failure>>) {
     let now = Utc::now();
-    let mut finals: BTreeMap<(&'static str, Option<String>, i32), Vec<&str>> = BTreeMap::new();
-    let mut updates = Vec::new();
+    let mut attempts = Vec::with_capacity(events.len());
     for (event, result) in events.iter().zip(results) {
         let outcome = outcome(state, event, &result);
         Metrics::outcome(&state.metrics.deliveries, outcome);
@@ -164,44 +140,22 @@ async fn record(state: &AppState, events: &[outbox_event::Model], results: Vec<R
             }
             _ => {}
         }
-        if outcome == "failed" {
+        let next = if outcome == "failed" {
             let delay = backoff(state.config.webhook_retry_base, event.attempts);
-            let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
-            updates.push(
-                leased(&event.id, event.attempts)
-                    .col_expr(outbox_event::Column::LastError, Expr::value(error))
-                    .col_expr(outbox_event::Column::NextAttemptAt, Expr::value(next)),
-            );
+            Next::RetryAt(now + chrono::Duration::from_std(delay).unwrap_or_default())
         } else {
-            finals
-                .entry((outcome, error, event.attempts))
-                .or_default()
-                .push(&event.id);
-        }
+            Next::Final(outcome)
+        };
+        attempts.push(Attempt {
+            event_id: &event.id,
+            attempts: event.attempts,
+            error,
+            next,
+        });
     }
-    for ((outcome, error, attempts), ids) in finals {
-        let mut update = outbox_event::Entity::update_many()
-            .col_expr(outbox_event::Column::Status, Expr::value(outcome))
-            .col_expr(outbox_event::Column::LastError, Expr::value(error))
-            .filter(outbox_event::Column::Id.is_in(ids))
-            .filter(outbox_event::Column::Attempts.eq(attempts));
-        if outcome == "delivered" {
-            update = update.col_expr(outbox_event::Column::DeliveredAt, Expr::value(Some(now)));
-        }
-        updates.push(update);
+    for e in db::outbox::record_attempts(&state.db, attempts, now).await {
+        tracing::error!(error = %e, "recording delivery results failed");
     }
-    for update in updates {
-        if let Err(e) = update.exec(&state.db).await {
-            tracing::error!(error = %e, "recording delivery results failed");
-        }
-    }
-}
-
-/// An update of one event that only the holder of its lease (its attempt count) can make.
-fn leased(id: &str, attempts: i32) -> sea_orm::UpdateMany<outbox_event::Entity> {
-    outbox_event::Entity::update_many()
-        .filter(outbox_event::Column::Id.eq(id))
-        .filter(outbox_event::Column::Attempts.eq(attempts))
 }
 
 enum Failure {
@@ -225,7 +179,9 @@ async fn attempt(
         .clone()
         .ok_or_else(|| Failure::Skip("tenant has no webhook_url".to_owned()))?;
     if state.config.webhook_deny_private {
-        refuse_private(&url).await.map_err(Failure::Refuse)?;
+        ssrf::check(&url)
+            .await
+            .map_err(|refused| Failure::Refuse(refusal(refused)))?;
     }
     let timestamp = Utc::now().timestamp();
     let signature = sign(&tenant.webhook_secret, &event.id, timestamp, &event.payload)
@@ -257,50 +213,14 @@ async fn attempt(
     }
 }
 
-/// The SSRF guard: refuses URLs whose host resolves to a loopback, private, link-local or
-/// otherwise internal address.
-pub async fn refuse_private(url: &str) -> Result<(), String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("webhook_url: {e}"))?;
-    let host = parsed
-        .host_str()
-        .ok_or("webhook_url has no host")?
-        .trim_matches(['[', ']'])
-        .to_owned();
-    let port = parsed.port_or_known_default().unwrap_or(443);
-    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![ip],
-        Err(_) => tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|e| format!("resolving {host}: {e}"))?
-            .map(|a| a.ip())
-            .collect(),
-    };
-    match addrs.iter().find(|ip| is_internal(ip)) {
-        Some(ip) => Err(format!(
-            "refused: {host} resolves to internal address {ip} (VOICE_WEBHOOK_DENY_PRIVATE)"
-        )),
-        None => Ok(()),
-    }
-}
-
-fn is_internal(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64
-        }
-        IpAddr::V6(v6) => {
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6.to_ipv4_mapped().is_some_and(|v4| is_internal(&IpAddr::V4(v4)))
+/// The stored reason for a `webhook_url` the SSRF guard refused.
+fn refusal(refused: ssrf::Refused) -> String {
+    match refused {
+        ssrf::Refused::Url(e) => format!("webhook_url: {e}"),
+        ssrf::Refused::NoHost => "webhook_url has no host".to_owned(),
+        resolve @ ssrf::Refused::Resolve { .. } => resolve.to_string(),
+        internal @ ssrf::Refused::Internal { .. } => {
+            format!("refused: {internal} (VOICE_WEBHOOK_DENY_PRIVATE)")
         }
     }
 }
@@ -308,21 +228,6 @@ fn is_internal(ip: &IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn signature_matches_the_standard_webhooks_example() {
-        // The example in the Standard Webhooks specification.
-        let sig = sign(
-            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-            "msg_p5jXN8AQM9LWM0D4loKWxJek",
-            1614265330,
-            r#"{"test": 2432232314}"#,
-        );
-        assert_eq!(
-            sig.as_deref(),
-            Some("v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")
-        );
-    }
 
     #[test]
     fn backoff_doubles_with_bounded_jitter() {
@@ -339,17 +244,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn ssrf_guard() {
-        for url in [
-            "http://127.0.0.1/x",
-            "http://10.1.2.3/",
-            "http://192.168.0.1",
-            "http://[::1]:8080/",
-            "http://169.254.169.254/latest",
-            "http://100.64.0.1/",
-        ] {
-            assert!(refuse_private(url).await.is_err(), "{url}");
-        }
-        assert!(refuse_private("https://93.184.216.34/hook").await.is_ok());
+    async fn refusals_keep_their_stored_reasons() {
+        let reason = |url: &'static str| async move { refusal(ssrf::check(url).await.unwrap_err()) };
+        assert_eq!(
+            reason("http://127.0.0.1/x").await,
+            "refused: 127.0.0.1 resolves to internal address 127.0.0.1 (VOICE_WEBHOOK_DENY_PRIVATE)"
+        );
+        assert_eq!(reason("unix:/run/socket").await, "webhook_url has no host");
+        assert_eq!(reason("no url").await, "webhook_url: relative URL without a base");
     }
 }
