@@ -42,7 +42,6 @@ pub async fn serve(state: AppState, shutdown: impl Future<Output = ()> + Send) -
     start(&mut supervisor, acceptor, &state, Some(GRACE));
     worker::start_all(&mut supervisor, &state);
     shutdown.await;
-    tracing::info!("shutting down");
     supervisor.shutdown().await;
     // Diagnostics still buffered would otherwise be lost with the process.
     if let Err(e) = domain::alerts::flush(&state).await {

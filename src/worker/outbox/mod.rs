@@ -2,9 +2,9 @@
 //! ([`signing`]).
 //!
 //! Claiming an event leases it ([`db::outbox::claim`]) for three delivery timeouts. A worker
-//! that dies mid-delivery leaves the event to be claimed
-//! again when the lease ends, so events survive restarts; a receiver may then see an event
-//! twice and can drop the repeat by its `webhook-id`. A delivered event is never sent again.
+//! that dies mid-delivery leaves the event to be claimed again when the lease ends, so events
+//! survive restarts; a receiver may then see an event twice and can drop the repeat by its
+//! `webhook-id`. A delivered event is never sent again.
 pub mod signing;
 
 use std::{
