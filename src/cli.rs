@@ -318,7 +318,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     crate::demo::call_command(&state.config, &tenant)
                 );
             }
-            crate::serve(state, shutdown_signal()).await?;
+            crate::server::serve(state, shutdown_signal()).await?;
         }
         Command::Migrate => {
             let db = db::connect(&config).await?;

@@ -1,6 +1,7 @@
 //! stateset-voice: answers Twilio Voice webhooks for many tenants.
 //!
-//! [`app`] builds the HTTP endpoint used by the server, the tests and the conformance suite.
+//! [`app`] builds the HTTP endpoint used by the server, the tests and the conformance suite;
+//! [`server::serve`] runs it with the background tasks.
 pub mod api;
 pub mod call;
 pub mod cli;
@@ -9,22 +10,17 @@ pub mod db;
 pub mod demo;
 pub mod domain;
 pub mod error;
-pub mod head_deadline;
 pub mod media;
 pub mod metrics;
+pub mod net;
+pub mod server;
 pub mod state;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod twilio;
 pub mod worker;
 
-use poem::{
-    http::uri::Scheme,
-    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
-    middleware::Tracing,
-    web::{LocalAddr, RemoteAddr},
-    Endpoint, EndpointExt, Route, Server,
-};
+use poem::{middleware::Tracing, Endpoint, EndpointExt, Route};
 
 use crate::{config::Config, state::AppState};
 
@@ -71,69 +67,4 @@ pub async fn prepare(config: Config) -> Result<AppState, sea_orm::DbErr> {
     let db = db::connect(&config).await?;
     db::migrate(&db).await?;
     Ok(AppState::new(db, config))
-}
-
-/// Serves `state` on its configured address, with the background workers (event delivery,
-/// diagnostics flush, agent health checks), until `shutdown` completes.
-pub async fn serve(
-    state: AppState,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) -> std::io::Result<()> {
-    let acceptor = TcpListener::bind(state.config.http.bind.clone())
-        .into_acceptor()
-        .await?;
-    for addr in acceptor.local_addr() {
-        tracing::info!(address = %addr, public_url = %state.config.urls.public, "listening");
-    }
-    let workers = worker::spawn_all(state.clone());
-    let served = serve_on(
-        acceptor,
-        state.clone(),
-        shutdown,
-        Some(std::time::Duration::from_secs(10)),
-    )
-    .await;
-    drop(workers);
-    // Diagnostics still buffered would otherwise be lost with the process.
-    if let Err(e) = state.diagnostics.flush().await {
-        tracing::warn!(error = %e, "writing diagnostics at shutdown failed");
-    }
-    served
-}
-
-/// Serves [`app`] on `acceptor` with the connection limits of the configuration (Nagle off,
-/// request head deadline, idle timeout) until `shutdown` completes, then gives open connections
-/// `grace` to finish.
-pub async fn serve_on(
-    acceptor: TcpAcceptor,
-    state: AppState,
-    shutdown: impl std::future::Future<Output = ()>,
-    grace: Option<std::time::Duration>,
-) -> std::io::Result<()> {
-    let acceptor = head_deadline::HeadDeadline::new(NoDelay(acceptor), state.config.http.header_read_timeout);
-    let endpoint = acceptor.watch(app(state.clone()));
-    Server::new_with_acceptor(acceptor)
-        .idle_timeout(state.config.http.idle_timeout)
-        .run_with_graceful_shutdown(endpoint, shutdown, grace)
-        .await
-}
-
-/// Accepts TCP connections with Nagle's algorithm off, so 20 ms media frames and small answers
-/// leave at once instead of waiting for the peer's delayed ACK.
-pub struct NoDelay<A>(pub A);
-
-impl<A: Acceptor<Io = tokio::net::TcpStream>> Acceptor for NoDelay<A> {
-    type Io = tokio::net::TcpStream;
-
-    fn local_addr(&self) -> Vec<LocalAddr> {
-        self.0.local_addr()
-    }
-
-    async fn accept(&mut self) -> std::io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
-        let (io, local, remote, scheme) = self.0.accept().await?;
-        if let Err(e) = io.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-        Ok((io, local, remote, scheme))
-    }
 }

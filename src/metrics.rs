@@ -12,7 +12,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::worker::probe::ProbeKind;
+use crate::domain::runtime::ProbeKind;
+
+/// The `voice_webhook_deliveries_total` outcome of an attempt that will be retried (the other
+/// outcomes are final outbox statuses).
+pub const DELIVERY_RETRIED: &str = "failed";
 
 /// A label set with one label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -32,6 +36,12 @@ pub struct HttpLabels {
     pub method: String,
     pub path: String,
     pub status: u16,
+}
+
+/// The label of a supervised task.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Worker {
+    pub worker: String,
 }
 
 /// Agent health check labels: the kind of check (`http`, `tcp`) and its outcome (`healthy`,
@@ -83,6 +93,8 @@ pub struct Metrics {
     pub write_batch_size: Histogram,
     /// Agent health checks by kind and outcome.
     pub agent_health_checks: Family<HealthCheckLabels, Counter>,
+    /// Restarts of supervised tasks (after an exit or a panic), by task name.
+    pub worker_restarts: Family<Worker, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -107,15 +119,18 @@ impl Default for Metrics {
             http: Family::new_with_constructor(latency_histogram),
             write_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
             agent_health_checks: Family::default(),
+            worker_restarts: Family::default(),
             registry: Registry::default(),
         };
         // Known series exist from the start, at zero, so rates and alerts see them.
-        for outcome in ["streamed", "fallback"] {
+        for outcome in entity::states::Outcome::ALL {
             let _ = m.calls.get_or_create(&Outcome {
-                outcome: outcome.to_owned(),
+                outcome: outcome.as_str().to_owned(),
             });
         }
-        for outcome in ["delivered", "failed", "dead", "skipped"] {
+        use entity::states::OutboxStatus;
+        let delivered = [OutboxStatus::Delivered, OutboxStatus::Dead, OutboxStatus::Skipped];
+        for outcome in delivered.iter().map(|s| s.as_str()).chain([DELIVERY_RETRIED]) {
             let _ = m.deliveries.get_or_create(&Outcome {
                 outcome: outcome.to_owned(),
             });
@@ -130,7 +145,7 @@ impl Default for Metrics {
                 reason: reason.as_str().to_owned(),
             });
         }
-        for kind in [ProbeKind::Http, ProbeKind::Tcp] {
+        for kind in ProbeKind::ALL {
             for healthy in [true, false] {
                 let _ = m
                     .agent_health_checks
@@ -195,6 +210,11 @@ impl Default for Metrics {
             "Agent runtime health checks, by kind of check and outcome",
             m.agent_health_checks.clone(),
         );
+        registry.register(
+            "worker_restarts",
+            "Restarts of supervised tasks after an exit or a panic, by task",
+            m.worker_restarts.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -216,6 +236,15 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// The restart counter of the supervised task `name`, created at zero.
+    pub fn worker_restarts(&self, name: &str) -> Counter {
+        self.worker_restarts
+            .get_or_create(&Worker {
+                worker: name.to_owned(),
+            })
+            .clone()
     }
 
     /// Records one HTTP request.

@@ -13,6 +13,7 @@ use crate::{
         webhook::{AnswerStore, VoiceSettings, WebhookContext},
     },
     metrics::Metrics,
+    worker::supervisor::TaskHealth,
 };
 
 /// Everything a request handler needs; cheap to clone.
@@ -31,6 +32,8 @@ pub struct AppState {
     pub writer: Arc<Writer>,
     /// What the voice webhooks read of the configuration.
     pub voice: Arc<VoiceSettings>,
+    /// Which supervised tasks are down; `/readyz` reports them.
+    pub tasks: Arc<TaskHealth>,
 }
 
 impl AppState {
@@ -97,6 +100,7 @@ impl AppState {
             runtime: Arc::new(Runtime::default()),
             metrics,
             writer,
+            tasks: Arc::default(),
         }
     }
 }

@@ -172,9 +172,11 @@ async fn bind_local() -> (TcpAcceptor, u16) {
     (acceptor, port)
 }
 
-/// Serves `state` on `acceptor` as [`crate::serve`] does, without the background workers.
+/// Serves `state` on `acceptor` as [`crate::server::serve`] does (the server and the batch
+/// writer under a supervisor), without the background workers; tests run those themselves.
 fn serve_on(acceptor: TcpAcceptor, state: AppState) {
-    tokio::spawn(crate::serve_on(acceptor, state, std::future::pending(), None));
+    let mut supervisor = crate::worker::supervisor::Supervisor::for_state(&state);
+    crate::server::start(&mut supervisor, acceptor, &state, None);
 }
 
 /// The inbound-call fields Twilio sends, from the recorded example, for `call_sid`.

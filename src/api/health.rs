@@ -21,14 +21,18 @@ pub struct Health {
     pub status: String,
     /// Whether this instance is draining.
     pub draining: bool,
+    /// Readiness only: the background tasks that are down (restarting after an exit or a
+    /// panic), by name. Absent when none is.
+    #[oai(default, skip_serializing_if_is_empty)]
+    pub tasks_down: Vec<String>,
 }
 
 #[derive(ApiResponse)]
 enum Readiness {
-    /// The database answers.
+    /// The database answers and every background task runs.
     #[oai(status = 200)]
     Ready(Json<Health>),
-    /// The database does not answer.
+    /// The database does not answer or a background task is down.
     #[oai(status = 503)]
     Unavailable(Json<Health>),
 }
@@ -41,6 +45,7 @@ impl HealthApi {
         Json(Health {
             status: "ok".to_owned(),
             draining: self.state.runtime.is_draining(),
+            tasks_down: Vec::new(),
         })
     }
 
@@ -55,7 +60,7 @@ impl HealthApi {
             .active_streams
             .set(self.state.runtime.active_streams() as i64);
         let backlog = outbox_event::Entity::find()
-            .filter(outbox_event::Column::Status.eq("pending"))
+            .filter(outbox_event::Column::Status.eq(entity::states::OutboxStatus::Pending))
             .count(&self.state.db)
             .await;
         match backlog {
@@ -67,22 +72,32 @@ impl HealthApi {
         PlainText(metrics.encode())
     }
 
-    /// Readiness: the database is reachable
+    /// Readiness: the database is reachable and every background task runs
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self) -> Readiness {
         let draining = self.state.runtime.is_draining();
-        match self.state.db.ping().await {
-            Ok(()) => Readiness::Ready(Json(Health {
-                status: "ready".to_owned(),
-                draining,
-            })),
+        let tasks_down = self.state.tasks.down();
+        let reachable = match self.state.db.ping().await {
+            Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "readiness check failed");
-                Readiness::Unavailable(Json(Health {
-                    status: "unavailable".to_owned(),
-                    draining,
-                }))
+                false
             }
+        };
+        if reachable && tasks_down.is_empty() {
+            return Readiness::Ready(Json(Health {
+                status: "ready".to_owned(),
+                draining,
+                tasks_down,
+            }));
         }
+        if !tasks_down.is_empty() {
+            tracing::warn!(tasks = ?tasks_down, "not ready: background tasks are down");
+        }
+        Readiness::Unavailable(Json(Health {
+            status: "unavailable".to_owned(),
+            draining,
+            tasks_down,
+        }))
     }
 }

@@ -1,16 +1,24 @@
 //! The outbox: events written with the state they describe, delivered later.
-use chrono::Utc;
-use entity::outbox_event;
+//!
+//! Claiming an event leases it: its `next_attempt_at` moves to the end of the lease and its
+//! attempt count goes up, in one statement (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so several
+//! instances share the work). The result of an attempt is recorded only by the holder of the
+//! lease (the attempt count it claimed), so a late result cannot overwrite a newer one.
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use entity::{
+    id::new_id,
+    outbox_event,
+    states::{EventType, OutboxStatus},
+};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel, QueryFilter,
+    sea_query::Expr, ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait,
+    IntoActiveModel, QueryFilter, Statement,
 };
 use serde_json::{json, Value};
 
 use super::Page;
-use entity::{
-    id::new_id,
-    states::{EventType, OutboxStatus},
-};
 
 /// Records an event of `event_type` for a tenant.
 pub async fn record<C: ConnectionTrait>(
@@ -63,4 +71,101 @@ pub async fn list<C: ConnectionTrait>(
         &m.id
     })
     .await
+}
+
+/// Leases up to `limit` events due at `now` until `lease_until` and counts the attempt.
+pub async fn claim<C: ConnectionTrait>(
+    db: &C,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    limit: u64,
+) -> Result<Vec<outbox_event::Model>, DbErr> {
+    let backend = db.get_database_backend();
+    let lock = if backend == DbBackend::Postgres {
+        " FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "UPDATE outbox_events SET next_attempt_at = $1, attempts = attempts + 1 \
+         WHERE id IN (SELECT id FROM outbox_events WHERE status = 'pending' AND next_attempt_at <= $2 \
+         ORDER BY next_attempt_at LIMIT {limit}{lock}) RETURNING *"
+    );
+    outbox_event::Entity::find()
+        .from_raw_sql(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [lease_until.into(), now.into()],
+        ))
+        .all(db)
+        .await
+}
+
+/// The result of one delivery attempt of a claimed event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt<'a> {
+    pub event_id: &'a str,
+    /// The attempt count of the lease (as claimed).
+    pub attempts: i32,
+    pub error: Option<String>,
+    pub next: Next,
+}
+
+/// What becomes of an event after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Still pending, tried again at this time.
+    RetryAt(DateTime<Utc>),
+    /// Done, with this status.
+    Final(OutboxStatus),
+}
+
+/// Records the results of a round at `now`. Final results are written per (status, error,
+/// attempt) group; a retry is written alone, with its own time. Each statement runs even when
+/// another fails; the failures are returned.
+pub async fn record_attempts<C: ConnectionTrait>(
+    db: &C,
+    attempts: Vec<Attempt<'_>>,
+    now: DateTime<Utc>,
+) -> Vec<DbErr> {
+    let mut finals: BTreeMap<(&'static str, Option<String>, i32), Vec<&str>> = BTreeMap::new();
+    let mut updates = Vec::new();
+    for attempt in attempts {
+        match attempt.next {
+            Next::RetryAt(at) => updates.push(
+                leased(attempt.event_id, attempt.attempts)
+                    .col_expr(outbox_event::Column::LastError, Expr::value(attempt.error))
+                    .col_expr(outbox_event::Column::NextAttemptAt, Expr::value(at)),
+            ),
+            Next::Final(status) => finals
+                .entry((status.as_str(), attempt.error, attempt.attempts))
+                .or_default()
+                .push(attempt.event_id),
+        }
+    }
+    for ((status, error, attempts), ids) in finals {
+        let mut update = outbox_event::Entity::update_many()
+            .col_expr(outbox_event::Column::Status, Expr::value(status))
+            .col_expr(outbox_event::Column::LastError, Expr::value(error))
+            .filter(outbox_event::Column::Id.is_in(ids))
+            .filter(outbox_event::Column::Attempts.eq(attempts));
+        if status == OutboxStatus::Delivered.as_str() {
+            update = update.col_expr(outbox_event::Column::DeliveredAt, Expr::value(Some(now)));
+        }
+        updates.push(update);
+    }
+    let mut failures = Vec::new();
+    for update in updates {
+        if let Err(e) = update.exec(db).await {
+            failures.push(e);
+        }
+    }
+    failures
+}
+
+/// An update of one event that only the holder of its lease (its attempt count) can make.
+fn leased(id: &str, attempts: i32) -> sea_orm::UpdateMany<outbox_event::Entity> {
+    outbox_event::Entity::update_many()
+        .filter(outbox_event::Column::Id.eq(id))
+        .filter(outbox_event::Column::Attempts.eq(attempts))
 }

@@ -2,10 +2,7 @@
 //! a batch is being written; the next batch writes all of them in one transaction, so the
 //! database commits once for many requests. Every request still gets its answer only after
 //! its rows are committed.
-use std::{
-    collections::{BTreeMap, HashSet},
-    sync::{Arc, OnceLock},
-};
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::Utc;
 use entity::{
@@ -15,10 +12,11 @@ use entity::{
 };
 use prometheus_client::metrics::histogram::Histogram;
 use sea_orm::{
-    sea_query::OnConflict, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
-    IntoActiveModel, QueryTrait, TransactionTrait,
+    sea_query::OnConflict, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel,
+    QueryTrait, TransactionTrait,
 };
 use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio_util::sync::CancellationToken;
 
 /// Most requests written in one transaction.
 const MAX_BATCH: usize = 256;
@@ -42,41 +40,65 @@ enum Job {
     },
 }
 
-/// Batches hot-path writes. Writer tasks start on first use; they stop when the last handle
-/// is dropped.
+/// Batches hot-path writes. Its lanes (the tasks that write the batches) must be running for
+/// requests to be answered: start [`Writer::lanes`] of them, each as [`Writer::run_lane`].
 pub struct Writer {
     db: DatabaseConnection,
     max_connections: u32,
     batch_sizes: Histogram,
-    queue: OnceLock<mpsc::Sender<Job>>,
+    queue: mpsc::Sender<Job>,
+    jobs: Mutex<mpsc::Receiver<Job>>,
 }
 
 impl Writer {
-    /// A writer on `db`. SQLite has one writer task (it serialises writes anyway);
-    /// PostgreSQL writes batches on up to a quarter of its pool at once.
-    /// `batch_sizes` observes how many requests each transaction writes.
+    /// A writer on `db`. `batch_sizes` observes how many requests each transaction writes.
     pub fn new(db: DatabaseConnection, max_connections: u32, batch_sizes: Histogram) -> Self {
+        let (queue, jobs) = mpsc::channel(QUEUE);
         Self {
             db,
             max_connections,
             batch_sizes,
-            queue: OnceLock::new(),
+            queue,
+            jobs: Mutex::new(jobs),
         }
     }
 
-    fn queue(&self) -> &mpsc::Sender<Job> {
-        self.queue.get_or_init(|| {
-            let lanes = match self.db.get_database_backend() {
-                DbBackend::Postgres => (self.max_connections as usize / 4).clamp(1, 8),
-                _ => 1,
-            };
-            let (tx, rx) = mpsc::channel(QUEUE);
-            let rx = Arc::new(Mutex::new(rx));
-            for _ in 0..lanes {
-                tokio::spawn(run(self.db.clone(), rx.clone(), self.batch_sizes.clone()));
+    /// How many lanes write at once: one on SQLite (it serialises writes anyway); on
+    /// PostgreSQL a quarter of its pool, between 1 and 8.
+    pub fn lanes(&self) -> usize {
+        match self.db {
+            DatabaseConnection::SqlxPostgresPoolConnection(_) => {
+                (self.max_connections as usize / 4).clamp(1, 8)
             }
-            tx
-        })
+            _ => 1,
+        }
+    }
+
+    /// One lane: takes whatever is queued (at least one request) and writes it as a batch,
+    /// until `stop` is cancelled. Then the queue closes (later requests fail at once) and the
+    /// lanes write what it still holds before they return.
+    pub async fn run_lane(&self, stop: CancellationToken) {
+        let mut jobs = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let received = {
+                let mut queue = self.jobs.lock().await;
+                if stop.is_cancelled() {
+                    queue.close();
+                }
+                tokio::select! {
+                    received = queue.recv_many(&mut jobs, MAX_BATCH) => received,
+                    () = stop.cancelled() => {
+                        queue.close();
+                        queue.recv_many(&mut jobs, MAX_BATCH).await
+                    }
+                }
+            };
+            if received == 0 {
+                return;
+            }
+            self.batch_sizes.observe(received as f64);
+            execute(&self.db, std::mem::take(&mut jobs)).await;
+        }
     }
 
     async fn submit<T>(
@@ -85,7 +107,7 @@ impl Writer {
     ) -> Result<T, DbErr> {
         let (tx, rx) = oneshot::channel();
         let stopped = || DbErr::Custom("the database writer stopped".to_owned());
-        self.queue().send(job(tx)).await.map_err(|_| stopped())?;
+        self.queue.send(job(tx)).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -104,19 +126,6 @@ impl Writer {
             done,
         })
         .await
-    }
-}
-
-/// One writer: takes whatever is queued (at least one request) and writes it as a batch.
-async fn run(db: DatabaseConnection, queue: Arc<Mutex<mpsc::Receiver<Job>>>, batch_sizes: Histogram) {
-    let mut jobs = Vec::with_capacity(MAX_BATCH);
-    loop {
-        let received = queue.lock().await.recv_many(&mut jobs, MAX_BATCH).await;
-        if received == 0 {
-            return;
-        }
-        batch_sizes.observe(received as f64);
-        execute(&db, std::mem::take(&mut jobs)).await;
     }
 }
 

@@ -108,3 +108,25 @@ pub struct RuntimeSnapshot {
     /// The route's agent fails its health checks.
     pub agent_unhealthy: bool,
 }
+
+/// Which kind of health check an agent gets: HTTP when its route names a health URL, else TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProbeKind {
+    /// GET of the route's `agent_health_url`.
+    Http,
+    /// TCP connection to the `agent_url`'s host and port.
+    Tcp,
+}
+
+impl ProbeKind {
+    /// Every kind.
+    pub const ALL: [Self; 2] = [Self::Http, Self::Tcp];
+
+    /// The metric label of this kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Tcp => "tcp",
+        }
+    }
+}

@@ -4,19 +4,33 @@ use std::collections::BTreeMap;
 
 use entity::route;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+use tokio_util::sync::CancellationToken;
 
-use super::probe::{self, Probe};
+use super::{
+    probe::{self, Probe},
+    WorkerError,
+};
 use crate::{metrics::HealthCheckLabels, state::AppState};
 
 /// How long one probe may take.
 pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Checks every agent every `agent_health_interval`, forever.
-pub async fn run(state: AppState) {
-    let client = probe::http_client();
+/// Checks every agent every `agent_health_interval` until `stop` is cancelled. Without an
+/// HTTP client it returns at once (its supervisor restarts it).
+pub async fn run(state: AppState, stop: CancellationToken) {
+    let client = match probe::http_client() {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "agent health checks need an HTTP client");
+            return;
+        }
+    };
     let mut tick = tokio::time::interval(state.config.media.agent_health_interval);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
         if let Err(e) = check_with(&state, &client).await {
             tracing::warn!(error = %e, "agent health check round failed");
         }
@@ -24,8 +38,8 @@ pub async fn run(state: AppState) {
 }
 
 /// One round of checks with a fresh HTTP client; see [`check_with`].
-pub async fn check_all(state: &AppState) -> Result<usize, sea_orm::DbErr> {
-    check_with(state, &probe::http_client()).await
+pub async fn check_all(state: &AppState) -> Result<usize, WorkerError> {
+    Ok(check_with(state, &probe::http_client()?).await?)
 }
 
 /// Runs each distinct check of the enabled routes' agents once and records one result per

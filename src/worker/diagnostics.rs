@@ -1,11 +1,16 @@
 //! Writes buffered diagnostics (and raises alerts) every `diagnostics_flush_interval`.
+use tokio_util::sync::CancellationToken;
+
 use crate::state::AppState;
 
-/// Flushes forever.
-pub async fn run(state: AppState) {
+/// Flushes until `stop` is cancelled (the last flush at shutdown is the server's).
+pub async fn run(state: AppState, stop: CancellationToken) {
     let mut tick = tokio::time::interval(state.config.alerts.diagnostics_flush_interval);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
         if let Err(e) = state.diagnostics.flush().await {
             tracing::warn!(error = %e, "writing diagnostics failed; will retry");
         }

@@ -1,18 +1,36 @@
-//! Background tasks that run beside the HTTP server.
+//! Background tasks that run beside the HTTP server, each under the [`supervisor`]: an exit or
+//! a panic is logged with the task's name and the task is restarted with backoff.
 pub mod agent_health;
 pub mod diagnostics;
 pub mod outbox;
 pub mod probe;
+pub mod supervisor;
 
-use tokio::task::JoinSet;
+use supervisor::{Stage, Supervisor};
 
 use crate::state::AppState;
 
-/// Starts every worker; each logs and restarts nothing on its own, so an exit is reported.
-pub fn spawn_all(state: AppState) -> JoinSet<()> {
-    let mut set = JoinSet::new();
-    set.spawn(agent_health::run(state.clone()));
-    set.spawn(outbox::run(state.clone()));
-    set.spawn(diagnostics::run(state));
-    set
+/// Errors of a worker round.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Db(#[from] sea_orm::DbErr),
+    #[error("building the HTTP client failed: {0}")]
+    HttpClient(#[from] reqwest::Error),
+}
+
+/// Starts every background worker under `supervisor`: event delivery (`outbox`), the
+/// diagnostics flush (`diagnostics`) and agent health checks (`agent-health`). Each stops
+/// between rounds at shutdown.
+pub fn start_all(supervisor: &mut Supervisor, state: &AppState) {
+    let s = state.clone();
+    supervisor.spawn("outbox", Stage::Workers, move |stop| outbox::run(s.clone(), stop));
+    let s = state.clone();
+    supervisor.spawn("diagnostics", Stage::Workers, move |stop| {
+        diagnostics::run(s.clone(), stop)
+    });
+    let s = state.clone();
+    supervisor.spawn("agent-health", Stage::Workers, move |stop| {
+        agent_health::run(s.clone(), stop)
+    });
 }

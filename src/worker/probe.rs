@@ -6,24 +6,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use url::{Host, Url};
 
-/// Which kind of check a probe is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ProbeKind {
-    /// GET of the route's `agent_health_url`.
-    Http,
-    /// TCP connection to the `agent_url`'s host and port.
-    Tcp,
-}
-
-impl ProbeKind {
-    /// The metric label of this kind.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Http => "http",
-            Self::Tcp => "tcp",
-        }
-    }
-}
+pub use crate::domain::runtime::ProbeKind;
 
 /// One health check of an agent runtime.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,7 +66,7 @@ impl Probe {
 
 /// The HTTP client of health checks. Redirects are not followed: a health endpoint answers
 /// 2xx itself.
-pub fn http_client() -> reqwest::Client {
+pub fn http_client() -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!(
@@ -92,7 +75,6 @@ pub fn http_client() -> reqwest::Client {
             " health-check"
         ))
         .build()
-        .expect("HTTP client builds")
 }
 
 async fn http(client: &reqwest::Client, url: &str) -> Result<(), ProbeError> {

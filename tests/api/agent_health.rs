@@ -267,7 +267,7 @@ async fn disabled_routes_are_not_checked(backend: Backend) {
 
 #[tokio::test]
 async fn http_probe_needs_a_2xx_answer_in_time() {
-    let client = probe::http_client();
+    let client = probe::http_client().unwrap();
     let timeout = Duration::from_secs(3);
     let server = MockServer::start().await;
     for (route, status) in [

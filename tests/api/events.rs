@@ -55,7 +55,7 @@ async fn all_events(app: &TestApp) -> Vec<outbox_event::Model> {
 
 /// Runs delivery rounds until nothing is due or `rounds` ran.
 async fn rounds(app: &TestApp, rounds: usize) {
-    let client = outbox::http_client();
+    let client = outbox::http_client().unwrap();
     for _ in 0..rounds {
         outbox::deliver_due(&app.state, &client).await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -187,7 +187,7 @@ async fn delivery_resumes_after_a_crash_mid_delivery(backend: Backend) {
     // After the lease, a restarted worker (a new process state on the same database) delivers it.
     tokio::time::sleep(Duration::from_millis(350)).await;
     let restarted = stateset_voice::state::AppState::new(app.state.db.clone(), (*app.state.config).clone());
-    let worker = tokio::spawn(outbox::run(restarted));
+    let worker = tokio::spawn(outbox::run(restarted, Default::default()));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while all_events(&app).await[0].status.as_str() != "delivered" {
         assert!(tokio::time::Instant::now() < deadline, "delivered after restart");
@@ -274,7 +274,7 @@ async fn one_round_records_mixed_results_per_event(backend: Backend) {
     record(with_url.id.clone(), 4).await;
     record(without_url.id.clone(), 3).await;
 
-    let client = outbox::http_client();
+    let client = outbox::http_client().unwrap();
     assert_eq!(outbox::deliver_due(&app.state, &client).await.unwrap(), 7);
     let mut results: Vec<(String, String, Option<String>, bool)> = all_events(&app)
         .await

@@ -13,4 +13,5 @@ mod media;
 mod openapi;
 mod signature_props;
 mod signature_rules;
+mod supervision;
 mod webhook;
