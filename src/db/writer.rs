@@ -244,3 +244,167 @@ fn by_count<'a>(counts: &BTreeMap<&'a str, i32>) -> BTreeMap<i32, Vec<&'a str>> 
     }
     grouped
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::Utc;
+    use entity::{
+        id::new_id,
+        route,
+        states::{CallStatus, EventType, Outcome, RouteEnvironment, TenantEnvironment, WebhookKind},
+        tenant,
+    };
+    use sea_orm::{EntityTrait, IntoActiveModel};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    async fn database() -> DatabaseConnection {
+        let db = crate::db::connect_url("sqlite::memory:", 1, None).await.unwrap();
+        crate::db::migrate(&db).await.unwrap();
+        let now = Utc::now();
+        let tenant = tenant::Model {
+            id: "t1".to_owned(),
+            name: "Acme".to_owned(),
+            account_sid: "AC00000000000000000000000000000001".to_owned(),
+            auth_token: "token".to_owned(),
+            secondary_auth_token: None,
+            shared_key: None,
+            environment: TenantEnvironment::Production,
+            webhook_url: None,
+            webhook_secret: "whsec_x".to_owned(),
+            default_fallback: None,
+            created_at: now,
+            updated_at: now,
+        };
+        crate::db::tenants::insert(&db, tenant.into_active_model())
+            .await
+            .unwrap();
+        let route = route::Model {
+            id: "r1".to_owned(),
+            tenant_id: "t1".to_owned(),
+            phone_number: "+15555550100".to_owned(),
+            label: None,
+            environment: RouteEnvironment::Production,
+            enabled: true,
+            fallback: None,
+            agent_url: None,
+            agent_health_url: None,
+            created_at: now,
+            updated_at: now,
+        };
+        crate::db::routes::insert(&db, route.into_active_model())
+            .await
+            .unwrap();
+        db
+    }
+
+    fn new_call(call_sid: &str) -> NewCall {
+        let now = Utc::now();
+        let call = call::Model {
+            id: new_id(),
+            call_sid: call_sid.to_owned(),
+            tenant_id: "t1".to_owned(),
+            route_id: "r1".to_owned(),
+            from_number: "+15555550199".to_owned(),
+            to_number: "+15555550100".to_owned(),
+            status: CallStatus::Ringing,
+            outcome: Outcome::Streamed,
+            fallback_reason: None,
+            attempts: 1,
+            error_code: None,
+            error_url: None,
+            duration_secs: None,
+            created_at: now,
+            updated_at: now,
+            ended_at: None,
+        };
+        let answer = call_webhook::Model {
+            id: new_id(),
+            call_id: call.id.clone(),
+            kind: WebhookKind::Incoming,
+            attempts: 1,
+            twiml: "<Response/>".to_owned(),
+            token_jti: None,
+            token_expires_at: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let event = crate::db::outbox::event("t1", EventType::CallReceived, serde_json::json!({}));
+        NewCall { call, answer, event }
+    }
+
+    fn start(db: &DatabaseConnection) -> (Arc<Writer>, CancellationToken, tokio::task::JoinHandle<()>) {
+        let writer = Arc::new(Writer::new(db.clone(), 1, Histogram::new([1.0].into_iter())));
+        let stop = CancellationToken::new();
+        let lane = tokio::spawn({
+            let (writer, stop) = (writer.clone(), stop.clone());
+            async move { writer.run_lane(stop).await }
+        });
+        (writer, stop, lane)
+    }
+
+    #[tokio::test]
+    async fn concurrent_claims_of_one_call_sid_store_it_once_with_its_answer_and_event() {
+        let db = database().await;
+        let (writer, stop, lane) = start(&db);
+        let (a, b, c) = tokio::join!(
+            writer.claim(new_call("CA1")),
+            writer.claim(new_call("CA1")),
+            writer.claim(new_call("CA2")),
+        );
+        let mut first_two = [a.unwrap(), b.unwrap()];
+        first_two.sort();
+        assert_eq!(first_two, [false, true], "exactly one claim of CA1 wins");
+        assert!(c.unwrap());
+        assert_eq!(call::Entity::find().all(&db).await.unwrap().len(), 2);
+        assert_eq!(call_webhook::Entity::find().all(&db).await.unwrap().len(), 2);
+        assert_eq!(outbox_event::Entity::find().all(&db).await.unwrap().len(), 2);
+        stop.cancel();
+        lane.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn retries_are_counted_on_the_call_and_on_its_answer() {
+        let db = database().await;
+        let (writer, stop, lane) = start(&db);
+        let stored = new_call("CA1");
+        let (call_id, webhook_id) = (
+            CallId(stored.call.id.clone()),
+            WebhookId(stored.answer.id.clone()),
+        );
+        assert!(writer.claim(stored).await.unwrap());
+        let (a, b) = tokio::join!(
+            writer.count_retry(call_id.clone(), webhook_id.clone()),
+            writer.count_retry(call_id.clone(), webhook_id.clone()),
+        );
+        a.unwrap();
+        b.unwrap();
+        let call = call::Entity::find_by_id(call_id.0)
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = call_webhook::Entity::find_by_id(webhook_id.0)
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((call.attempts, answer.attempts), (3, 3));
+        stop.cancel();
+        lane.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stopped_writer_refuses_new_work_instead_of_hanging() {
+        let db = database().await;
+        let (writer, stop, lane) = start(&db);
+        stop.cancel();
+        lane.await.unwrap();
+        let err = writer.claim(new_call("CA1")).await.unwrap_err();
+        assert!(err.to_string().contains("writer stopped"), "{err}");
+        assert!(call::Entity::find().all(&db).await.unwrap().is_empty());
+    }
+}

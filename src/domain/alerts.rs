@@ -162,8 +162,7 @@ impl Diagnostics {
         let txn = self.db.begin().await?;
         let counts = db::diagnostics::record(&txn, &row, p.count, rule.window).await?;
         let threshold = i64::from(rule.threshold);
-        let crossed = counts.in_window >= threshold && counts.in_window - p.count < threshold;
-        if p.production && crossed {
+        if p.production && crosses(counts.in_window, p.count, threshold) {
             let message = format!(
                 "{} signature failures within {} s on production route {key} ({})",
                 counts.in_window,
@@ -198,5 +197,133 @@ impl Diagnostics {
         }
         txn.commit().await?;
         Ok(())
+    }
+}
+
+/// Whether the `added` occurrences took the window's count (`in_window`, them included) to the
+/// threshold: true in exactly one flush per window.
+fn crosses(in_window: i64, added: i64, threshold: i64) -> bool {
+    in_window >= threshold && in_window - added < threshold
+}
+
+#[cfg(test)]
+mod tests {
+    use entity::states::RouteEnvironment;
+
+    use super::*;
+    use crate::domain::webhook::fixtures::{route_with, tenant_with};
+
+    fn diagnostics(db: DatabaseConnection) -> Diagnostics {
+        let rule = AlertRule {
+            threshold: 3,
+            window: Duration::from_secs(300),
+        };
+        Diagnostics::new(db, Arc::new(Metrics::default()), rule)
+    }
+
+    fn occurrence(kind: DiagnosticKind, key: &str) -> Occurrence<'_> {
+        Occurrence {
+            kind,
+            key,
+            tenant_id: None,
+            route_id: None,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn an_alert_is_due_once_per_window() {
+        // Threshold 3: flushes adding 1, 1, 1, 1 cross at the third only.
+        let due: Vec<bool> = [1, 2, 3, 4].iter().map(|&n| crosses(n, 1, 3)).collect();
+        assert_eq!(due, [false, false, true, false]);
+        // One flush bringing 5 at once crosses; the next one does not.
+        assert!(crosses(5, 5, 3));
+        assert!(!crosses(7, 2, 3));
+    }
+
+    #[test]
+    fn occurrences_of_a_key_are_merged_and_only_production_signature_failures_alert() {
+        let d = diagnostics(DatabaseConnection::Disconnected);
+        let (mut route, tenant) = (route_with(true, None), tenant_with(None));
+        d.signature_failure(&route, &tenant);
+        d.signature_failure(&route, &tenant);
+        route.id = "r2".to_owned();
+        route.environment = RouteEnvironment::Test;
+        d.signature_failure(&route, &tenant);
+        d.record(occurrence(DiagnosticKind::UnknownRoute, "+15555550111"));
+        let pending = d.take();
+        assert_eq!(pending.len(), 3);
+        let on = |key: &str| &pending[&(DiagnosticKind::SignatureFailure, key.to_owned())];
+        assert_eq!((on("r1").count, on("r1").production), (2, true));
+        assert_eq!((on("r2").count, on("r2").production), (1, false));
+        assert_eq!(on("r1").tenant_id.as_deref(), Some("t1"));
+        assert_eq!(d.metrics.signature_failures.get(), 3);
+        assert!(d.take().is_empty(), "taking empties the buffer");
+    }
+
+    #[test]
+    fn keys_beyond_the_buffer_bound_are_counted_under_one_overflow_key() {
+        let d = diagnostics(DatabaseConnection::Disconnected);
+        let keys: Vec<String> = (0..MAX_PENDING + 5).map(|i| format!("+1555{i:07}")).collect();
+        for key in &keys {
+            d.record(occurrence(DiagnosticKind::UnknownRoute, key));
+        }
+        let pending = d.take();
+        assert_eq!(pending.len(), MAX_PENDING + 1);
+        let overflow = &pending[&(
+            DiagnosticKind::UnknownRoute,
+            db::diagnostics::OVERFLOW_KEY.to_owned(),
+        )];
+        assert_eq!(overflow.count, 5);
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_puts_its_occurrences_back() {
+        // A database without the schema: every write fails.
+        let d = diagnostics(db::connect_url("sqlite::memory:", 1, None).await.unwrap());
+        d.record(occurrence(DiagnosticKind::UnknownRoute, "+15555550111"));
+        d.record(occurrence(DiagnosticKind::StreamRefused, "invalid_token"));
+        assert!(d.flush().await.is_err(), "no tables");
+        let pending = d.take();
+        assert_eq!(pending.len(), 2, "nothing lost");
+    }
+
+    #[tokio::test]
+    async fn a_flush_writes_counts_and_raises_one_alert_when_the_threshold_is_crossed() {
+        let db = db::connect_url("sqlite::memory:", 1, None).await.unwrap();
+        db::migrate(&db).await.unwrap();
+        let d = diagnostics(db.clone());
+        let (route, tenant) = (route_with(true, None), tenant_with(None));
+        db::tenants::insert(&db, sea_orm::IntoActiveModel::into_active_model(tenant.clone()))
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            d.signature_failure(&route, &tenant);
+        }
+        assert_eq!(d.flush().await.unwrap(), 1);
+        assert!(db::alerts::list(&db, None, None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty());
+        d.signature_failure(&route, &tenant);
+        d.flush().await.unwrap();
+        d.signature_failure(&route, &tenant);
+        d.flush().await.unwrap();
+        let alerts = db::alerts::list(&db, None, None, 10).await.unwrap().items;
+        assert_eq!(alerts.len(), 1, "one alert per window");
+        assert_eq!(
+            (alerts[0].kind, alerts[0].failure_count),
+            (DiagnosticKind::SignatureFailure, 3)
+        );
+        let stored = db::diagnostics::list(&db, Some(DiagnosticKind::SignatureFailure), None, 10)
+            .await
+            .unwrap()
+            .items;
+        assert_eq!(stored[0].count, 4);
+        assert_eq!(d.metrics.alerts.get(), 1);
+        let events = db::outbox::list(&db, Some("t1"), None, 10).await.unwrap().items;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event_type, EventType::AlertRaised);
     }
 }

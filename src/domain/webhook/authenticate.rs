@@ -173,3 +173,133 @@ pub fn signature_valid(hook: &InboundWebhook, tenant: &tenant::Model) -> bool {
     };
     signature::validate(algorithm, &keys, &hook.url, &hook.params, sig).is_some()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        domain::webhook::fixtures::{tenant_with, ACCOUNT_SID, AUTH_TOKEN},
+        twilio::form::FormParams,
+    };
+
+    const URL: &str = "https://voice.example.com/api/v1/incoming-call";
+
+    fn form(extra: &[(&str, &str)]) -> FormParams {
+        let mut pairs = vec![
+            ("AccountSid", ACCOUNT_SID),
+            ("CallSid", "CA0123456789abcdef0123456789abcdef"),
+            ("From", "+15555550199"),
+            ("To", "+15555550100"),
+        ];
+        pairs.extend_from_slice(extra);
+        FormParams::from_pairs(pairs)
+    }
+
+    fn signed(params: FormParams, key: &str) -> InboundWebhook {
+        let signature = signature::compute(Algorithm::HmacSha1, key.as_bytes(), URL, &params);
+        InboundWebhook {
+            url: URL.to_owned(),
+            params,
+            signature: Some(signature),
+            signature_settings: None,
+            route_hint: None,
+        }
+    }
+
+    #[test]
+    fn a_request_signed_with_the_primary_or_secondary_token_of_the_account_passes() {
+        let mut tenant = tenant_with(None);
+        assert_eq!(check(&signed(form(&[]), AUTH_TOKEN), &tenant), Ok(()));
+        tenant.secondary_auth_token = Some("next-token".to_owned());
+        assert_eq!(check(&signed(form(&[]), "next-token"), &tenant), Ok(()));
+    }
+
+    #[test]
+    fn a_wrong_or_missing_signature_is_refused_before_the_account_is_looked_at() {
+        let tenant = tenant_with(None);
+        let forged = signed(form(&[("AccountSid", "AC-other")]), "not-the-token");
+        assert_eq!(
+            check(&forged, &tenant),
+            Err(Refusal::Signature("invalid X-Twilio-Signature"))
+        );
+        let unsigned = InboundWebhook {
+            signature: None,
+            ..signed(form(&[]), AUTH_TOKEN)
+        };
+        assert_eq!(
+            check(&unsigned, &tenant),
+            Err(Refusal::Signature("missing X-Twilio-Signature"))
+        );
+        // The body changed after signing.
+        let mut tampered = signed(form(&[]), AUTH_TOKEN);
+        tampered.params.push("Digits", "1");
+        assert!(matches!(check(&tampered, &tenant), Err(Refusal::Signature(_))));
+    }
+
+    #[test]
+    fn a_valid_signature_from_another_account_is_refused() {
+        let tenant = tenant_with(None);
+        let mut params = FormParams::from_pairs([("CallSid", "CA1"), ("To", "+15555550100")]);
+        params.push("AccountSid", "AC00000000000000000000000000000002");
+        assert_eq!(check(&signed(params, AUTH_TOKEN), &tenant), Err(Refusal::Account));
+    }
+
+    #[test]
+    fn the_sha256_scheme_uses_only_the_shared_key() {
+        let mut tenant = tenant_with(None);
+        let params = form(&[]);
+        let sig = signature::compute(Algorithm::HmacSha256, b"shared-key", URL, &params);
+        let hook = InboundWebhook {
+            url: URL.to_owned(),
+            params,
+            signature: Some(sig),
+            signature_settings: Some("HMAC_SHA256".to_owned()),
+            route_hint: None,
+        };
+        assert!(!signature_valid(&hook, &tenant), "no shared key configured");
+        tenant.shared_key = Some("shared-key".to_owned());
+        assert!(signature_valid(&hook, &tenant));
+    }
+
+    #[test]
+    fn the_form_is_parsed_into_typed_fields() {
+        let parsed = VoiceForm::parse(&form(&[
+            ("CallStatus", "in-progress"),
+            ("CallDuration", "42"),
+            ("ErrorCode", "11200"),
+        ]))
+        .unwrap();
+        assert_eq!(parsed.call_sid.as_str(), "CA0123456789abcdef0123456789abcdef");
+        assert_eq!(parsed.to, "+15555550100");
+        assert_eq!(parsed.from.as_deref(), Some("+15555550199"));
+        assert_eq!(parsed.call_status, Some(CallStatus::InProgress));
+        assert_eq!(parsed.call_duration, Some(42));
+        assert_eq!(parsed.error_code.as_deref(), Some("11200"));
+    }
+
+    #[test]
+    fn missing_or_malformed_fields_are_named() {
+        let without = |key: &str| {
+            FormParams::from_pairs(
+                form(&[])
+                    .pairs()
+                    .iter()
+                    .filter(|(k, _)| k != key)
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            VoiceForm::parse(&without("CallSid")).unwrap_err(),
+            "missing CallSid"
+        );
+        assert_eq!(VoiceForm::parse(&without("To")).unwrap_err(), "missing To");
+        let mut injected = without("CallSid");
+        injected.push("CallSid", "CA'; DROP");
+        assert!(VoiceForm::parse(&injected).unwrap_err().contains("CallSid"));
+        assert_eq!(
+            VoiceForm::parse(&form(&[("CallStatus", "exploded")])).unwrap_err(),
+            "unknown CallStatus \"exploded\""
+        );
+    }
+}

@@ -74,45 +74,10 @@ fn unavailable(route: &route::Model, runtime: &RuntimeSnapshot) -> Option<Fallba
 
 #[cfg(test)]
 mod tests {
-    use chrono::Utc;
-    use entity::states::{RouteEnvironment, TenantEnvironment};
-
     use super::*;
+    use crate::domain::webhook::fixtures::{route_with, tenant_with};
 
     const DEFAULT: &str = "default message";
-
-    fn route(enabled: bool, fallback: Option<&str>) -> route::Model {
-        route::Model {
-            id: "r1".to_owned(),
-            tenant_id: "t1".to_owned(),
-            phone_number: "+15555550100".to_owned(),
-            label: None,
-            environment: RouteEnvironment::Production,
-            enabled,
-            fallback: fallback.map(str::to_owned),
-            agent_url: None,
-            agent_health_url: None,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-        }
-    }
-
-    fn tenant(default_fallback: Option<&str>) -> tenant::Model {
-        tenant::Model {
-            id: "t1".to_owned(),
-            name: "Acme".to_owned(),
-            account_sid: format!("AC{}", "0".repeat(32)),
-            auth_token: "token".to_owned(),
-            secondary_auth_token: None,
-            shared_key: None,
-            environment: TenantEnvironment::Production,
-            webhook_url: None,
-            webhook_secret: "whsec_x".to_owned(),
-            default_fallback: default_fallback.map(str::to_owned),
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-        }
-    }
 
     fn say(message: &str) -> Vec<Verb> {
         vec![Verb::Say(message.to_owned()), Verb::Hangup]
@@ -125,8 +90,8 @@ mod tests {
     #[test]
     fn a_new_call_on_a_healthy_route_streams() {
         let decision = decide(
-            &route(true, None),
-            &tenant(None),
+            &route_with(true, None),
+            &tenant_with(None),
             &healthy(),
             Situation::NewCall,
             DEFAULT,
@@ -163,8 +128,8 @@ mod tests {
         ];
         for (enabled, runtime, reason) in cases {
             let decision = decide(
-                &route(enabled, None),
-                &tenant(None),
+                &route_with(enabled, None),
+                &tenant_with(None),
                 &runtime,
                 Situation::NewCall,
                 DEFAULT,
@@ -183,8 +148,8 @@ mod tests {
     #[test]
     fn the_provider_fallback_never_streams_even_when_healthy() {
         let decision = decide(
-            &route(true, None),
-            &tenant(None),
+            &route_with(true, None),
+            &tenant_with(None),
             &healthy(),
             Situation::ProviderFallback,
             DEFAULT,
@@ -202,8 +167,8 @@ mod tests {
     fn a_stream_that_ended_normally_hangs_up_otherwise_the_fallback_plays() {
         let ended = |ended_normally| {
             decide(
-                &route(true, None),
-                &tenant(None),
+                &route_with(true, None),
+                &tenant_with(None),
                 &healthy(),
                 Situation::StreamEnded { ended_normally },
                 DEFAULT,
@@ -224,8 +189,8 @@ mod tests {
         let route_say = r#"{"type":"say","message":"route"}"#;
         let tenant_say = r#"{"type":"say","message":"tenant"}"#;
         let verbs = |route_fallback, tenant_fallback| match decide(
-            &route(false, route_fallback),
-            &tenant(tenant_fallback),
+            &route_with(false, route_fallback),
+            &tenant_with(tenant_fallback),
             &healthy(),
             Situation::NewCall,
             DEFAULT,

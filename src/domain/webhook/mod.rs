@@ -10,6 +10,8 @@
 mod answer;
 mod authenticate;
 mod decide;
+#[cfg(test)]
+pub(crate) mod fixtures;
 mod status;
 
 use entity::{
