@@ -337,7 +337,7 @@ mod tests {
     }
 
     fn start(db: &DatabaseConnection) -> (Arc<Writer>, CancellationToken, tokio::task::JoinHandle<()>) {
-        let writer = Arc::new(Writer::new(db.clone(), 1, Histogram::new([1.0].into_iter())));
+        let writer = Arc::new(Writer::new(db.clone(), 1, Histogram::new([1.0])));
         let stop = CancellationToken::new();
         let lane = tokio::spawn({
             let (writer, stop) = (writer.clone(), stop.clone());
