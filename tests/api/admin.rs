@@ -2,7 +2,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use stateset_voice::{on_both_backends, testkit::*};
+use stateset_voice::{backend_test, testkit::*};
 
 fn tenant_body(account_sid: &str) -> Value {
     json!({
@@ -38,10 +38,8 @@ fn assert_no_secrets(text: &str) {
     }
 }
 
-async fn bearer_token_is_required(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(bearer_token_is_required);
+async fn bearer_token_is_required(app: TestApp) {
     let url = format!("{}/api/v1/tenants", app.base);
     let none = app.client.get(&url).send().await.unwrap();
     assert_eq!(none.status(), 401);
@@ -67,19 +65,15 @@ async fn bearer_token_is_required(backend: Backend) {
     );
 }
 
-async fn admin_api_is_disabled_without_a_token(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |a| a.admin_token = None).await else {
-        return;
-    };
+backend_test!(admin_api_is_disabled_without_a_token, |a| a.admin_token = None);
+async fn admin_api_is_disabled_without_a_token(app: TestApp) {
     let res = app.admin(Method::GET, "/api/v1/tenants").send().await.unwrap();
     assert_eq!(res.status(), 401);
     assert!(res.text().await.unwrap().contains("disabled"));
 }
 
-async fn tenant_lifecycle_never_returns_secrets(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(tenant_lifecycle_never_returns_secrets);
+async fn tenant_lifecycle_never_returns_secrets(app: TestApp) {
     let res = app
         .admin(Method::POST, "/api/v1/tenants")
         .json(&tenant_body(ACCOUNT_SID))
@@ -163,10 +157,8 @@ async fn tenant_lifecycle_never_returns_secrets(backend: Backend) {
     );
 }
 
-async fn supplied_webhook_secret_is_validated_and_not_echoed(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(supplied_webhook_secret_is_validated_and_not_echoed);
+async fn supplied_webhook_secret_is_validated_and_not_echoed(app: TestApp) {
     let mut body = tenant_body(ACCOUNT_SID);
     body["webhook_secret"] = json!("whsec_dG9vIHNob3J0");
     let res = app
@@ -188,10 +180,8 @@ async fn supplied_webhook_secret_is_validated_and_not_echoed(backend: Backend) {
     assert!(!text.contains("webhook_secret"), "{text}");
 }
 
-async fn bad_tenant_input_gets_clear_errors(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(bad_tenant_input_gets_clear_errors);
+async fn bad_tenant_input_gets_clear_errors(app: TestApp) {
     let post = |body: Value| app.admin(Method::POST, "/api/v1/tenants").json(&body).send();
     let mut bad_sid = tenant_body("AC123");
     let res = post(bad_sid.clone()).await.unwrap();
@@ -218,10 +208,8 @@ async fn bad_tenant_input_gets_clear_errors(backend: Backend) {
     assert_eq!(res.json::<Value>().await.unwrap()["status"], 400);
 }
 
-async fn routes_normalise_numbers_and_refuse_duplicates(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(routes_normalise_numbers_and_refuse_duplicates);
+async fn routes_normalise_numbers_and_refuse_duplicates(app: TestApp) {
     let tenant = create_tenant(&app, ACCOUNT_SID).await;
     let tid = tenant["id"].as_str().unwrap();
     let path = format!("/api/v1/tenants/{tid}/routes");
@@ -316,10 +304,8 @@ async fn routes_normalise_numbers_and_refuse_duplicates(backend: Backend) {
     );
 }
 
-async fn lists_page_with_cursor_and_bounded_limit(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(lists_page_with_cursor_and_bounded_limit);
+async fn lists_page_with_cursor_and_bounded_limit(app: TestApp) {
     for i in 0..5 {
         create_tenant(&app, &format!("AC{i:032}")).await;
     }
@@ -364,10 +350,8 @@ async fn lists_page_with_cursor_and_bounded_limit(backend: Backend) {
     }
 }
 
-async fn calls_are_listed_newest_first_with_sessions(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(calls_are_listed_newest_first_with_sessions);
+async fn calls_are_listed_newest_first_with_sessions(app: TestApp) {
     let (tenant, _) = app.seed().await;
     let sids = [call_sid(), call_sid(), call_sid()];
     for sid in &sids {
@@ -430,10 +414,8 @@ async fn calls_are_listed_newest_first_with_sessions(backend: Backend) {
     );
 }
 
-async fn health_readiness_and_drain(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(health_readiness_and_drain);
+async fn health_readiness_and_drain(app: TestApp) {
     let health: Value = app
         .client
         .get(format!("{}/healthz", app.base))
@@ -471,15 +453,3 @@ async fn health_readiness_and_drain(backend: Backend) {
     assert_eq!(unknown.status(), 404);
     assert_eq!(unknown.json::<Value>().await.unwrap()["status"], 404);
 }
-
-on_both_backends!(
-    bearer_token_is_required,
-    admin_api_is_disabled_without_a_token,
-    tenant_lifecycle_never_returns_secrets,
-    supplied_webhook_secret_is_validated_and_not_echoed,
-    bad_tenant_input_gets_clear_errors,
-    routes_normalise_numbers_and_refuse_duplicates,
-    lists_page_with_cursor_and_bounded_limit,
-    calls_are_listed_newest_first_with_sessions,
-    health_readiness_and_drain,
-);

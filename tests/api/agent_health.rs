@@ -7,8 +7,8 @@ use migration::{Migrator, MigratorTrait};
 use reqwest::Method;
 use serde_json::{json, Value};
 use stateset_voice::{
+    backend_test,
     domain::admin::{NewRoute, NewTenant},
-    on_both_backends,
     state::AGENT_FAILURES_TO_OPEN,
     testkit::*,
     worker::{
@@ -74,10 +74,8 @@ fn checks_counted(app: &TestApp, check: &str, outcome: &str) -> u64 {
         .unwrap()
 }
 
-async fn health_endpoint_opens_and_closes_the_circuit(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(health_endpoint_opens_and_closes_the_circuit);
+async fn health_endpoint_opens_and_closes_the_circuit(app: TestApp) {
     // The agent's own port: with a health endpoint named, checks never connect to it.
     let agent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let agent_url = format!("ws://{}/ws", agent.local_addr().unwrap());
@@ -129,10 +127,8 @@ async fn health_endpoint_opens_and_closes_the_circuit(backend: Backend) {
     assert!(accepted.is_err(), "a health check connected to agent_url");
 }
 
-async fn tcp_check_connects_and_sends_nothing(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(tcp_check_connects_and_sends_nothing);
+async fn tcp_check_connects_and_sends_nothing(app: TestApp) {
     let agent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let agent_url = format!("ws://{}/ws", agent.local_addr().unwrap());
     app.seed_with(
@@ -172,10 +168,8 @@ async fn tcp_check_connects_and_sends_nothing(backend: Backend) {
     assert_eq!(checks_counted(&app, "tcp", "healthy"), 1);
 }
 
-async fn closed_port_fails_the_tcp_check(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(closed_port_fails_the_tcp_check);
+async fn closed_port_fails_the_tcp_check(app: TestApp) {
     let agent_url = closed_agent_url().await;
     app.seed_with(
         NewTenant::default(),
@@ -197,10 +191,8 @@ async fn closed_port_fails_the_tcp_check(backend: Backend) {
     );
 }
 
-async fn any_failing_check_of_an_agent_opens_its_circuit(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(any_failing_check_of_an_agent_opens_its_circuit);
+async fn any_failing_check_of_an_agent_opens_its_circuit(app: TestApp) {
     // Two routes share an agent: one names a failing health endpoint, one relies on TCP,
     // which succeeds. The circuit is keyed by agent_url, so the failure wins.
     let agent = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -246,10 +238,8 @@ async fn any_failing_check_of_an_agent_opens_its_circuit(backend: Backend) {
     assert!(streams(&app).await);
 }
 
-async fn disabled_routes_are_not_checked(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(disabled_routes_are_not_checked);
+async fn disabled_routes_are_not_checked(app: TestApp) {
     let server = health_endpoint(200).await;
     app.seed_with(
         NewTenant::default(),
@@ -307,10 +297,8 @@ async fn http_probe_needs_a_2xx_answer_in_time() {
     assert!(matches!(result, Err(ProbeError::Timeout(_))), "{result:?}");
 }
 
-async fn admin_api_sets_and_clears_agent_health_url(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(admin_api_sets_and_clears_agent_health_url);
+async fn admin_api_sets_and_clears_agent_health_url(app: TestApp) {
     let (tenant, _) = app.seed().await;
     let tid = tenant.id;
     let create = |body: Value| {
@@ -400,10 +388,8 @@ async fn admin_api_sets_and_clears_agent_health_url(backend: Backend) {
     assert_eq!(cleared["agent_url"], "wss://agent.example.com/ws");
 }
 
-async fn migration_adds_and_drops_the_column(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(migration_adds_and_drops_the_column);
+async fn migration_adds_and_drops_the_column(app: TestApp) {
     let db = &app.state.db;
     Migrator::down(db, Some(1)).await.expect("down one step");
     assert_eq!(Migrator::get_pending_migrations(db).await.unwrap().len(), 1);
@@ -426,13 +412,3 @@ async fn migration_adds_and_drops_the_column(backend: Backend) {
     assert_eq!(stored.agent_health_url, route.agent_health_url);
     assert!(stored.agent_health_url.is_some());
 }
-
-on_both_backends!(
-    health_endpoint_opens_and_closes_the_circuit,
-    tcp_check_connects_and_sends_nothing,
-    closed_port_fails_the_tcp_check,
-    any_failing_check_of_an_agent_opens_its_circuit,
-    disabled_routes_are_not_checked,
-    admin_api_sets_and_clears_agent_health_url,
-    migration_adds_and_drops_the_column,
-);

@@ -6,13 +6,12 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use stateset_voice::{
-    db,
+    backend_test, db,
     domain::{
         admin::{NewRoute, NewTenant},
         agent_token::AgentClaims,
     },
     media::session::{CLOSE_AGENT_FAILED, CLOSE_NORMAL, HANGUP_MARK},
-    on_both_backends,
     testkit::*,
 };
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -154,10 +153,8 @@ fn dropped(app: &TestApp, reason: &str) -> u64 {
         .unwrap()
 }
 
-async fn agent_sees_exactly_what_twilio_sent(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(agent_sees_exactly_what_twilio_sent);
+async fn agent_sees_exactly_what_twilio_sent(app: TestApp) {
     let (agent_url, agent) = run_agent(|mut ws, mut seen| async move {
         let stream_sid = await_start(&mut ws, &mut seen).await;
         while let Some(v) = next_text(&mut ws, &mut seen).await {
@@ -242,10 +239,8 @@ async fn agent_sees_exactly_what_twilio_sent(backend: Backend) {
     assert!(stream_ended(&app, &sid).await.contains("<Hangup/>"));
 }
 
-async fn agents_are_taken_leniently_and_garbage_is_counted(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(agents_are_taken_leniently_and_garbage_is_counted);
+async fn agents_are_taken_leniently_and_garbage_is_counted(app: TestApp) {
     let (agent_url, agent) = run_agent(|mut ws, mut seen| async move {
         await_start(&mut ws, &mut seen).await;
         let frames = [
@@ -315,10 +310,8 @@ async fn agents_are_taken_leniently_and_garbage_is_counted(backend: Backend) {
     );
 }
 
-async fn an_agent_that_hangs_up_ends_the_call(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(an_agent_that_hangs_up_ends_the_call);
+async fn an_agent_that_hangs_up_ends_the_call(app: TestApp) {
     // Says goodbye (five frames), then closes normally.
     let (agent_url, agent) = run_agent(|mut ws, mut seen| async move {
         let stream_sid = await_start(&mut ws, &mut seen).await;
@@ -464,10 +457,8 @@ enum Hostile {
     CloseAtOnceWithoutCode,
 }
 
-async fn abnormal_agent_ends_are_failures(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(abnormal_agent_ends_are_failures);
+async fn abnormal_agent_ends_are_failures(app: TestApp) {
     app.seed_with(NewTenant::default(), NewRoute::default()).await;
     let cases = [
         Hostile::CloseWithAppCode,
@@ -512,10 +503,8 @@ async fn abnormal_agent_ends_are_failures(backend: Backend) {
     }
 }
 
-async fn unreachable_agents_are_failures(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(unreachable_agents_are_failures);
+async fn unreachable_agents_are_failures(app: TestApp) {
     app.seed_with(NewTenant::default(), NewRoute::default()).await;
     // Nothing listens.
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -555,10 +544,8 @@ async fn unreachable_agents_are_failures(backend: Backend) {
     }
 }
 
-async fn flooding_agents_fail_with_bounded_memory(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(flooding_agents_fail_with_bounded_memory);
+async fn flooding_agents_fail_with_bounded_memory(app: TestApp) {
     const ATTEMPTED: usize = 4_000;
     // Sends 32 KiB frames as fast as it can: 128 MB if nothing held it back.
     let (agent_url, agent) = run_agent(|mut ws, mut seen| async move {
@@ -593,10 +580,8 @@ async fn flooding_agents_fail_with_bounded_memory(backend: Backend) {
     drop(socket);
 }
 
-async fn agents_that_do_not_read_fail(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(agents_that_do_not_read_fail);
+async fn agents_that_do_not_read_fail(app: TestApp) {
     let (agent_url, _agent) = run_agent(|ws, seen| async move {
         // Reads nothing, holds the connection.
         tokio::time::sleep(Duration::from_secs(30)).await;
@@ -630,13 +615,3 @@ async fn agents_that_do_not_read_fail(backend: Backend) {
     assert!(stream_ended(&app, &sid).await.contains(FALLBACK));
     sender.abort();
 }
-
-on_both_backends!(
-    agent_sees_exactly_what_twilio_sent,
-    agents_are_taken_leniently_and_garbage_is_counted,
-    an_agent_that_hangs_up_ends_the_call,
-    abnormal_agent_ends_are_failures,
-    unreachable_agents_are_failures,
-    flooding_agents_fail_with_bounded_memory,
-    agents_that_do_not_read_fail,
-);

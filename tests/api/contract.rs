@@ -4,7 +4,7 @@ use entity::{route, tenant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use stateset_voice::{on_both_backends, testkit::*};
+use stateset_voice::{backend_test, testkit::*};
 
 fn spec() -> Value {
     serde_yaml::from_str(&stateset_voice::openapi_yaml()).expect("the spec is YAML")
@@ -112,10 +112,8 @@ fn every_admin_operation_declares_the_framework_errors_it_can_return() {
     assert!(checked >= 17, "{checked} admin operations");
 }
 
-async fn absent_values_are_declared_nullable(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(absent_values_are_declared_nullable);
+async fn absent_values_are_declared_nullable(app: TestApp) {
     app.seed().await;
     let spec = spec();
     let get = |path: &'static str| {
@@ -172,10 +170,8 @@ async fn absent_values_are_declared_nullable(backend: Backend) {
     }
 }
 
-async fn nul_in_the_url_is_a_bad_request(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(nul_in_the_url_is_a_bad_request);
+async fn nul_in_the_url_is_a_bad_request(app: TestApp) {
     app.seed().await;
     for (method, path) in [
         (Method::GET, "/api/v1/tenants?cursor=%00"),
@@ -206,10 +202,8 @@ async fn nul_in_the_url_is_a_bad_request(backend: Backend) {
     assert_eq!(app.count(route::Entity).await, 1);
 }
 
-async fn control_characters_in_urls_are_refused(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(control_characters_in_urls_are_refused);
+async fn control_characters_in_urls_are_refused(app: TestApp) {
     let (tenant, route) = app.seed().await;
     let refused = |method: Method, path: String, body: Value| {
         let req = app.admin(method.clone(), &path).json(&body);
@@ -265,10 +259,8 @@ async fn control_characters_in_urls_are_refused(backend: Backend) {
     assert_eq!(stored["fallback"], Value::Null);
 }
 
-async fn runtime_and_body_errors_are_documented_problems(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(runtime_and_body_errors_are_documented_problems);
+async fn runtime_and_body_errors_are_documented_problems(app: TestApp) {
     let spec = spec();
     let cases = [
         (
@@ -311,10 +303,3 @@ async fn runtime_and_body_errors_are_documented_problems(backend: Backend) {
     }
     assert!(!app.state.runtime.is_draining());
 }
-
-on_both_backends!(
-    absent_values_are_declared_nullable,
-    nul_in_the_url_is_a_bad_request,
-    control_characters_in_urls_are_refused,
-    runtime_and_body_errors_are_documented_problems,
-);
