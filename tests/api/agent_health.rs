@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 use stateset_voice::{
+    api::models::Route,
     backend_test,
     domain::admin::{NewRoute, NewTenant},
     state::AGENT_FAILURES_TO_OPEN,
@@ -208,13 +209,15 @@ async fn any_failing_check_of_an_agent_opens_its_circuit(app: TestApp) {
             },
         )
         .await;
-    let res = app
-        .admin(Method::POST, &format!("/api/v1/tenants/{}/routes", tenant.id))
-        .json(&json!({"phone_number": "+15555550123", "agent_url": agent_url}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
+    app.create_route(
+        &tenant.id,
+        NewRoute {
+            phone_number: "+15555550123".to_owned(),
+            agent_url: Some(agent_url.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
 
     for _ in 0..AGENT_FAILURES_TO_OPEN {
         assert_eq!(agent_health::check_all(&app.state).await.unwrap(), 1);
@@ -301,91 +304,88 @@ backend_test!(admin_api_sets_and_clears_agent_health_url);
 async fn admin_api_sets_and_clears_agent_health_url(app: TestApp) {
     let (tenant, _) = app.seed().await;
     let tid = tenant.id;
-    let create = |body: Value| {
-        app.admin(Method::POST, &format!("/api/v1/tenants/{tid}/routes"))
-            .json(&body)
-            .send()
-    };
-    let res = create(json!({
-        "phone_number": "+15555550111",
-        "agent_url": "wss://agent.example.com/ws",
-        "agent_health_url": "https://agent.example.com/health"
-    }))
-    .await
-    .unwrap();
-    assert_eq!(res.status(), 201);
-    let route: Value = res.json().await.unwrap();
-    assert_eq!(route["agent_health_url"], "https://agent.example.com/health");
-    let rid = route["id"].as_str().unwrap().to_owned();
-    let route_path = format!("/api/v1/routes/{rid}");
+    let route = app
+        .create_route(
+            &tid,
+            NewRoute {
+                phone_number: "+15555550111".to_owned(),
+                agent_url: Some("wss://agent.example.com/ws".to_owned()),
+                agent_health_url: Some("https://agent.example.com/health".to_owned()),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert_eq!(
+        route.agent_health_url.as_deref(),
+        Some("https://agent.example.com/health")
+    );
+    let route_path = format!("/api/v1/routes/{}", route.id);
 
-    let without: Value = create(json!({"phone_number": "+15555550112"}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(without["agent_health_url"], Value::Null);
+    let without = app
+        .create_route(
+            &tid,
+            NewRoute {
+                phone_number: "+15555550112".to_owned(),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert_eq!(without.agent_health_url, None);
 
-    let patch = |body: Value| app.admin(Method::PATCH, &route_path).json(&body).send();
-    let patched: Value = patch(json!({"agent_health_url": "http://10.0.0.5:8080/healthz"}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(patched["agent_health_url"], "http://10.0.0.5:8080/healthz");
+    let patched: Route = app
+        .patch(
+            &route_path,
+            &json!({"agent_health_url": "http://10.0.0.5:8080/healthz"}),
+        )
+        .await;
+    assert_eq!(
+        patched.agent_health_url.as_deref(),
+        Some("http://10.0.0.5:8080/healthz")
+    );
     // A patch without the field keeps it.
-    let kept: Value = patch(json!({"label": "main"}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(kept["agent_health_url"], "http://10.0.0.5:8080/healthz");
-    let stored: Value = app
-        .admin(Method::GET, &route_path)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(stored["agent_health_url"], "http://10.0.0.5:8080/healthz");
+    let kept: Route = app.patch(&route_path, &json!({"label": "main"})).await;
+    assert_eq!(
+        kept.agent_health_url.as_deref(),
+        Some("http://10.0.0.5:8080/healthz")
+    );
+    let stored: Route = app.get(&route_path).await;
+    assert_eq!(
+        stored.agent_health_url.as_deref(),
+        Some("http://10.0.0.5:8080/healthz")
+    );
 
     for bad in [
-        json!("ftp://agent.example.com/health"),
-        json!("wss://agent.example.com/health"),
-        json!("garbage"),
-        json!("/health"),
-        json!("http://agent.example.com/\u{0}health"),
-        json!("https://agent.example.com/\nhealth"),
+        "ftp://agent.example.com/health",
+        "wss://agent.example.com/health",
+        "garbage",
+        "/health",
+        "http://agent.example.com/\u{0}health",
+        "https://agent.example.com/\nhealth",
     ] {
-        let res = patch(json!({"agent_health_url": bad})).await.unwrap();
-        assert_eq!(res.status(), 422, "patch {bad}");
-        let res = create(json!({"phone_number": "+15555550113", "agent_health_url": bad}))
+        let res = app
+            .admin(Method::PATCH, &route_path)
+            .json(&json!({"agent_health_url": bad}))
+            .send()
             .await
             .unwrap();
-        assert_eq!(res.status(), 422, "create {bad}");
+        assert_eq!(res.status(), 422, "patch {bad:?}");
+        let res = app
+            .admin(Method::POST, &format!("/api/v1/tenants/{tid}/routes"))
+            .json(&json!({"phone_number": "+15555550113", "agent_health_url": bad}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 422, "create {bad:?}");
     }
-    let unchanged: Value = app
-        .admin(Method::GET, &route_path)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(unchanged["agent_health_url"], "http://10.0.0.5:8080/healthz");
+    let unchanged: Route = app.get(&route_path).await;
+    assert_eq!(
+        unchanged.agent_health_url.as_deref(),
+        Some("http://10.0.0.5:8080/healthz")
+    );
 
-    let cleared: Value = patch(json!({"agent_health_url": null}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(cleared["agent_health_url"], Value::Null);
-    assert_eq!(cleared["agent_url"], "wss://agent.example.com/ws");
+    let cleared: Route = app.patch(&route_path, &json!({"agent_health_url": null})).await;
+    assert_eq!(cleared.agent_health_url, None);
+    assert_eq!(cleared.agent_url.as_deref(), Some("wss://agent.example.com/ws"));
 }
 
 backend_test!(migration_adds_and_drops_the_column);

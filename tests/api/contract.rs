@@ -116,15 +116,7 @@ backend_test!(absent_values_are_declared_nullable);
 async fn absent_values_are_declared_nullable(app: TestApp) {
     app.seed().await;
     let spec = spec();
-    let get = |path: &'static str| {
-        let req = app.admin(Method::GET, path);
-        async move {
-            let res = req.send().await.unwrap();
-            assert_eq!(res.status(), 200, "GET {path}");
-            res.json::<Value>().await.unwrap()
-        }
-    };
-    let routes = get("/api/v1/routes").await;
+    let routes = app.get::<Value>("/api/v1/routes").await;
     assert_eq!(routes["next_cursor"], Value::Null);
     assert_eq!(routes["items"][0]["agent_url"], Value::Null);
     assert_nulls_declared(
@@ -133,7 +125,7 @@ async fn absent_values_are_declared_nullable(app: TestApp) {
         &routes,
         "routes",
     );
-    let tenants = get("/api/v1/tenants").await;
+    let tenants = app.get::<Value>("/api/v1/tenants").await;
     assert_nulls_declared(
         &spec,
         ok_schema(&spec, "/api/v1/tenants", "get"),
@@ -141,23 +133,21 @@ async fn absent_values_are_declared_nullable(app: TestApp) {
         "tenants",
     );
     let route_id = routes["items"][0]["id"].as_str().unwrap();
-    let patched = app
-        .admin(Method::PATCH, &format!("/api/v1/routes/{route_id}"))
-        .json(&json!({"label": null, "fallback": {"type": "dial", "number": "+15550001111"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(patched.status(), 200);
-    let patched: Value = patched.json().await.unwrap();
+    let patched: Value = app
+        .patch(
+            &format!("/api/v1/routes/{route_id}"),
+            &json!({"label": null, "fallback": {"type": "dial", "number": "+15550001111"}}),
+        )
+        .await;
     assert_eq!(patched["label"], Value::Null);
     let schema = ok_schema(&spec, "/api/v1/routes/{route_id}", "patch");
     assert_nulls_declared(&spec, schema, &patched, "route");
 
     app.incoming(&call_sid()).await;
-    let calls = get("/api/v1/calls").await;
+    let calls = app.get::<Value>("/api/v1/calls").await;
     assert_eq!(calls["items"].as_array().unwrap().len(), 1);
     assert_nulls_declared(&spec, ok_schema(&spec, "/api/v1/calls", "get"), &calls, "calls");
-    let events = get("/api/v1/events").await;
+    let events = app.get::<Value>("/api/v1/events").await;
     assert_nulls_declared(
         &spec,
         ok_schema(&spec, "/api/v1/events", "get"),
@@ -165,7 +155,7 @@ async fn absent_values_are_declared_nullable(app: TestApp) {
         "events",
     );
     for path in ["/api/v1/diagnostics", "/api/v1/alerts"] {
-        let page = get(path).await;
+        let page = app.get::<Value>(path).await;
         assert_nulls_declared(&spec, ok_schema(&spec, path, "get"), &page, path);
     }
 }

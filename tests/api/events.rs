@@ -4,6 +4,7 @@ use std::time::Duration;
 use entity::outbox_event;
 use sea_orm::EntityTrait;
 use stateset_voice::{
+    api::models::{Call, Event, List},
     backend_test,
     config::ConfigArgs,
     domain::admin::{NewRoute, NewTenant},
@@ -153,16 +154,12 @@ async fn dead_letter_after_the_attempt_limit(app: TestApp) {
         3,
         "nothing after the dead letter"
     );
-    let listed: serde_json::Value = app
-        .admin(reqwest::Method::GET, "/api/v1/events")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(listed["items"][0]["status"], "dead");
-    assert_eq!(listed["items"][0]["last_error"], "receiver answered HTTP 503");
+    let listed: List<Event> = app.get("/api/v1/events").await;
+    assert_eq!(listed.items[0].status, "dead");
+    assert_eq!(
+        listed.items[0].last_error.as_deref(),
+        Some("receiver answered HTTP 503")
+    );
 }
 
 backend_test!(delivery_resumes_after_a_crash_mid_delivery, |a| {
@@ -239,18 +236,13 @@ async fn one_round_records_mixed_results_per_event(app: TestApp) {
     // gets its own result.
     let server = receiver(ResponseTemplate::new(204)).await;
     let with_url = seed_receiver(&app, &server).await;
-    let without_url = stateset_voice::domain::admin::create_tenant(
-        &app.state.db,
-        NewTenant {
+    let without_url = app
+        .seed_tenant(NewTenant {
             name: "No receiver".to_owned(),
             account_sid: "AC0123456789abcdef0123456789abcdef".to_owned(),
-            auth_token: AUTH_TOKEN.to_owned(),
             ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
-    .tenant;
+        })
+        .await;
     let record = |tenant_id: String, n: usize| {
         let db = app.state.db.clone();
         async move {
@@ -354,15 +346,8 @@ async fn status_callbacks_update_the_call_once(app: TestApp) {
         ),
         (Some("completed"), Some(37))
     );
-    let api: serde_json::Value = app
-        .admin(reqwest::Method::GET, &format!("/api/v1/calls/{sid}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(api["status"], "completed");
+    let api: Call = app.get(&format!("/api/v1/calls/{sid}")).await;
+    assert_eq!(api.status, "completed");
 
     let forged = app
         .post_signed(

@@ -1,6 +1,7 @@
 //! Every row of the contract's failure-mode table, and the processing order.
 use entity::{alert, call};
 use stateset_voice::{
+    api::models::{Alert, List, Route},
     db::{self, diagnostics::Occurrence},
     domain::{
         admin::{NewRoute, NewTenant},
@@ -85,15 +86,8 @@ async fn repeated_failures_on_production_route_alert_once_per_window(app: TestAp
     assert_eq!(app.count(call::Entity).await, 0);
 
     // The admin API shows it.
-    let listed: serde_json::Value = app
-        .admin(reqwest::Method::GET, "/api/v1/alerts")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(listed["items"][0]["id"], alerts[0].id.as_str());
+    let listed: List<Alert> = app.get("/api/v1/alerts").await;
+    assert_eq!(listed.items[0].id, alerts[0].id);
 }
 
 backend_test!(failures_on_a_test_route_do_not_alert, |a| a.alert_threshold = 2);
@@ -229,13 +223,7 @@ async fn drain_mode_uses_the_tenant_default(app: TestApp) {
         NewRoute::default(),
     )
     .await;
-    let res = app
-        .admin(reqwest::Method::PUT, "/api/v1/runtime/drain")
-        .json(&serde_json::json!({"draining": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    assert!(app.set_draining(true).await.draining);
     let sid = call_sid();
     let body = app.incoming(&sid).await.text().await.unwrap();
     assert!(
@@ -439,25 +427,16 @@ async fn admin_changes_apply_at_once_despite_the_route_cache(app: TestApp) {
         .await
         .unwrap()
         .contains("<Stream"));
-    let res = app
-        .admin(reqwest::Method::PATCH, &format!("/api/v1/routes/{}", route.id))
-        .json(&serde_json::json!({"enabled": false}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    let path = format!("/api/v1/routes/{}", route.id);
+    let disabled: Route = app.patch(&path, &serde_json::json!({"enabled": false})).await;
+    assert!(!disabled.enabled);
     let sid = call_sid();
     assert!(!app.incoming(&sid).await.text().await.unwrap().contains("<Stream"));
     assert_eq!(
         app.call(&sid).await.unwrap().fallback_reason.as_deref(),
         Some("route_disabled")
     );
-    let res = app
-        .admin(reqwest::Method::DELETE, &format!("/api/v1/routes/{}", route.id))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 204);
+    app.delete(&path).await;
     assert!(app
         .incoming(&call_sid())
         .await

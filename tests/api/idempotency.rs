@@ -117,16 +117,14 @@ async fn concurrent_duplicates_across_two_instances(one: TestApp) {
 backend_test!(same_call_on_another_route_conflicts);
 async fn same_call_on_another_route_conflicts(app: TestApp) {
     let (tenant, _) = app.seed().await;
-    stateset_voice::domain::admin::create_route(
-        &app.state.db,
+    app.seed_route(
         &tenant.id,
         NewRoute {
             phone_number: "+15555550000".to_owned(),
             ..Default::default()
         },
     )
-    .await
-    .unwrap();
+    .await;
     let sid = call_sid();
     assert_eq!(app.incoming(&sid).await.status(), 200);
     let other = incoming_form_with(&sid, "To", "+15555550000");
