@@ -21,9 +21,7 @@ use tokio_tungstenite::tungstenite::{
     Message,
 };
 
-use super::media::{
-    answered_call, connect, read_all, read_until, send_all, session_frames, Received, Socket,
-};
+use super::media::{answered_call, connect, read_all, read_until, send_all, Received, Socket};
 
 type AgentSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
@@ -169,7 +167,7 @@ async fn agent_sees_exactly_what_twilio_sent(app: TestApp) {
     .await;
     let (secret, route) = seed_agent(&app, agent_url).await;
     let (sid, token) = answered_call(&app).await;
-    let recorded = session_frames(&sid, &token);
+    let recorded = recorded_session(&sid, &token);
     // Twilio's frames, with one event this service does not know and fields it does not use.
     let mut sent: Vec<String> = recorded[..12].to_vec();
     sent.push(format!(
@@ -274,7 +272,7 @@ async fn agents_are_taken_leniently_and_garbage_is_counted(app: TestApp) {
     .await;
     seed_agent(&app, agent_url).await;
     let (sid, token) = answered_call(&app).await;
-    let frames = session_frames(&sid, &token);
+    let frames = recorded_session(&sid, &token);
     let mut socket = connect(&app, "/media-stream").await;
     send_all(&mut socket, &frames[..3]).await;
     let got = read_until(&mut socket, 4, Received::default()).await;
@@ -324,7 +322,7 @@ async fn an_agent_that_hangs_up_ends_the_call(app: TestApp) {
     .await;
     seed_agent(&app, agent_url).await;
     let (sid, token) = answered_call(&app).await;
-    let frames = session_frames(&sid, &token);
+    let frames = recorded_session(&sid, &token);
     let mut socket = connect(&app, "/media-stream").await;
     send_all(&mut socket, &frames[..3]).await;
     // The goodbye plays to the end: the stream closes once Twilio reports the mark after it.
@@ -430,7 +428,7 @@ async fn second_route_call(app: &TestApp, agent_url: String, number: &str) -> (S
         .await
         .unwrap();
     let mut socket = connect(app, "/media-stream").await;
-    send_all(&mut socket, &session_frames(&sid, stream_token(&body))[..3]).await;
+    send_all(&mut socket, &recorded_session(&sid, stream_token(&body))[..3]).await;
     let got = read_all(&mut socket).await;
     (sid, got.close.expect("the service closes the stream").0)
 }
@@ -564,7 +562,7 @@ async fn flooding_agents_fail_with_bounded_memory(app: TestApp) {
     .await;
     seed_agent(&app, agent_url).await;
     let (sid, token) = answered_call(&app).await;
-    let frames = session_frames(&sid, &token);
+    let frames = recorded_session(&sid, &token);
     // A caller's side that takes nothing.
     let mut socket = connect(&app, "/media-stream").await;
     send_all(&mut socket, &frames[..3]).await;
@@ -591,7 +589,7 @@ async fn agents_that_do_not_read_fail(app: TestApp) {
     .await;
     seed_agent(&app, agent_url).await;
     let (sid, token) = answered_call(&app).await;
-    let frames = session_frames(&sid, &token);
+    let frames = recorded_session(&sid, &token);
     let mut socket = connect(&app, "/media-stream").await;
     send_all(&mut socket, &frames[..2]).await;
     // Large frames from the caller's side pile up in front of the agent.

@@ -14,23 +14,8 @@ use tokio_tungstenite::{
     tungstenite::{protocol::frame::coding::CloseCode, Message},
 };
 
-pub(super) const RECORDED: &str = include_str!("../fixtures/media-stream-session.jsonl");
-pub(super) const RECORDED_CALL_SID: &str = "CAa1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
-pub(super) const TOKEN_PLACEHOLDER: &str = "<token minted by the webhook for this call>";
-
 pub(super) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// The recorded session's frames for `call_sid`, carrying `token` in `customParameters`.
-pub(super) fn session_frames(call_sid: &str, token: &str) -> Vec<String> {
-    RECORDED
-        .lines()
-        .map(|l| {
-            l.replace(RECORDED_CALL_SID, call_sid)
-                .replace(TOKEN_PLACEHOLDER, token)
-        })
-        .collect()
-}
 
 /// Answers an inbound call and returns its CallSid and stream token.
 pub(super) async fn answered_call(app: &TestApp) -> (String, String) {
@@ -115,7 +100,7 @@ async fn recorded_session_echoes_and_is_recorded(app: TestApp) {
     app.seed().await;
     let (sid, token) = answered_call(&app).await;
     let mut socket = connect(&app, &format!("/media-stream?stream_token={token}")).await;
-    let frames = session_frames(&sid, &token);
+    let frames = recorded_session(&sid, &token);
     let got = converse(&mut socket, &frames, 319).await;
     assert_eq!(got.media.len(), 319, "every media frame is played back");
     assert!(got
@@ -183,7 +168,7 @@ async fn token_in_custom_parameters_or_path_is_accepted(app: TestApp) {
             "/media-stream".to_owned()
         };
         let mut socket = connect(&app, &path).await;
-        let frames = session_frames(&sid, &token);
+        let frames = recorded_session(&sid, &token);
         let short: Vec<String> = frames[..12]
             .iter()
             .chain(&frames[frames.len() - 2..])
@@ -203,7 +188,7 @@ async fn refused_streams_close_with_a_reason_and_bridge_nothing(app: TestApp) {
 
     // Reuse: the first connection consumes the token.
     let (sid, token) = answered_call(&app).await;
-    let frames = session_frames(&sid, &token);
+    let frames = recorded_session(&sid, &token);
     let mut first = connect(&app, "/media-stream").await;
     send_all(&mut first, &frames[..3]).await;
     let echoed = read_until(&mut first, 1, Received::default()).await;
@@ -226,7 +211,7 @@ async fn refused_streams_close_with_a_reason_and_bridge_nothing(app: TestApp) {
     let mut socket = connect(&app, "/media-stream").await;
     send_all(
         &mut socket,
-        &session_frames("CA00000000000000000000000000000000", &token)[..5],
+        &recorded_session("CA00000000000000000000000000000000", &token)[..5],
     )
     .await;
     let got = read_all(&mut socket).await;
@@ -242,7 +227,7 @@ async fn refused_streams_close_with_a_reason_and_bridge_nothing(app: TestApp) {
     // No token anywhere.
     let (sid, _) = answered_call(&app).await;
     let mut socket = connect(&app, "/media-stream").await;
-    let no_token: Vec<String> = session_frames(&sid, "x")
+    let no_token: Vec<String> = recorded_session(&sid, "x")
         .iter()
         .map(|f| f.replace(",\"customParameters\":{\"stream_token\":\"x\"}", ""))
         .collect();
@@ -256,7 +241,7 @@ async fn refused_streams_close_with_a_reason_and_bridge_nothing(app: TestApp) {
     // Media before any start is never bridged; the socket is closed after the timeout.
     let (sid, token) = answered_call(&app).await;
     let mut socket = connect(&app, "/media-stream").await;
-    let frames = session_frames(&sid, &token);
+    let frames = recorded_session(&sid, &token);
     send_all(
         &mut socket,
         &[frames[0].clone(), frames[2].clone(), frames[3].clone()],
@@ -324,7 +309,7 @@ async fn quiet_streams_outlive_the_head_deadline(app: TestApp) {
     app.seed().await;
     let (sid, token) = answered_call(&app).await;
     let mut socket = connect(&app, "/media-stream").await;
-    let frames = session_frames(&sid, &token);
+    let frames = recorded_session(&sid, &token);
     send_all(&mut socket, &frames[..2]).await;
     let mark = frames.iter().find(|f| f.contains("\"event\":\"mark\"")).unwrap();
     let quiet_until = std::time::Instant::now() + QUIET_HEAD_LIMIT * 5;
@@ -397,7 +382,7 @@ async fn remote_agent_gets_twilio_frames_then_audio_both_ways(app: TestApp) {
         .await;
     let (sid, token) = answered_call(&app).await;
     let mut socket = connect(&app, "/media-stream").await;
-    let frames = session_frames(&sid, &token);
+    let frames = recorded_session(&sid, &token);
     let short: Vec<String> = frames[..62]
         .iter()
         .chain(&frames[frames.len() - 2..])
@@ -432,7 +417,7 @@ async fn agent_failure_mid_call_ends_in_fallback(app: TestApp) {
     .await;
     let (sid, token) = answered_call(&app).await;
     let mut socket = connect(&app, "/media-stream").await;
-    let frames = session_frames(&sid, &token);
+    let frames = recorded_session(&sid, &token);
     send_all(&mut socket, &frames[..40]).await;
     let got = read_all(&mut socket).await;
     assert_eq!(
