@@ -237,14 +237,7 @@ async fn control_characters_in_urls_are_refused(app: TestApp) {
     )
     .await;
     assert_eq!(app.count(tenant::Entity).await, 1);
-    let stored = app
-        .admin(Method::GET, &format!("/api/v1/routes/{}", route.id))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let stored: Value = app.get(&format!("/api/v1/routes/{}", route.id)).await;
     assert_eq!(stored["agent_url"], Value::Null);
     assert_eq!(stored["fallback"], Value::Null);
 }
