@@ -129,3 +129,33 @@ fn insert_present<const N: usize>(body: &mut Map<String, Value>, fields: [(&str,
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{say, ACCOUNT_SID, AUTH_TOKEN, NUMBER};
+
+    #[test]
+    fn bodies_hold_the_fields_given_and_the_standard_values() {
+        let tenant = tenant_body(standard_tenant(NewTenant {
+            environment: Some("sandbox".to_owned()),
+            default_fallback: say("Sorry"),
+            ..Default::default()
+        }));
+        assert_eq!(
+            tenant,
+            json!({
+                "name": "Acme",
+                "account_sid": ACCOUNT_SID,
+                "auth_token": AUTH_TOKEN,
+                "environment": "sandbox",
+                "default_fallback": {"type": "say", "message": "Sorry"},
+            })
+        );
+        let route = route_body(standard_route(NewRoute {
+            enabled: Some(false),
+            ..Default::default()
+        }));
+        assert_eq!(route, json!({"phone_number": NUMBER, "enabled": false}));
+    }
+}
