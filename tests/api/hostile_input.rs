@@ -103,8 +103,9 @@ async fn closed_within_deadline(tcp: &mut (impl AsyncRead + Unpin)) -> (Vec<u8>,
     (received, started.elapsed())
 }
 
-backend_test!(idle_connections_are_closed, |a| a.idle_timeout =
-    Duration::from_secs(1));
+backend_test!(idle_connections_are_closed, |a| {
+    a.idle_timeout = Duration::from_secs(1);
+});
 async fn idle_connections_are_closed(app: TestApp) {
     app.seed().await;
     let addr = app.base.trim_start_matches("http://");
@@ -193,8 +194,9 @@ fn head_pieces(request: &[u8], parts: usize) -> (Vec<Vec<u8>>, Vec<u8>) {
     )
 }
 
-backend_test!(partial_first_request_head_is_cut_off, |a| a.header_read_timeout =
-    HEAD_LIMIT);
+backend_test!(partial_first_request_head_is_cut_off, |a| {
+    a.header_read_timeout = HEAD_LIMIT;
+});
 /// A client that sends part of the first request head on a connection and then goes silent or
 /// trickles the rest (slow-loris on headers) is cut off once the head deadline passes, whatever
 /// the idle timeout; nothing is answered or stored.
@@ -222,8 +224,9 @@ async fn partial_first_request_head_is_cut_off(app: TestApp) {
     assert_nothing_stored(&app).await;
 }
 
-backend_test!(kept_alive_connections_time_each_head, |a| a.header_read_timeout =
-    HEAD_LIMIT);
+backend_test!(kept_alive_connections_time_each_head, |a| {
+    a.header_read_timeout = HEAD_LIMIT;
+});
 /// A kept-alive connection's next request head is timed from its first byte: one that trickles
 /// in is cut off (within twice the limit: its first bytes might have been the rest of an unread
 /// body), one sent after a long pause is answered.

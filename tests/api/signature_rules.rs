@@ -89,8 +89,9 @@ async fn raw_query_string_is_part_of_the_signed_url(app: TestApp) {
     assert_eq!(post_with_signature(&app, reencoded, &form, &sig, &[]).await, 403);
 }
 
-backend_test!(forwarded_headers_count_only_when_trusted, |a| a.trust_forwarded =
-    false);
+backend_test!(forwarded_headers_count_only_when_trusted, |a| {
+    a.trust_forwarded = false;
+});
 async fn forwarded_headers_count_only_when_trusted(untrusting: TestApp) {
     let trusting = untrusting.another(|a| a.trust_forwarded = true).await;
     for (trusted, app) in [(false, untrusting), (true, trusting)] {
