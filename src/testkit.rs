@@ -1,5 +1,7 @@
 //! Test harness shared by the integration tests and the conformance suite: the real service
-//! on port 0 over a fresh SQLite file or PostgreSQL schema. Enabled by the `testkit` feature.
+//! on port 0 over a fresh SQLite file or PostgreSQL schema, each test run once per backend
+//! ([`backend_test!`](crate::backend_test)), typed admin API calls and the recorded media
+//! session. Enabled by the `testkit` feature.
 use crate::{
     config::{Config, ConfigArgs},
     db,
@@ -17,6 +19,13 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait};
 use serde_json::Value;
 
+mod admin_api;
+mod backends;
+mod recording;
+
+pub use backends::{run, TestInput};
+pub use recording::{recorded_frame, recorded_session, RECORDED_CALL_SID, RECORDING, TOKEN_PLACEHOLDER};
+
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const TOKEN_SECRET: &str = "test-stream-token-secret-0123456789abcdef";
 pub const AUTH_TOKEN: &str = "0123456789abcdef0123456789abcdef";
@@ -32,6 +41,8 @@ pub enum Backend {
 
 /// A running service.
 pub struct TestApp {
+    /// The database it runs on.
+    pub backend: Backend,
     pub base: String,
     pub state: AppState,
     pub client: reqwest::Client,
@@ -53,6 +64,8 @@ fn may_skip_postgres() -> bool {
 
 /// A migrated, empty database.
 pub struct FreshDatabase {
+    /// The kind of database.
+    pub backend: Backend,
     pub db: DatabaseConnection,
     pub url: String,
     /// The PostgreSQL schema holding it.
@@ -86,6 +99,7 @@ pub async fn fresh_database(backend: Backend, max_connections: u32) -> Option<Fr
                 .expect("sqlite connects");
             db::migrate(&db).await.expect("migrations run on SQLite");
             Some(FreshDatabase {
+                backend,
                 db,
                 url,
                 schema: None,
@@ -117,6 +131,7 @@ pub async fn fresh_database(backend: Backend, max_connections: u32) -> Option<Fr
                 .expect("postgres connects");
             db::migrate(&db).await.expect("migrations run on PostgreSQL");
             Some(FreshDatabase {
+                backend,
                 db,
                 url,
                 schema: Some(schema),
@@ -151,6 +166,7 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config
     let state = AppState::new(fresh.db, config);
     serve_on(acceptor, state.clone());
     Some(TestApp {
+        backend,
         base,
         state,
         client: reqwest::Client::new(),
@@ -236,6 +252,14 @@ impl TestApp {
         format!("http://127.0.0.1:{port}")
     }
 
+    /// Another service on the same backend, over its own fresh database, after `configure`
+    /// adjusted its flags.
+    pub async fn another(&self, configure: impl FnOnce(&mut ConfigArgs)) -> TestApp {
+        spawn_app_with(self.backend, configure)
+            .await
+            .expect("the backend of a running test app is reachable")
+    }
+
     /// Creates the standard test tenant (production) and its route for [`NUMBER`].
     pub async fn seed(&self) -> (entity::tenant::Model, entity::route::Model) {
         self.seed_with(NewTenant::default(), NewRoute::default()).await
@@ -244,29 +268,27 @@ impl TestApp {
     /// Creates a tenant and route, filling in the standard values where `tenant`/`route` are empty.
     pub async fn seed_with(
         &self,
-        mut tenant: NewTenant,
-        mut route: NewRoute,
+        tenant: NewTenant,
+        route: NewRoute,
     ) -> (entity::tenant::Model, entity::route::Model) {
-        if tenant.name.is_empty() {
-            tenant.name = "Acme".to_owned();
-        }
-        if tenant.account_sid.is_empty() {
-            tenant.account_sid = ACCOUNT_SID.to_owned();
-        }
-        if tenant.auth_token.is_empty() {
-            tenant.auth_token = AUTH_TOKEN.to_owned();
-        }
-        if route.phone_number.is_empty() {
-            route.phone_number = NUMBER.to_owned();
-        }
-        let t = admin::create_tenant(&self.state.db, tenant)
+        let tenant = self.seed_tenant(tenant).await;
+        let route = self.seed_route(&tenant.id, route).await;
+        (tenant, route)
+    }
+
+    /// Creates a tenant in the database, with the standard values where `tenant` is empty.
+    pub async fn seed_tenant(&self, tenant: NewTenant) -> entity::tenant::Model {
+        admin::create_tenant(&self.state.db, standard_tenant(tenant))
             .await
             .expect("tenant")
-            .tenant;
-        let r = admin::create_route(&self.state.db, &t.id, route)
+            .tenant
+    }
+
+    /// Creates a route of `tenant_id` in the database, for [`NUMBER`] unless `route` names one.
+    pub async fn seed_route(&self, tenant_id: &str, route: NewRoute) -> entity::route::Model {
+        admin::create_route(&self.state.db, tenant_id, standard_route(route))
             .await
-            .expect("route");
-        (t, r)
+            .expect("route")
     }
 
     /// The URL the service reconstructs for `path_and_query`.
@@ -372,25 +394,34 @@ pub fn say(message: &str) -> Option<FallbackAction> {
     })
 }
 
-/// Runs each listed `async fn name(backend: Backend)` once on SQLite and once on PostgreSQL.
-#[macro_export]
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::testkit::Backend::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name($crate::testkit::Backend::Postgres).await
-                }
-            )*
-        }
-    };
+/// `tenant` with the standard name, account and auth token where it leaves them empty.
+pub fn standard_tenant(mut tenant: NewTenant) -> NewTenant {
+    if tenant.name.is_empty() {
+        tenant.name = "Acme".to_owned();
+    }
+    if tenant.account_sid.is_empty() {
+        tenant.account_sid = ACCOUNT_SID.to_owned();
+    }
+    if tenant.auth_token.is_empty() {
+        tenant.auth_token = AUTH_TOKEN.to_owned();
+    }
+    tenant
+}
+
+/// `route` for [`NUMBER`] when it names no number.
+pub fn standard_route(mut route: NewRoute) -> NewRoute {
+    if route.phone_number.is_empty() {
+        route.phone_number = NUMBER.to_owned();
+    }
+    route
+}
+
+/// Asserts that no call and no event was stored.
+pub async fn assert_nothing_stored(app: &TestApp) {
+    assert_eq!(app.count(entity::call::Entity).await, 0, "no call stored");
+    assert_eq!(
+        app.count(entity::outbox_event::Entity).await,
+        0,
+        "no event stored"
+    );
 }

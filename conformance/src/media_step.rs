@@ -8,22 +8,16 @@ use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use futures::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use stateset_voice::testkit::TestApp;
+use stateset_voice::testkit::{recorded_frame, recorded_session, TestApp};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
+    fixture::PUBLIC_URL,
     frames::{self, CallerFrames},
+    redact::TokenNames,
     scripted_agent::{AgentRecord, AgentScript, AgentServer},
-    TokenNames, PUBLIC_URL,
 };
-
-/// The recorded Twilio session (`tests/fixtures/media-stream-session.jsonl`), one frame a line.
-pub const RECORDING: &str = include_str!("../../tests/fixtures/media-stream-session.jsonl");
-/// The CallSid of the recording, replaced by the fixture's.
-pub const RECORDED_CALL_SID: &str = "CAa1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
-/// The stream token placeholder of the recording, replaced by the answer's token.
-pub const TOKEN_PLACEHOLDER: &str = "<token minted by the webhook for this call>";
 
 /// How long Twilio's side waits for what an `await` step asks for.
 const AWAIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -259,20 +253,6 @@ async fn listen(mut stream: futures::stream::SplitStream<Socket>, heard: watch::
     while let Some(Ok(_)) = stream.next().await {}
 }
 
-/// The recording's frames for this call, by line.
-fn recorded_frames(call_sid: &str, token: &str) -> Vec<String> {
-    RECORDING
-        .lines()
-        .map(|line| fill(line, call_sid, token))
-        .collect()
-}
-
-fn fill(frame: &str, call_sid: &str, token: &str) -> String {
-    frame
-        .replace(RECORDED_CALL_SID, call_sid)
-        .replace(TOKEN_PLACEHOLDER, token)
-}
-
 /// The highest `sequenceNumber` among `frames`.
 fn last_sequence_number(frames: &[String]) -> u64 {
     frames
@@ -347,7 +327,7 @@ impl Caller {
                 self.log.push(line);
             }
             CallerStep::Send(frame) => {
-                let frame = fill(frame, ctx.call_sid, token);
+                let frame = recorded_frame(frame, ctx.call_sid, token);
                 let shown = frames::abbreviated(&tokens.redact(&frame));
                 if self.send(vec![frame]).await == 1 {
                     self.log.push(format!("#{first} {shown}"));
@@ -473,7 +453,7 @@ pub async fn play(
     let (sink, stream) = socket.split();
     let (heard_tx, heard) = watch::channel(Heard::default());
     let listener = tokio::spawn(listen(stream, heard_tx));
-    let recorded = recorded_frames(ctx.call_sid, &token);
+    let recorded = recorded_session(ctx.call_sid, &token);
     let mut caller = Caller {
         sink,
         heard,

@@ -2,7 +2,15 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use stateset_voice::{on_both_backends, testkit::*};
+use stateset_voice::{
+    api::models::{Call, Event, List, Route, Tenant},
+    backend_test,
+    domain::{
+        admin::{NewRoute, NewTenant},
+        fallback::FallbackAction,
+    },
+    testkit::*,
+};
 
 fn tenant_body(account_sid: &str) -> Value {
     json!({
@@ -17,17 +25,6 @@ fn tenant_body(account_sid: &str) -> Value {
     })
 }
 
-async fn create_tenant(app: &TestApp, account_sid: &str) -> Value {
-    let res = app
-        .admin(Method::POST, "/api/v1/tenants")
-        .json(&tenant_body(account_sid))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    res.json().await.unwrap()
-}
-
 fn assert_no_secrets(text: &str) {
     for secret in [
         "super-secret-auth-token",
@@ -38,10 +35,8 @@ fn assert_no_secrets(text: &str) {
     }
 }
 
-async fn bearer_token_is_required(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(bearer_token_is_required);
+async fn bearer_token_is_required(app: TestApp) {
     let url = format!("{}/api/v1/tenants", app.base);
     let none = app.client.get(&url).send().await.unwrap();
     assert_eq!(none.status(), 401);
@@ -67,19 +62,15 @@ async fn bearer_token_is_required(backend: Backend) {
     );
 }
 
-async fn admin_api_is_disabled_without_a_token(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |a| a.admin_token = None).await else {
-        return;
-    };
+backend_test!(admin_api_is_disabled_without_a_token, |a| a.admin_token = None);
+async fn admin_api_is_disabled_without_a_token(app: TestApp) {
     let res = app.admin(Method::GET, "/api/v1/tenants").send().await.unwrap();
     assert_eq!(res.status(), 401);
     assert!(res.text().await.unwrap().contains("disabled"));
 }
 
-async fn tenant_lifecycle_never_returns_secrets(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(tenant_lifecycle_never_returns_secrets);
+async fn tenant_lifecycle_never_returns_secrets(app: TestApp) {
     let res = app
         .admin(Method::POST, "/api/v1/tenants")
         .json(&tenant_body(ACCOUNT_SID))
@@ -130,29 +121,19 @@ async fn tenant_lifecycle_never_returns_secrets(backend: Backend) {
         .unwrap();
     assert_eq!(dup.status(), 409);
 
-    let patched: Value = app
-        .admin(Method::PATCH, &format!("/api/v1/tenants/{id}"))
-        .json(&json!({"name": "Acme Corp", "secondary_auth_token": null, "environment": "sandbox"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let patched: Tenant = app
+        .patch(
+            &format!("/api/v1/tenants/{id}"),
+            &json!({"name": "Acme Corp", "secondary_auth_token": null, "environment": "sandbox"}),
+        )
+        .await;
     assert_eq!(
-        (patched["name"].as_str(), patched["environment"].as_str()),
-        (Some("Acme Corp"), Some("sandbox"))
+        (patched.name.as_str(), patched.environment.as_str()),
+        ("Acme Corp", "sandbox")
     );
-    assert_eq!(patched["has_secondary_auth_token"], false);
+    assert!(!patched.has_secondary_auth_token);
 
-    assert_eq!(
-        app.admin(Method::DELETE, &format!("/api/v1/tenants/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    app.delete(&format!("/api/v1/tenants/{id}")).await;
     assert_eq!(
         app.admin(Method::GET, &format!("/api/v1/tenants/{id}"))
             .send()
@@ -163,10 +144,8 @@ async fn tenant_lifecycle_never_returns_secrets(backend: Backend) {
     );
 }
 
-async fn supplied_webhook_secret_is_validated_and_not_echoed(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(supplied_webhook_secret_is_validated_and_not_echoed);
+async fn supplied_webhook_secret_is_validated_and_not_echoed(app: TestApp) {
     let mut body = tenant_body(ACCOUNT_SID);
     body["webhook_secret"] = json!("whsec_dG9vIHNob3J0");
     let res = app
@@ -188,10 +167,8 @@ async fn supplied_webhook_secret_is_validated_and_not_echoed(backend: Backend) {
     assert!(!text.contains("webhook_secret"), "{text}");
 }
 
-async fn bad_tenant_input_gets_clear_errors(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(bad_tenant_input_gets_clear_errors);
+async fn bad_tenant_input_gets_clear_errors(app: TestApp) {
     let post = |body: Value| app.admin(Method::POST, "/api/v1/tenants").json(&body).send();
     let mut bad_sid = tenant_body("AC123");
     let res = post(bad_sid.clone()).await.unwrap();
@@ -218,30 +195,34 @@ async fn bad_tenant_input_gets_clear_errors(backend: Backend) {
     assert_eq!(res.json::<Value>().await.unwrap()["status"], 400);
 }
 
-async fn routes_normalise_numbers_and_refuse_duplicates(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
-    let tenant = create_tenant(&app, ACCOUNT_SID).await;
-    let tid = tenant["id"].as_str().unwrap();
+backend_test!(routes_normalise_numbers_and_refuse_duplicates);
+async fn routes_normalise_numbers_and_refuse_duplicates(app: TestApp) {
+    let tenant = app.create_tenant(NewTenant::default()).await;
+    let tid = tenant.id.as_str();
     let path = format!("/api/v1/tenants/{tid}/routes");
-    let res = app
-        .admin(Method::POST, &path)
-        .json(&json!({"phone_number": "+1 (555) 555-1234", "label": "Main", "fallback": {"type": "dial", "number": "+1 555 000 1111"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let route: Value = res.json().await.unwrap();
-    assert_eq!(route["phone_number"], "+15555551234");
+    let route = app
+        .create_route(
+            tid,
+            NewRoute {
+                phone_number: "+1 (555) 555-1234".to_owned(),
+                label: Some("Main".to_owned()),
+                fallback: Some(FallbackAction::Dial {
+                    number: "+1 555 000 1111".to_owned(),
+                    message: None,
+                }),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert_eq!(route.phone_number, "+15555551234");
     assert_eq!(
-        route["fallback"],
-        json!({"type": "dial", "number": "+15550001111"})
+        route.fallback.map(FallbackAction::from),
+        Some(FallbackAction::Dial {
+            number: "+15550001111".to_owned(),
+            message: None
+        })
     );
-    assert_eq!(
-        (route["enabled"].as_bool(), route["environment"].as_str()),
-        (Some(true), Some("production"))
-    );
+    assert_eq!((route.enabled, route.environment.as_str()), (true, "production"));
 
     let dup = app
         .admin(Method::POST, &path)
@@ -274,38 +255,18 @@ async fn routes_normalise_numbers_and_refuse_duplicates(backend: Backend) {
         .unwrap();
     assert_eq!(missing.status(), 404);
 
-    let rid = route["id"].as_str().unwrap();
-    let patched: Value = app
-        .admin(Method::PATCH, &format!("/api/v1/routes/{rid}"))
-        .json(&json!({"enabled": false, "label": null, "agent_url": "wss://agent.example.com/ws"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        (patched["enabled"].as_bool(), patched["label"].is_null()),
-        (Some(false), true)
-    );
-    assert_eq!(patched["agent_url"], "wss://agent.example.com/ws");
-    let listed: Value = app
-        .admin(Method::GET, &format!("/api/v1/routes?tenant_id={tid}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
-    assert_eq!(
-        app.admin(Method::DELETE, &format!("/api/v1/routes/{rid}"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    let rid = route.id.as_str();
+    let patched: Route = app
+        .patch(
+            &format!("/api/v1/routes/{rid}"),
+            &json!({"enabled": false, "label": null, "agent_url": "wss://agent.example.com/ws"}),
+        )
+        .await;
+    assert_eq!((patched.enabled, patched.label), (false, None));
+    assert_eq!(patched.agent_url.as_deref(), Some("wss://agent.example.com/ws"));
+    let listed: List<Route> = app.get(&format!("/api/v1/routes?tenant_id={tid}")).await;
+    assert_eq!(listed.items.len(), 1);
+    app.delete(&format!("/api/v1/routes/{rid}")).await;
     assert_eq!(
         app.admin(Method::DELETE, &format!("/api/v1/routes/{rid}"))
             .send()
@@ -316,12 +277,14 @@ async fn routes_normalise_numbers_and_refuse_duplicates(backend: Backend) {
     );
 }
 
-async fn lists_page_with_cursor_and_bounded_limit(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(lists_page_with_cursor_and_bounded_limit);
+async fn lists_page_with_cursor_and_bounded_limit(app: TestApp) {
     for i in 0..5 {
-        create_tenant(&app, &format!("AC{i:032}")).await;
+        app.create_tenant(NewTenant {
+            account_sid: format!("AC{i:032}"),
+            ..Default::default()
+        })
+        .await;
     }
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
@@ -330,27 +293,12 @@ async fn lists_page_with_cursor_and_bounded_limit(backend: Backend) {
             Some(c) => format!("/api/v1/tenants?limit=2&cursor={c}"),
             None => "/api/v1/tenants?limit=2".to_owned(),
         };
-        let page: Value = app
-            .admin(Method::GET, &path)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let items = page["items"].as_array().unwrap();
-        assert!(items.len() <= 2);
-        seen.extend(
-            items
-                .iter()
-                .map(|t| t["account_sid"].as_str().unwrap().to_owned()),
-        );
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_owned()),
-            None => {
-                assert!(page["next_cursor"].is_null());
-                break;
-            }
+        let page: List<Tenant> = app.get(&path).await;
+        assert!(page.items.len() <= 2);
+        seen.extend(page.items.into_iter().map(|t| t.account_sid));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
         }
     }
     assert_eq!(seen, (0..5).map(|i| format!("AC{i:032}")).collect::<Vec<_>>());
@@ -364,48 +312,26 @@ async fn lists_page_with_cursor_and_bounded_limit(backend: Backend) {
     }
 }
 
-async fn calls_are_listed_newest_first_with_sessions(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(calls_are_listed_newest_first_with_sessions);
+async fn calls_are_listed_newest_first_with_sessions(app: TestApp) {
     let (tenant, _) = app.seed().await;
     let sids = [call_sid(), call_sid(), call_sid()];
     for sid in &sids {
         assert_eq!(app.incoming(sid).await.status(), 200);
     }
     assert_eq!(app.incoming(&sids[0]).await.status(), 200);
-    let page: Value = app
-        .admin(
-            Method::GET,
-            &format!("/api/v1/calls?tenant_id={}&limit=2", tenant.id),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let items = page["items"].as_array().unwrap();
-    assert_eq!(items[0]["call_sid"], sids[2].as_str());
-    assert_eq!(items[1]["call_sid"], sids[1].as_str());
-    assert!(page["next_cursor"].is_string());
-    let one: Value = app
-        .admin(Method::GET, &format!("/api/v1/calls/{}", sids[0]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: List<Call> = app
+        .get(&format!("/api/v1/calls?tenant_id={}&limit=2", tenant.id))
+        .await;
+    assert_eq!(page.items[0].call_sid, sids[2]);
+    assert_eq!(page.items[1].call_sid, sids[1]);
+    assert!(page.next_cursor.is_some());
+    let one: Call = app.get(&format!("/api/v1/calls/{}", sids[0])).await;
     assert_eq!(
-        (
-            one["attempts"].as_i64(),
-            one["status"].as_str(),
-            one["outcome"].as_str()
-        ),
-        (Some(2), Some("ringing"), Some("streamed"))
+        (one.attempts, one.status.as_str(), one.outcome.as_str()),
+        (2, "ringing", "streamed")
     );
-    assert!(one["media_sessions"].as_array().unwrap().is_empty());
+    assert!(one.media_sessions.is_empty());
     assert_eq!(
         app.admin(Method::GET, "/api/v1/calls/CAnope")
             .send()
@@ -414,26 +340,14 @@ async fn calls_are_listed_newest_first_with_sessions(backend: Backend) {
             .status(),
         404
     );
-    let events: Value = app
-        .admin(Method::GET, &format!("/api/v1/events?tenant_id={}", tenant.id))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(events["items"].as_array().unwrap().len(), 3);
-    assert_eq!(events["items"][0]["type"], "call.received");
-    assert_eq!(
-        events["items"][0]["payload"]["data"]["call_sid"],
-        sids[2].as_str()
-    );
+    let events: List<Event> = app.get(&format!("/api/v1/events?tenant_id={}", tenant.id)).await;
+    assert_eq!(events.items.len(), 3);
+    assert_eq!(events.items[0].event_type.as_str(), "call.received");
+    assert_eq!(events.items[0].payload["data"]["call_sid"], sids[2].as_str());
 }
 
-async fn health_readiness_and_drain(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(health_readiness_and_drain);
+async fn health_readiness_and_drain(app: TestApp) {
     let health: Value = app
         .client
         .get(format!("{}/healthz", app.base))
@@ -451,16 +365,8 @@ async fn health_readiness_and_drain(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(ready.status(), 200);
-    let status: Value = app
-        .admin(Method::PUT, "/api/v1/runtime/drain")
-        .json(&json!({"draining": true}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(status["draining"], true);
+    let status = app.set_draining(true).await;
+    assert!(status.draining);
     assert!(app.state.runtime.is_draining());
     let unknown = app
         .client
@@ -471,15 +377,3 @@ async fn health_readiness_and_drain(backend: Backend) {
     assert_eq!(unknown.status(), 404);
     assert_eq!(unknown.json::<Value>().await.unwrap()["status"], 404);
 }
-
-on_both_backends!(
-    bearer_token_is_required,
-    admin_api_is_disabled_without_a_token,
-    tenant_lifecycle_never_returns_secrets,
-    supplied_webhook_secret_is_validated_and_not_echoed,
-    bad_tenant_input_gets_clear_errors,
-    routes_normalise_numbers_and_refuse_duplicates,
-    lists_page_with_cursor_and_bounded_limit,
-    calls_are_listed_newest_first_with_sessions,
-    health_readiness_and_drain,
-);

@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 use stateset_voice::{
+    api::models::Route,
+    backend_test,
     domain::admin::{NewRoute, NewTenant},
     domain::runtime::AGENT_FAILURES_TO_OPEN,
-    on_both_backends,
     testkit::*,
     worker::{
         agent_health,
@@ -74,10 +75,8 @@ fn checks_counted(app: &TestApp, check: &str, outcome: &str) -> u64 {
         .unwrap()
 }
 
-async fn health_endpoint_opens_and_closes_the_circuit(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(health_endpoint_opens_and_closes_the_circuit);
+async fn health_endpoint_opens_and_closes_the_circuit(app: TestApp) {
     // The agent's own port: with a health endpoint named, checks never connect to it.
     let agent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let agent_url = format!("ws://{}/ws", agent.local_addr().unwrap());
@@ -129,10 +128,8 @@ async fn health_endpoint_opens_and_closes_the_circuit(backend: Backend) {
     assert!(accepted.is_err(), "a health check connected to agent_url");
 }
 
-async fn tcp_check_connects_and_sends_nothing(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(tcp_check_connects_and_sends_nothing);
+async fn tcp_check_connects_and_sends_nothing(app: TestApp) {
     let agent = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let agent_url = format!("ws://{}/ws", agent.local_addr().unwrap());
     app.seed_with(
@@ -172,10 +169,8 @@ async fn tcp_check_connects_and_sends_nothing(backend: Backend) {
     assert_eq!(checks_counted(&app, "tcp", "healthy"), 1);
 }
 
-async fn closed_port_fails_the_tcp_check(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(closed_port_fails_the_tcp_check);
+async fn closed_port_fails_the_tcp_check(app: TestApp) {
     let agent_url = closed_agent_url().await;
     app.seed_with(
         NewTenant::default(),
@@ -197,10 +192,8 @@ async fn closed_port_fails_the_tcp_check(backend: Backend) {
     );
 }
 
-async fn any_failing_check_of_an_agent_opens_its_circuit(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(any_failing_check_of_an_agent_opens_its_circuit);
+async fn any_failing_check_of_an_agent_opens_its_circuit(app: TestApp) {
     // Two routes share an agent: one names a failing health endpoint, one relies on TCP,
     // which succeeds. The circuit is keyed by agent_url, so the failure wins.
     let agent = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -216,13 +209,15 @@ async fn any_failing_check_of_an_agent_opens_its_circuit(backend: Backend) {
             },
         )
         .await;
-    let res = app
-        .admin(Method::POST, &format!("/api/v1/tenants/{}/routes", tenant.id))
-        .json(&json!({"phone_number": "+15555550123", "agent_url": agent_url}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
+    app.create_route(
+        &tenant.id,
+        NewRoute {
+            phone_number: "+15555550123".to_owned(),
+            agent_url: Some(agent_url.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
 
     for _ in 0..AGENT_FAILURES_TO_OPEN {
         assert_eq!(agent_health::check_all(&app.state).await.unwrap(), 1);
@@ -246,10 +241,8 @@ async fn any_failing_check_of_an_agent_opens_its_circuit(backend: Backend) {
     assert!(streams(&app).await);
 }
 
-async fn disabled_routes_are_not_checked(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(disabled_routes_are_not_checked);
+async fn disabled_routes_are_not_checked(app: TestApp) {
     let server = health_endpoint(200).await;
     app.seed_with(
         NewTenant::default(),
@@ -307,103 +300,96 @@ async fn http_probe_needs_a_2xx_answer_in_time() {
     assert!(matches!(result, Err(ProbeError::Timeout(_))), "{result:?}");
 }
 
-async fn admin_api_sets_and_clears_agent_health_url(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(admin_api_sets_and_clears_agent_health_url);
+async fn admin_api_sets_and_clears_agent_health_url(app: TestApp) {
     let (tenant, _) = app.seed().await;
     let tid = tenant.id;
-    let create = |body: Value| {
-        app.admin(Method::POST, &format!("/api/v1/tenants/{tid}/routes"))
-            .json(&body)
-            .send()
-    };
-    let res = create(json!({
-        "phone_number": "+15555550111",
-        "agent_url": "wss://agent.example.com/ws",
-        "agent_health_url": "https://agent.example.com/health"
-    }))
-    .await
-    .unwrap();
-    assert_eq!(res.status(), 201);
-    let route: Value = res.json().await.unwrap();
-    assert_eq!(route["agent_health_url"], "https://agent.example.com/health");
-    let rid = route["id"].as_str().unwrap().to_owned();
-    let route_path = format!("/api/v1/routes/{rid}");
+    let route = app
+        .create_route(
+            &tid,
+            NewRoute {
+                phone_number: "+15555550111".to_owned(),
+                agent_url: Some("wss://agent.example.com/ws".to_owned()),
+                agent_health_url: Some("https://agent.example.com/health".to_owned()),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert_eq!(
+        route.agent_health_url.as_deref(),
+        Some("https://agent.example.com/health")
+    );
+    let route_path = format!("/api/v1/routes/{}", route.id);
 
-    let without: Value = create(json!({"phone_number": "+15555550112"}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(without["agent_health_url"], Value::Null);
+    let without = app
+        .create_route(
+            &tid,
+            NewRoute {
+                phone_number: "+15555550112".to_owned(),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert_eq!(without.agent_health_url, None);
 
-    let patch = |body: Value| app.admin(Method::PATCH, &route_path).json(&body).send();
-    let patched: Value = patch(json!({"agent_health_url": "http://10.0.0.5:8080/healthz"}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(patched["agent_health_url"], "http://10.0.0.5:8080/healthz");
+    let patched: Route = app
+        .patch(
+            &route_path,
+            &json!({"agent_health_url": "http://10.0.0.5:8080/healthz"}),
+        )
+        .await;
+    assert_eq!(
+        patched.agent_health_url.as_deref(),
+        Some("http://10.0.0.5:8080/healthz")
+    );
     // A patch without the field keeps it.
-    let kept: Value = patch(json!({"label": "main"}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(kept["agent_health_url"], "http://10.0.0.5:8080/healthz");
-    let stored: Value = app
-        .admin(Method::GET, &route_path)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(stored["agent_health_url"], "http://10.0.0.5:8080/healthz");
+    let kept: Route = app.patch(&route_path, &json!({"label": "main"})).await;
+    assert_eq!(
+        kept.agent_health_url.as_deref(),
+        Some("http://10.0.0.5:8080/healthz")
+    );
+    let stored: Route = app.get(&route_path).await;
+    assert_eq!(
+        stored.agent_health_url.as_deref(),
+        Some("http://10.0.0.5:8080/healthz")
+    );
 
     for bad in [
-        json!("ftp://agent.example.com/health"),
-        json!("wss://agent.example.com/health"),
-        json!("garbage"),
-        json!("/health"),
-        json!("http://agent.example.com/\u{0}health"),
-        json!("https://agent.example.com/\nhealth"),
+        "ftp://agent.example.com/health",
+        "wss://agent.example.com/health",
+        "garbage",
+        "/health",
+        "http://agent.example.com/\u{0}health",
+        "https://agent.example.com/\nhealth",
     ] {
-        let res = patch(json!({"agent_health_url": bad})).await.unwrap();
-        assert_eq!(res.status(), 422, "patch {bad}");
-        let res = create(json!({"phone_number": "+15555550113", "agent_health_url": bad}))
+        let res = app
+            .admin(Method::PATCH, &route_path)
+            .json(&json!({"agent_health_url": bad}))
+            .send()
             .await
             .unwrap();
-        assert_eq!(res.status(), 422, "create {bad}");
+        assert_eq!(res.status(), 422, "patch {bad:?}");
+        let res = app
+            .admin(Method::POST, &format!("/api/v1/tenants/{tid}/routes"))
+            .json(&json!({"phone_number": "+15555550113", "agent_health_url": bad}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 422, "create {bad:?}");
     }
-    let unchanged: Value = app
-        .admin(Method::GET, &route_path)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(unchanged["agent_health_url"], "http://10.0.0.5:8080/healthz");
+    let unchanged: Route = app.get(&route_path).await;
+    assert_eq!(
+        unchanged.agent_health_url.as_deref(),
+        Some("http://10.0.0.5:8080/healthz")
+    );
 
-    let cleared: Value = patch(json!({"agent_health_url": null}))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(cleared["agent_health_url"], Value::Null);
-    assert_eq!(cleared["agent_url"], "wss://agent.example.com/ws");
+    let cleared: Route = app.patch(&route_path, &json!({"agent_health_url": null})).await;
+    assert_eq!(cleared.agent_health_url, None);
+    assert_eq!(cleared.agent_url.as_deref(), Some("wss://agent.example.com/ws"));
 }
 
-async fn migration_adds_and_drops_the_column(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(migration_adds_and_drops_the_column);
+async fn migration_adds_and_drops_the_column(app: TestApp) {
     let db = &app.state.db;
     Migrator::down(db, Some(1)).await.expect("down one step");
     assert_eq!(Migrator::get_pending_migrations(db).await.unwrap().len(), 1);
@@ -426,13 +412,3 @@ async fn migration_adds_and_drops_the_column(backend: Backend) {
     assert_eq!(stored.agent_health_url, route.agent_health_url);
     assert!(stored.agent_health_url.is_some());
 }
-
-on_both_backends!(
-    health_endpoint_opens_and_closes_the_circuit,
-    tcp_check_connects_and_sends_nothing,
-    closed_port_fails_the_tcp_check,
-    any_failing_check_of_an_agent_opens_its_circuit,
-    disabled_routes_are_not_checked,
-    admin_api_sets_and_clears_agent_health_url,
-    migration_adds_and_drops_the_column,
-);

@@ -6,13 +6,12 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use stateset_voice::{
-    db,
+    backend_test, db,
     domain::{
         admin::{NewRoute, NewTenant},
         agent_token::AgentClaims,
     },
     media::session::{CLOSE_AGENT_FAILED, CLOSE_NORMAL, HANGUP_MARK},
-    on_both_backends,
     testkit::*,
 };
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -22,9 +21,7 @@ use tokio_tungstenite::tungstenite::{
     Message,
 };
 
-use super::media::{
-    answered_call, connect, read_all, read_until, send_all, session_frames, Received, Socket,
-};
+use super::media::{answered_call, connect, read_all, read_until, send_all, Received, Socket};
 
 type AgentSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
@@ -154,10 +151,8 @@ fn dropped(app: &TestApp, reason: &str) -> u64 {
         .unwrap()
 }
 
-async fn agent_sees_exactly_what_twilio_sent(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(agent_sees_exactly_what_twilio_sent);
+async fn agent_sees_exactly_what_twilio_sent(app: TestApp) {
     let (agent_url, agent) = run_agent(|mut ws, mut seen| async move {
         let stream_sid = await_start(&mut ws, &mut seen).await;
         while let Some(v) = next_text(&mut ws, &mut seen).await {
@@ -172,7 +167,7 @@ async fn agent_sees_exactly_what_twilio_sent(backend: Backend) {
     .await;
     let (secret, route) = seed_agent(&app, agent_url).await;
     let (sid, token) = answered_call(&app).await;
-    let recorded = session_frames(&sid, &token);
+    let recorded = recorded_session(&sid, &token);
     // Twilio's frames, with one event this service does not know and fields it does not use.
     let mut sent: Vec<String> = recorded[..12].to_vec();
     sent.push(format!(
@@ -242,10 +237,8 @@ async fn agent_sees_exactly_what_twilio_sent(backend: Backend) {
     assert!(stream_ended(&app, &sid).await.contains("<Hangup/>"));
 }
 
-async fn agents_are_taken_leniently_and_garbage_is_counted(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(agents_are_taken_leniently_and_garbage_is_counted);
+async fn agents_are_taken_leniently_and_garbage_is_counted(app: TestApp) {
     let (agent_url, agent) = run_agent(|mut ws, mut seen| async move {
         await_start(&mut ws, &mut seen).await;
         let frames = [
@@ -279,7 +272,7 @@ async fn agents_are_taken_leniently_and_garbage_is_counted(backend: Backend) {
     .await;
     seed_agent(&app, agent_url).await;
     let (sid, token) = answered_call(&app).await;
-    let frames = session_frames(&sid, &token);
+    let frames = recorded_session(&sid, &token);
     let mut socket = connect(&app, "/media-stream").await;
     send_all(&mut socket, &frames[..3]).await;
     let got = read_until(&mut socket, 4, Received::default()).await;
@@ -315,10 +308,8 @@ async fn agents_are_taken_leniently_and_garbage_is_counted(backend: Backend) {
     );
 }
 
-async fn an_agent_that_hangs_up_ends_the_call(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(an_agent_that_hangs_up_ends_the_call);
+async fn an_agent_that_hangs_up_ends_the_call(app: TestApp) {
     // Says goodbye (five frames), then closes normally.
     let (agent_url, agent) = run_agent(|mut ws, mut seen| async move {
         let stream_sid = await_start(&mut ws, &mut seen).await;
@@ -331,7 +322,7 @@ async fn an_agent_that_hangs_up_ends_the_call(backend: Backend) {
     .await;
     seed_agent(&app, agent_url).await;
     let (sid, token) = answered_call(&app).await;
-    let frames = session_frames(&sid, &token);
+    let frames = recorded_session(&sid, &token);
     let mut socket = connect(&app, "/media-stream").await;
     send_all(&mut socket, &frames[..3]).await;
     // The goodbye plays to the end: the stream closes once Twilio reports the mark after it.
@@ -437,7 +428,7 @@ async fn second_route_call(app: &TestApp, agent_url: String, number: &str) -> (S
         .await
         .unwrap();
     let mut socket = connect(app, "/media-stream").await;
-    send_all(&mut socket, &session_frames(&sid, stream_token(&body))[..3]).await;
+    send_all(&mut socket, &recorded_session(&sid, stream_token(&body))[..3]).await;
     let got = read_all(&mut socket).await;
     (sid, got.close.expect("the service closes the stream").0)
 }
@@ -464,10 +455,8 @@ enum Hostile {
     CloseAtOnceWithoutCode,
 }
 
-async fn abnormal_agent_ends_are_failures(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(abnormal_agent_ends_are_failures);
+async fn abnormal_agent_ends_are_failures(app: TestApp) {
     app.seed_with(NewTenant::default(), NewRoute::default()).await;
     let cases = [
         Hostile::CloseWithAppCode,
@@ -516,10 +505,8 @@ async fn abnormal_agent_ends_are_failures(backend: Backend) {
     }
 }
 
-async fn unreachable_agents_are_failures(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(unreachable_agents_are_failures);
+async fn unreachable_agents_are_failures(app: TestApp) {
     app.seed_with(NewTenant::default(), NewRoute::default()).await;
     // Nothing listens.
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -563,10 +550,8 @@ async fn unreachable_agents_are_failures(backend: Backend) {
     }
 }
 
-async fn flooding_agents_fail_with_bounded_memory(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(flooding_agents_fail_with_bounded_memory);
+async fn flooding_agents_fail_with_bounded_memory(app: TestApp) {
     const ATTEMPTED: usize = 4_000;
     // Sends 32 KiB frames as fast as it can: 128 MB if nothing held it back.
     let (agent_url, agent) = run_agent(|mut ws, mut seen| async move {
@@ -585,7 +570,7 @@ async fn flooding_agents_fail_with_bounded_memory(backend: Backend) {
     .await;
     seed_agent(&app, agent_url).await;
     let (sid, token) = answered_call(&app).await;
-    let frames = session_frames(&sid, &token);
+    let frames = recorded_session(&sid, &token);
     // A caller's side that takes nothing.
     let mut socket = connect(&app, "/media-stream").await;
     send_all(&mut socket, &frames[..3]).await;
@@ -601,10 +586,8 @@ async fn flooding_agents_fail_with_bounded_memory(backend: Backend) {
     drop(socket);
 }
 
-async fn agents_that_do_not_read_fail(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(agents_that_do_not_read_fail);
+async fn agents_that_do_not_read_fail(app: TestApp) {
     let (agent_url, _agent) = run_agent(|ws, seen| async move {
         // Reads nothing, holds the connection.
         tokio::time::sleep(Duration::from_secs(30)).await;
@@ -614,7 +597,7 @@ async fn agents_that_do_not_read_fail(backend: Backend) {
     .await;
     seed_agent(&app, agent_url).await;
     let (sid, token) = answered_call(&app).await;
-    let frames = session_frames(&sid, &token);
+    let frames = recorded_session(&sid, &token);
     let mut socket = connect(&app, "/media-stream").await;
     send_all(&mut socket, &frames[..2]).await;
     // Large frames from the caller's side pile up in front of the agent.
@@ -638,13 +621,3 @@ async fn agents_that_do_not_read_fail(backend: Backend) {
     assert!(stream_ended(&app, &sid).await.contains(FALLBACK));
     sender.abort();
 }
-
-on_both_backends!(
-    agent_sees_exactly_what_twilio_sent,
-    agents_are_taken_leniently_and_garbage_is_counted,
-    an_agent_that_hangs_up_ends_the_call,
-    abnormal_agent_ends_are_failures,
-    unreachable_agents_are_failures,
-    flooding_agents_fail_with_bounded_memory,
-    agents_that_do_not_read_fail,
-);

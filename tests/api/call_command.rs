@@ -4,12 +4,12 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use stateset_voice::{
+    backend_test,
     call::{self, wav, CallOptions, EndedBy, Report},
     domain::{
         admin::{NewRoute, NewTenant},
         fallback::FallbackAction,
     },
-    on_both_backends,
     testkit::*,
     twilio::{
         audio,
@@ -58,10 +58,8 @@ async fn place(options: CallOptions) -> Report {
     call::run(options).await.expect("the call is placed")
 }
 
-async fn echo_call_streams_records_and_hangs_up(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(echo_call_streams_records_and_hangs_up);
+async fn echo_call_streams_records_and_hangs_up(app: TestApp) {
     app.seed().await;
     let dir = tempfile::tempdir().unwrap();
     let report = place(options(&app, dir.path(), FRAMES)).await;
@@ -104,10 +102,8 @@ async fn echo_call_streams_records_and_hangs_up(backend: Backend) {
     assert!(sessions[0].received_stop);
 }
 
-async fn key_presses_are_cleared_and_acknowledged(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(key_presses_are_cleared_and_acknowledged);
+async fn key_presses_are_cleared_and_acknowledged(app: TestApp) {
     app.seed().await;
     let dir = tempfile::tempdir().unwrap();
     let mut options = options(&app, dir.path(), 30);
@@ -126,10 +122,8 @@ async fn key_presses_are_cleared_and_acknowledged(backend: Backend) {
         .any(|s| s.contains("answered mark \"dtmf-7\"")));
 }
 
-async fn disabled_route_answers_its_fallback_without_a_stream(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(disabled_route_answers_its_fallback_without_a_stream);
+async fn disabled_route_answers_its_fallback_without_a_stream(app: TestApp) {
     app.seed_with(
         NewTenant::default(),
         NewRoute {
@@ -154,10 +148,8 @@ async fn disabled_route_answers_its_fallback_without_a_stream(backend: Backend) 
     assert!(recorded(dir.path()).is_empty());
 }
 
-async fn failed_agent_leads_to_a_signed_redirect_that_is_followed(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(failed_agent_leads_to_a_signed_redirect_that_is_followed);
+async fn failed_agent_leads_to_a_signed_redirect_that_is_followed(app: TestApp) {
     let callback = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/callback"))
@@ -227,14 +219,10 @@ async fn failed_agent_leads_to_a_signed_redirect_that_is_followed(backend: Backe
     assert!(signature::validate(Algorithm::HmacSha1, &[b"another token"], &redirect, &form, sig).is_none());
 }
 
-async fn token_in_the_stream_path_is_kept_and_never_printed(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |args| {
-        args.stream_token_placement = stateset_voice::config::TokenPlacement::Path;
-    })
-    .await
-    else {
-        return;
-    };
+backend_test!(token_in_the_stream_path_is_kept_and_never_printed, |args| {
+    args.stream_token_placement = stateset_voice::config::TokenPlacement::Path;
+});
+async fn token_in_the_stream_path_is_kept_and_never_printed(app: TestApp) {
     app.seed().await;
     let dir = tempfile::tempdir().unwrap();
     let report = place(options(&app, dir.path(), 5)).await;
@@ -290,10 +278,8 @@ async fn hanging_up_agent(frames: usize) -> String {
     url
 }
 
-async fn agent_hanging_up_is_a_good_call(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(agent_hanging_up_is_a_good_call);
+async fn agent_hanging_up_is_a_good_call(app: TestApp) {
     let agent_url = hanging_up_agent(5).await;
     app.seed_with(
         NewTenant::default(),
@@ -325,10 +311,8 @@ async fn agent_hanging_up_is_a_good_call(backend: Backend) {
     assert_eq!(recorded(dir.path()), vec![audio::decode(0); 3]);
 }
 
-async fn wrong_auth_token_is_refused(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(wrong_auth_token_is_refused);
+async fn wrong_auth_token_is_refused(app: TestApp) {
     app.seed().await;
     let dir = tempfile::tempdir().unwrap();
     let mut options = options(&app, dir.path(), 5);
@@ -368,10 +352,8 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
-async fn binary_exit_codes_and_summary(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(binary_exit_codes_and_summary);
+async fn binary_exit_codes_and_summary(app: TestApp) {
     app.seed().await;
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.wav");
@@ -450,10 +432,8 @@ async fn binary_exit_codes_and_summary(backend: Backend) {
     assert!(stderr.contains("--dtmf"), "{stderr}");
 }
 
-async fn demo_call_command_places_a_good_call(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(demo_call_command_places_a_good_call);
+async fn demo_call_command_places_a_good_call(app: TestApp) {
     let tenant = stateset_voice::demo::seed(&app.state.db).await.unwrap();
     let command = stateset_voice::demo::call_command(&app.state.config, &tenant);
     let args: Vec<String> = command
@@ -490,18 +470,6 @@ async fn demo_call_command_places_a_good_call(backend: Backend) {
         5 * audio::FRAME_SAMPLES as u32
     );
 }
-
-on_both_backends!(
-    echo_call_streams_records_and_hangs_up,
-    key_presses_are_cleared_and_acknowledged,
-    disabled_route_answers_its_fallback_without_a_stream,
-    failed_agent_leads_to_a_signed_redirect_that_is_followed,
-    token_in_the_stream_path_is_kept_and_never_printed,
-    agent_hanging_up_is_a_good_call,
-    wrong_auth_token_is_refused,
-    binary_exit_codes_and_summary,
-    demo_call_command_places_a_good_call,
-);
 
 /// A stand-in deployment: wiremock answers the webhook with a `<Connect><Stream>` whose URL
 /// carries a query string, and a WebSocket server that records what it got and then closes

@@ -1,7 +1,7 @@
 //! The `stateset-voice` binary: `sign` and its `--check`; `tenant add` and `route add`.
 use std::process::Command;
 
-use stateset_voice::{db, on_both_backends, testkit::*};
+use stateset_voice::{backend_test, db, testkit::*};
 
 fn voice(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_stateset-voice"))
@@ -87,10 +87,8 @@ fn voice_on(url: &str, args: &[&str]) -> std::process::Output {
         .expect("binary runs")
 }
 
-async fn route_add_takes_an_agent_health_url(backend: Backend) {
-    let Some(fresh) = fresh_database(backend, 2).await else {
-        return;
-    };
+backend_test!(route_add_takes_an_agent_health_url);
+async fn route_add_takes_an_agent_health_url(fresh: FreshDatabase) {
     let url = fresh.process_url();
     let tenant = voice_on(
         &url,
@@ -148,5 +146,3 @@ async fn route_add_takes_an_agent_health_url(backend: Backend) {
         Some("https://agent.example.com/health")
     );
 }
-
-on_both_backends!(route_add_takes_an_agent_health_url);

@@ -4,7 +4,7 @@ use entity::{route, tenant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use stateset_voice::{on_both_backends, testkit::*};
+use stateset_voice::{backend_test, testkit::*};
 
 fn spec() -> Value {
     serde_yaml::from_str(&stateset_voice::openapi_yaml()).expect("the spec is YAML")
@@ -112,21 +112,11 @@ fn every_admin_operation_declares_the_framework_errors_it_can_return() {
     assert!(checked >= 17, "{checked} admin operations");
 }
 
-async fn absent_values_are_declared_nullable(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(absent_values_are_declared_nullable);
+async fn absent_values_are_declared_nullable(app: TestApp) {
     app.seed().await;
     let spec = spec();
-    let get = |path: &'static str| {
-        let req = app.admin(Method::GET, path);
-        async move {
-            let res = req.send().await.unwrap();
-            assert_eq!(res.status(), 200, "GET {path}");
-            res.json::<Value>().await.unwrap()
-        }
-    };
-    let routes = get("/api/v1/routes").await;
+    let routes = app.get::<Value>("/api/v1/routes").await;
     assert_eq!(routes["next_cursor"], Value::Null);
     assert_eq!(routes["items"][0]["agent_url"], Value::Null);
     assert_nulls_declared(
@@ -135,7 +125,7 @@ async fn absent_values_are_declared_nullable(backend: Backend) {
         &routes,
         "routes",
     );
-    let tenants = get("/api/v1/tenants").await;
+    let tenants = app.get::<Value>("/api/v1/tenants").await;
     assert_nulls_declared(
         &spec,
         ok_schema(&spec, "/api/v1/tenants", "get"),
@@ -143,23 +133,21 @@ async fn absent_values_are_declared_nullable(backend: Backend) {
         "tenants",
     );
     let route_id = routes["items"][0]["id"].as_str().unwrap();
-    let patched = app
-        .admin(Method::PATCH, &format!("/api/v1/routes/{route_id}"))
-        .json(&json!({"label": null, "fallback": {"type": "dial", "number": "+15550001111"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(patched.status(), 200);
-    let patched: Value = patched.json().await.unwrap();
+    let patched: Value = app
+        .patch(
+            &format!("/api/v1/routes/{route_id}"),
+            &json!({"label": null, "fallback": {"type": "dial", "number": "+15550001111"}}),
+        )
+        .await;
     assert_eq!(patched["label"], Value::Null);
     let schema = ok_schema(&spec, "/api/v1/routes/{route_id}", "patch");
     assert_nulls_declared(&spec, schema, &patched, "route");
 
     app.incoming(&call_sid()).await;
-    let calls = get("/api/v1/calls").await;
+    let calls = app.get::<Value>("/api/v1/calls").await;
     assert_eq!(calls["items"].as_array().unwrap().len(), 1);
     assert_nulls_declared(&spec, ok_schema(&spec, "/api/v1/calls", "get"), &calls, "calls");
-    let events = get("/api/v1/events").await;
+    let events = app.get::<Value>("/api/v1/events").await;
     assert_nulls_declared(
         &spec,
         ok_schema(&spec, "/api/v1/events", "get"),
@@ -167,15 +155,13 @@ async fn absent_values_are_declared_nullable(backend: Backend) {
         "events",
     );
     for path in ["/api/v1/diagnostics", "/api/v1/alerts"] {
-        let page = get(path).await;
+        let page = app.get::<Value>(path).await;
         assert_nulls_declared(&spec, ok_schema(&spec, path, "get"), &page, path);
     }
 }
 
-async fn nul_in_the_url_is_a_bad_request(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(nul_in_the_url_is_a_bad_request);
+async fn nul_in_the_url_is_a_bad_request(app: TestApp) {
     app.seed().await;
     for (method, path) in [
         (Method::GET, "/api/v1/tenants?cursor=%00"),
@@ -206,10 +192,8 @@ async fn nul_in_the_url_is_a_bad_request(backend: Backend) {
     assert_eq!(app.count(route::Entity).await, 1);
 }
 
-async fn control_characters_in_urls_are_refused(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(control_characters_in_urls_are_refused);
+async fn control_characters_in_urls_are_refused(app: TestApp) {
     let (tenant, route) = app.seed().await;
     let refused = |method: Method, path: String, body: Value| {
         let req = app.admin(method.clone(), &path).json(&body);
@@ -253,22 +237,13 @@ async fn control_characters_in_urls_are_refused(backend: Backend) {
     )
     .await;
     assert_eq!(app.count(tenant::Entity).await, 1);
-    let stored = app
-        .admin(Method::GET, &format!("/api/v1/routes/{}", route.id))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let stored: Value = app.get(&format!("/api/v1/routes/{}", route.id)).await;
     assert_eq!(stored["agent_url"], Value::Null);
     assert_eq!(stored["fallback"], Value::Null);
 }
 
-async fn runtime_and_body_errors_are_documented_problems(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(runtime_and_body_errors_are_documented_problems);
+async fn runtime_and_body_errors_are_documented_problems(app: TestApp) {
     let spec = spec();
     let cases = [
         (
@@ -311,10 +286,3 @@ async fn runtime_and_body_errors_are_documented_problems(backend: Backend) {
     }
     assert!(!app.state.runtime.is_draining());
 }
-
-on_both_backends!(
-    absent_values_are_declared_nullable,
-    nul_in_the_url_is_a_bad_request,
-    control_characters_in_urls_are_refused,
-    runtime_and_body_errors_are_documented_problems,
-);

@@ -4,8 +4,10 @@ use std::time::Duration;
 use entity::outbox_event;
 use sea_orm::EntityTrait;
 use stateset_voice::{
+    api::models::{Call, Event, List},
+    backend_test,
+    config::ConfigArgs,
     domain::admin::{NewRoute, NewTenant},
-    on_both_backends,
     testkit::*,
     twilio::form::FormParams,
     worker::outbox,
@@ -25,17 +27,14 @@ async fn receiver(template: ResponseTemplate) -> MockServer {
     server
 }
 
-async fn app_with_receiver(
-    backend: Backend,
-    server: &MockServer,
-    configure: impl FnOnce(&mut stateset_voice::config::ConfigArgs),
-) -> Option<(TestApp, entity::tenant::Model)> {
-    let app = spawn_app_with(backend, |a| {
-        a.webhook_retry_base = Duration::from_millis(1);
-        a.webhook_timeout = Duration::from_millis(300);
-        configure(a);
-    })
-    .await?;
+/// Quick delivery settings: retries after a millisecond, deliveries time out after 300 ms.
+fn quick_delivery(a: &mut ConfigArgs) {
+    a.webhook_retry_base = Duration::from_millis(1);
+    a.webhook_timeout = Duration::from_millis(300);
+}
+
+/// Seeds the standard tenant and route, the tenant's events delivered to `server`.
+async fn seed_receiver(app: &TestApp, server: &MockServer) -> entity::tenant::Model {
     let hook = format!("{}/hook", server.uri());
     let (tenant, _) = app
         .seed_with(
@@ -46,7 +45,7 @@ async fn app_with_receiver(
             NewRoute::default(),
         )
         .await;
-    Some((app, tenant))
+    tenant
 }
 
 async fn all_events(app: &TestApp) -> Vec<outbox_event::Model> {
@@ -62,11 +61,10 @@ async fn rounds(app: &TestApp, rounds: usize) {
     }
 }
 
-async fn delivery_is_signed_per_standard_webhooks(backend: Backend) {
+backend_test!(delivery_is_signed_per_standard_webhooks, quick_delivery);
+async fn delivery_is_signed_per_standard_webhooks(app: TestApp) {
     let server = receiver(ResponseTemplate::new(204)).await;
-    let Some((app, tenant)) = app_with_receiver(backend, &server, |_| {}).await else {
-        return;
-    };
+    let tenant = seed_receiver(&app, &server).await;
     let sid = call_sid();
     assert_eq!(app.incoming(&sid).await.status(), 200);
     rounds(&app, 3).await;
@@ -101,7 +99,8 @@ async fn delivery_is_signed_per_standard_webhooks(backend: Backend) {
     assert!(other.verify(&request.body, &headers).is_err());
 }
 
-async fn retries_after_errors_and_timeouts(backend: Backend) {
+backend_test!(retries_after_errors_and_timeouts, quick_delivery);
+async fn retries_after_errors_and_timeouts(app: TestApp) {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(500))
@@ -117,9 +116,7 @@ async fn retries_after_errors_and_timeouts(backend: Backend) {
         .respond_with(ResponseTemplate::new(200))
         .mount(&server)
         .await;
-    let Some((app, _)) = app_with_receiver(backend, &server, |_| {}).await else {
-        return;
-    };
+    seed_receiver(&app, &server).await;
     assert_eq!(app.incoming(&call_sid()).await.status(), 200);
 
     rounds(&app, 2).await;
@@ -141,11 +138,13 @@ async fn retries_after_errors_and_timeouts(backend: Backend) {
     assert_eq!(server.received_requests().await.unwrap().len(), 4);
 }
 
-async fn dead_letter_after_the_attempt_limit(backend: Backend) {
+backend_test!(dead_letter_after_the_attempt_limit, |a| {
+    quick_delivery(a);
+    a.webhook_max_attempts = 3;
+});
+async fn dead_letter_after_the_attempt_limit(app: TestApp) {
     let server = receiver(ResponseTemplate::new(503)).await;
-    let Some((app, _)) = app_with_receiver(backend, &server, |a| a.webhook_max_attempts = 3).await else {
-        return;
-    };
+    seed_receiver(&app, &server).await;
     assert_eq!(app.incoming(&call_sid()).await.status(), 200);
     rounds(&app, 6).await;
     let event = &all_events(&app).await[0];
@@ -155,27 +154,21 @@ async fn dead_letter_after_the_attempt_limit(backend: Backend) {
         3,
         "nothing after the dead letter"
     );
-    let listed: serde_json::Value = app
-        .admin(reqwest::Method::GET, "/api/v1/events")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(listed["items"][0]["status"], "dead");
-    assert_eq!(listed["items"][0]["last_error"], "receiver answered HTTP 503");
+    let listed: List<Event> = app.get("/api/v1/events").await;
+    assert_eq!(listed.items[0].status.as_str(), "dead");
+    assert_eq!(
+        listed.items[0].last_error.as_deref(),
+        Some("receiver answered HTTP 503")
+    );
 }
 
-async fn delivery_resumes_after_a_crash_mid_delivery(backend: Backend) {
+backend_test!(delivery_resumes_after_a_crash_mid_delivery, |a| {
+    quick_delivery(a);
+    a.webhook_timeout = Duration::from_millis(100);
+});
+async fn delivery_resumes_after_a_crash_mid_delivery(app: TestApp) {
     let server = receiver(ResponseTemplate::new(200)).await;
-    let Some((app, _)) = app_with_receiver(backend, &server, |a| {
-        a.webhook_timeout = Duration::from_millis(100)
-    })
-    .await
-    else {
-        return;
-    };
+    seed_receiver(&app, &server).await;
     assert_eq!(app.incoming(&call_sid()).await.status(), 200);
     // A worker leases the event and dies before delivering it.
     assert_eq!(outbox::claim(&app.state).await.unwrap().len(), 1);
@@ -203,11 +196,13 @@ async fn delivery_resumes_after_a_crash_mid_delivery(backend: Backend) {
     assert_eq!(all_events(&app).await[0].attempts, 2);
 }
 
-async fn private_destinations_refused_when_guarded(backend: Backend) {
+backend_test!(private_destinations_refused_when_guarded, |a| {
+    quick_delivery(a);
+    a.webhook_deny_private = true;
+});
+async fn private_destinations_refused_when_guarded(app: TestApp) {
     let server = receiver(ResponseTemplate::new(200)).await;
-    let Some((app, _)) = app_with_receiver(backend, &server, |a| a.webhook_deny_private = true).await else {
-        return;
-    };
+    seed_receiver(&app, &server).await;
     assert_eq!(app.incoming(&call_sid()).await.status(), 200);
     rounds(&app, 2).await;
     let event = &all_events(&app).await[0];
@@ -223,10 +218,8 @@ async fn private_destinations_refused_when_guarded(backend: Backend) {
     assert!(server.received_requests().await.unwrap().is_empty());
 }
 
-async fn tenant_without_webhook_url_is_skipped(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(tenant_without_webhook_url_is_skipped);
+async fn tenant_without_webhook_url_is_skipped(app: TestApp) {
     app.seed().await;
     assert_eq!(app.incoming(&call_sid()).await.status(), 200);
     rounds(&app, 2).await;
@@ -237,25 +230,19 @@ async fn tenant_without_webhook_url_is_skipped(backend: Backend) {
     );
 }
 
-async fn one_round_records_mixed_results_per_event(backend: Backend) {
+backend_test!(one_round_records_mixed_results_per_event, quick_delivery);
+async fn one_round_records_mixed_results_per_event(app: TestApp) {
     // Events of a tenant with a receiver and of a tenant without one, claimed together: each
     // gets its own result.
     let server = receiver(ResponseTemplate::new(204)).await;
-    let Some((app, with_url)) = app_with_receiver(backend, &server, |_| {}).await else {
-        return;
-    };
-    let without_url = stateset_voice::domain::admin::create_tenant(
-        &app.state.db,
-        NewTenant {
+    let with_url = seed_receiver(&app, &server).await;
+    let without_url = app
+        .seed_tenant(NewTenant {
             name: "No receiver".to_owned(),
             account_sid: "AC0123456789abcdef0123456789abcdef".to_owned(),
-            auth_token: AUTH_TOKEN.to_owned(),
             ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
-    .tenant;
+        })
+        .await;
     let record = |tenant_id: String, n: usize| {
         let db = app.state.db.clone();
         async move {
@@ -329,10 +316,8 @@ fn status_form(sid: &str, status: &str, duration: Option<&str>) -> FormParams {
     form
 }
 
-async fn status_callbacks_update_the_call_once(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(status_callbacks_update_the_call_once);
+async fn status_callbacks_update_the_call_once(app: TestApp) {
     app.seed().await;
     let sid = call_sid();
     assert_eq!(app.incoming(&sid).await.status(), 200);
@@ -368,15 +353,8 @@ async fn status_callbacks_update_the_call_once(backend: Backend) {
         ),
         (Some("completed"), Some(37))
     );
-    let api: serde_json::Value = app
-        .admin(reqwest::Method::GET, &format!("/api/v1/calls/{sid}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(api["status"], "completed");
+    let api: Call = app.get(&format!("/api/v1/calls/{sid}")).await;
+    assert_eq!(api.status.as_str(), "completed");
 
     let forged = app
         .post_signed(
@@ -418,10 +396,8 @@ fn metric(text: &str, line_prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn metrics_scrape_shows_counters_moving(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(metrics_scrape_shows_counters_moving);
+async fn metrics_scrape_shows_counters_moving(app: TestApp) {
     app.seed_with(NewTenant::default(), NewRoute::default()).await;
     let scrape = || async {
         app.client
@@ -468,15 +444,3 @@ async fn metrics_scrape_shows_counters_moving(backend: Backend) {
     let webhook_count = "voice_http_request_duration_seconds_count{method=\"POST\",path=\"/api/v1/incoming-call\",status=\"200\"}";
     assert_eq!(metric(&after, webhook_count), 3.0, "{after}");
 }
-
-on_both_backends!(
-    delivery_is_signed_per_standard_webhooks,
-    retries_after_errors_and_timeouts,
-    dead_letter_after_the_attempt_limit,
-    delivery_resumes_after_a_crash_mid_delivery,
-    private_destinations_refused_when_guarded,
-    tenant_without_webhook_url_is_skipped,
-    one_round_records_mixed_results_per_event,
-    status_callbacks_update_the_call_once,
-    metrics_scrape_shows_counters_moving,
-);

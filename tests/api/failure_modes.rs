@@ -1,6 +1,7 @@
 //! Every row of the contract's failure-mode table, and the processing order.
-use entity::{alert, call, outbox_event};
+use entity::{alert, call};
 use stateset_voice::{
+    api::models::{Alert, List, Route},
     db::{self, diagnostics::DiagnosticRow},
     domain::{
         admin::{NewRoute, NewTenant},
@@ -9,17 +10,10 @@ use stateset_voice::{
     twilio::form::FormParams,
 };
 
-use stateset_voice::{on_both_backends, testkit::*};
+use stateset_voice::{backend_test, testkit::*};
 
-async fn assert_nothing_stored(app: &TestApp) {
-    assert_eq!(app.count(call::Entity).await, 0, "no call stored");
-    assert_eq!(app.count(outbox_event::Entity).await, 0, "no event stored");
-}
-
-async fn missing_or_invalid_signature_is_403_and_counted(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(missing_or_invalid_signature_is_403_and_counted);
+async fn missing_or_invalid_signature_is_403_and_counted(app: TestApp) {
     let (_, route) = app.seed().await;
     let form = incoming_form(&call_sid());
     let missing = app
@@ -61,10 +55,10 @@ async fn missing_or_invalid_signature_is_403_and_counted(backend: Backend) {
     );
 }
 
-async fn repeated_failures_on_production_route_alert_once_per_window(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |a| a.alert_threshold = 3).await else {
-        return;
-    };
+backend_test!(repeated_failures_on_production_route_alert_once_per_window, |a| {
+    a.alert_threshold = 3;
+});
+async fn repeated_failures_on_production_route_alert_once_per_window(app: TestApp) {
     let (tenant, route) = app.seed().await;
     let form = incoming_form(&call_sid());
     for _ in 0..7 {
@@ -92,21 +86,12 @@ async fn repeated_failures_on_production_route_alert_once_per_window(backend: Ba
     assert_eq!(app.count(call::Entity).await, 0);
 
     // The admin API shows it.
-    let listed: serde_json::Value = app
-        .admin(reqwest::Method::GET, "/api/v1/alerts")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(listed["items"][0]["id"], alerts[0].id.as_str());
+    let listed: List<Alert> = app.get("/api/v1/alerts").await;
+    assert_eq!(listed.items[0].id, alerts[0].id);
 }
 
-async fn failures_on_a_test_route_do_not_alert(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |a| a.alert_threshold = 2).await else {
-        return;
-    };
+backend_test!(failures_on_a_test_route_do_not_alert, |a| a.alert_threshold = 2);
+async fn failures_on_a_test_route_do_not_alert(app: TestApp) {
     app.seed_with(
         NewTenant::default(),
         NewRoute {
@@ -127,10 +112,8 @@ async fn failures_on_a_test_route_do_not_alert(backend: Backend) {
     assert_eq!(app.diagnostics("signature_failure").await[0].count, 4);
 }
 
-async fn account_mismatch_is_403_with_diagnostic(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(account_mismatch_is_403_with_diagnostic);
+async fn account_mismatch_is_403_with_diagnostic(app: TestApp) {
     app.seed().await;
     let form = incoming_form_with(&call_sid(), "AccountSid", "AC00000000000000000000000000000000");
     let res = app.post_signed("/api/v1/incoming-call", &form, AUTH_TOKEN).await;
@@ -139,14 +122,10 @@ async fn account_mismatch_is_403_with_diagnostic(backend: Backend) {
     assert_eq!(app.diagnostics("account_mismatch").await.len(), 1);
 }
 
-async fn unknown_route_answers_platform_message(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |a| {
-        a.unknown_route_message = "Not in service & goodbye.".to_owned()
-    })
-    .await
-    else {
-        return;
-    };
+backend_test!(unknown_route_answers_platform_message, |a| {
+    a.unknown_route_message = "Not in service & goodbye.".to_owned();
+});
+async fn unknown_route_answers_platform_message(app: TestApp) {
     app.seed().await;
     let form = incoming_form_with(&call_sid(), "To", "+1 (555) 999-0000");
     for _ in 0..3 {
@@ -168,10 +147,8 @@ async fn unknown_route_answers_platform_message(backend: Backend) {
     );
 }
 
-async fn unknown_route_diagnostics_are_bounded(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(unknown_route_diagnostics_are_bounded);
+async fn unknown_route_diagnostics_are_bounded(app: TestApp) {
     let window = std::time::Duration::from_secs(300);
     for n in 0..12 {
         let key = format!("+1555000{n:04}");
@@ -195,10 +172,8 @@ async fn unknown_route_diagnostics_are_bounded(backend: Backend) {
     assert_eq!(overflow.count, 7);
 }
 
-async fn disabled_route_answers_route_fallback(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(disabled_route_answers_route_fallback);
+async fn disabled_route_answers_route_fallback(app: TestApp) {
     let dial = FallbackAction::Dial {
         number: "+15550001111".to_owned(),
         message: Some("Connecting you".to_owned()),
@@ -238,10 +213,8 @@ async fn disabled_route_answers_route_fallback(backend: Backend) {
     assert_eq!(app.events("call.received").await.len(), 0);
 }
 
-async fn drain_mode_uses_the_tenant_default(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(drain_mode_uses_the_tenant_default);
+async fn drain_mode_uses_the_tenant_default(app: TestApp) {
     let redirect = FallbackAction::Redirect {
         url: "https://crm.example.com/callback?a=1&b=2".to_owned(),
     };
@@ -253,13 +226,7 @@ async fn drain_mode_uses_the_tenant_default(backend: Backend) {
         NewRoute::default(),
     )
     .await;
-    let res = app
-        .admin(reqwest::Method::PUT, "/api/v1/runtime/drain")
-        .json(&serde_json::json!({"draining": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    assert!(app.set_draining(true).await.draining);
     let sid = call_sid();
     let body = app.incoming(&sid).await.text().await.unwrap();
     assert!(
@@ -280,15 +247,11 @@ async fn drain_mode_uses_the_tenant_default(backend: Backend) {
         .contains("<Stream"));
 }
 
-async fn stream_capacity_uses_the_platform_message(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |a| {
-        a.max_streams = 1;
-        a.fallback_message = "All lines are busy.".to_owned();
-    })
-    .await
-    else {
-        return;
-    };
+backend_test!(stream_capacity_uses_the_platform_message, |a| {
+    a.max_streams = 1;
+    a.fallback_message = "All lines are busy.".to_owned();
+});
+async fn stream_capacity_uses_the_platform_message(app: TestApp) {
     app.seed().await;
     let guard = app.state.runtime.stream_opened();
     let sid = call_sid();
@@ -311,10 +274,8 @@ async fn stream_capacity_uses_the_platform_message(backend: Backend) {
         .contains("<Stream"));
 }
 
-async fn failing_agent_uses_the_route_fallback(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(failing_agent_uses_the_route_fallback);
+async fn failing_agent_uses_the_route_fallback(app: TestApp) {
     let agent = "wss://agent.example.com/ws".to_owned();
     app.seed_with(
         NewTenant::default(),
@@ -342,10 +303,8 @@ async fn failing_agent_uses_the_route_fallback(backend: Backend) {
     );
 }
 
-async fn malformed_input_is_rejected_and_stores_nothing(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(malformed_input_is_rejected_and_stores_nothing);
+async fn malformed_input_is_rejected_and_stores_nothing(app: TestApp) {
     app.seed().await;
     let good = incoming_form(&call_sid()).encode();
     let sig = [("X-Twilio-Signature", "irrelevant")];
@@ -380,10 +339,8 @@ async fn malformed_input_is_rejected_and_stores_nothing(backend: Backend) {
     assert_nothing_stored(&app).await;
 }
 
-async fn missing_call_sid_after_valid_signature_is_400(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(missing_call_sid_after_valid_signature_is_400);
+async fn missing_call_sid_after_valid_signature_is_400(app: TestApp) {
     app.seed().await;
     let form = FormParams::from_pairs(
         incoming_form("x")
@@ -408,10 +365,8 @@ async fn missing_call_sid_after_valid_signature_is_400(backend: Backend) {
     assert_nothing_stored(&app).await;
 }
 
-async fn hostile_fallback_text_cannot_inject_twiml(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(hostile_fallback_text_cannot_inject_twiml);
+async fn hostile_fallback_text_cannot_inject_twiml(app: TestApp) {
     let evil = "Bye</Say><Dial>+19005550000</Dial><Say>";
     app.seed_with(
         NewTenant::default(),
@@ -430,15 +385,11 @@ async fn hostile_fallback_text_cannot_inject_twiml(backend: Backend) {
     );
 }
 
-async fn alerts_fire_once_across_flushes_and_again_in_a_new_window(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |a| {
-        a.alert_threshold = 3;
-        a.alert_window = std::time::Duration::from_secs(1);
-    })
-    .await
-    else {
-        return;
-    };
+backend_test!(alerts_fire_once_across_flushes_and_again_in_a_new_window, |a| {
+    a.alert_threshold = 3;
+    a.alert_window = std::time::Duration::from_secs(1);
+});
+async fn alerts_fire_once_across_flushes_and_again_in_a_new_window(app: TestApp) {
     app.seed().await;
     let forged = || async {
         app.post_signed("/api/v1/incoming-call", &incoming_form(&call_sid()), "forged")
@@ -469,10 +420,8 @@ async fn alerts_fire_once_across_flushes_and_again_in_a_new_window(backend: Back
     assert_eq!(app.events("alert.raised").await.len(), 2);
 }
 
-async fn admin_changes_apply_at_once_despite_the_route_cache(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(admin_changes_apply_at_once_despite_the_route_cache);
+async fn admin_changes_apply_at_once_despite_the_route_cache(app: TestApp) {
     let (_, route) = app.seed().await;
     assert!(app
         .incoming(&call_sid())
@@ -481,25 +430,16 @@ async fn admin_changes_apply_at_once_despite_the_route_cache(backend: Backend) {
         .await
         .unwrap()
         .contains("<Stream"));
-    let res = app
-        .admin(reqwest::Method::PATCH, &format!("/api/v1/routes/{}", route.id))
-        .json(&serde_json::json!({"enabled": false}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    let path = format!("/api/v1/routes/{}", route.id);
+    let disabled: Route = app.patch(&path, &serde_json::json!({"enabled": false})).await;
+    assert!(!disabled.enabled);
     let sid = call_sid();
     assert!(!app.incoming(&sid).await.text().await.unwrap().contains("<Stream"));
     assert_eq!(
         app.call(&sid).await.unwrap().fallback_reason.map(|r| r.as_str()),
         Some("route_disabled")
     );
-    let res = app
-        .admin(reqwest::Method::DELETE, &format!("/api/v1/routes/{}", route.id))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 204);
+    app.delete(&path).await;
     assert!(app
         .incoming(&call_sid())
         .await
@@ -509,15 +449,11 @@ async fn admin_changes_apply_at_once_despite_the_route_cache(backend: Backend) {
         .contains("not in service"));
 }
 
-async fn slow_and_oversized_inputs_get_clear_errors(backend: Backend) {
+backend_test!(slow_and_oversized_inputs_get_clear_errors, |a| {
+    a.body_read_timeout = std::time::Duration::from_millis(300);
+});
+async fn slow_and_oversized_inputs_get_clear_errors(app: TestApp) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Some(app) = spawn_app_with(backend, |a| {
-        a.body_read_timeout = std::time::Duration::from_millis(300)
-    })
-    .await
-    else {
-        return;
-    };
     app.seed().await;
     // 10,000 fields fit in 64 KiB but are refused.
     let res = app
@@ -541,22 +477,3 @@ async fn slow_and_oversized_inputs_get_clear_errors(backend: Backend) {
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
     assert_nothing_stored(&app).await;
 }
-
-on_both_backends!(
-    slow_and_oversized_inputs_get_clear_errors,
-    alerts_fire_once_across_flushes_and_again_in_a_new_window,
-    admin_changes_apply_at_once_despite_the_route_cache,
-    missing_or_invalid_signature_is_403_and_counted,
-    repeated_failures_on_production_route_alert_once_per_window,
-    failures_on_a_test_route_do_not_alert,
-    account_mismatch_is_403_with_diagnostic,
-    unknown_route_answers_platform_message,
-    unknown_route_diagnostics_are_bounded,
-    disabled_route_answers_route_fallback,
-    drain_mode_uses_the_tenant_default,
-    stream_capacity_uses_the_platform_message,
-    failing_agent_uses_the_route_fallback,
-    malformed_input_is_rejected_and_stores_nothing,
-    missing_call_sid_after_valid_signature_is_400,
-    hostile_fallback_text_cannot_inject_twiml,
-);

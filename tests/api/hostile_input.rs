@@ -3,9 +3,9 @@
 //! unaffected by the head deadline.
 use std::time::{Duration, Instant};
 
-use entity::{call, outbox_event};
+use entity::call;
 use stateset_voice::{
-    on_both_backends,
+    backend_test,
     testkit::*,
     twilio::signature::{self, Algorithm},
 };
@@ -64,15 +64,8 @@ async fn exchange(app: &TestApp, request: Vec<u8>) -> String {
     String::from_utf8_lossy(&received).into_owned()
 }
 
-async fn assert_nothing_stored(app: &TestApp) {
-    assert_eq!(app.count(call::Entity).await, 0, "no call stored");
-    assert_eq!(app.count(outbox_event::Entity).await, 0, "no event stored");
-}
-
-async fn header_floods_get_431_and_store_nothing(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(header_floods_get_431_and_store_nothing);
+async fn header_floods_get_431_and_store_nothing(app: TestApp) {
     app.seed().await;
     let sid = call_sid();
     // 10,000 small headers: over the limit of 100 header fields.
@@ -110,10 +103,10 @@ async fn closed_within_deadline(tcp: &mut (impl AsyncRead + Unpin)) -> (Vec<u8>,
     (received, started.elapsed())
 }
 
-async fn idle_connections_are_closed(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |a| a.idle_timeout = Duration::from_secs(1)).await else {
-        return;
-    };
+backend_test!(idle_connections_are_closed, |a| {
+    a.idle_timeout = Duration::from_secs(1);
+});
+async fn idle_connections_are_closed(app: TestApp) {
     app.seed().await;
     let addr = app.base.trim_start_matches("http://");
     // A connection that never sends a byte.
@@ -201,13 +194,13 @@ fn head_pieces(request: &[u8], parts: usize) -> (Vec<Vec<u8>>, Vec<u8>) {
     )
 }
 
+backend_test!(partial_first_request_head_is_cut_off, |a| {
+    a.header_read_timeout = HEAD_LIMIT;
+});
 /// A client that sends part of the first request head on a connection and then goes silent or
 /// trickles the rest (slow-loris on headers) is cut off once the head deadline passes, whatever
 /// the idle timeout; nothing is answered or stored.
-async fn partial_first_request_head_is_cut_off(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |a| a.header_read_timeout = HEAD_LIMIT).await else {
-        return;
-    };
+async fn partial_first_request_head_is_cut_off(app: TestApp) {
     app.seed().await;
     let addr = app.base.trim_start_matches("http://");
     let request = signed_request(&app, &call_sid(), "");
@@ -231,13 +224,13 @@ async fn partial_first_request_head_is_cut_off(backend: Backend) {
     assert_nothing_stored(&app).await;
 }
 
+backend_test!(kept_alive_connections_time_each_head, |a| {
+    a.header_read_timeout = HEAD_LIMIT;
+});
 /// A kept-alive connection's next request head is timed from its first byte: one that trickles
 /// in is cut off (within twice the limit: its first bytes might have been the rest of an unread
 /// body), one sent after a long pause is answered.
-async fn kept_alive_connections_time_each_head(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |a| a.header_read_timeout = HEAD_LIMIT).await else {
-        return;
-    };
+async fn kept_alive_connections_time_each_head(app: TestApp) {
     app.seed().await;
     let addr = app.base.trim_start_matches("http://");
     let sid = call_sid();
@@ -258,13 +251,12 @@ async fn kept_alive_connections_time_each_head(backend: Backend) {
     assert_eq!(app.count(call::Entity).await, 1);
 }
 
+backend_test!(slow_heads_within_the_limit_are_answered, |a| {
+    a.header_read_timeout = Duration::from_secs(2);
+});
 /// Heads that arrive in slow pieces within the limit are answered, on a new connection and on a
 /// kept-alive one.
-async fn slow_heads_within_the_limit_are_answered(backend: Backend) {
-    let limit = Duration::from_secs(2);
-    let Some(app) = spawn_app_with(backend, |a| a.header_read_timeout = limit).await else {
-        return;
-    };
+async fn slow_heads_within_the_limit_are_answered(app: TestApp) {
     app.seed().await;
     let sid = call_sid();
     let (mut reader, mut writer) = TcpStream::connect(app.base.trim_start_matches("http://"))
@@ -286,17 +278,13 @@ async fn slow_heads_within_the_limit_are_answered(backend: Backend) {
     assert_eq!(app.call(&sid).await.unwrap().attempts, 2);
 }
 
+backend_test!(slow_body_gets_408_despite_a_shorter_head_limit, |a| {
+    a.header_read_timeout = Duration::from_millis(200);
+    a.body_read_timeout = Duration::from_millis(1200);
+});
 /// The head deadline ends with the head: a body that stops arriving gets its 408 from the body
 /// deadline, even when that is the longer one, also after a `100 Continue`.
-async fn slow_body_gets_408_despite_a_shorter_head_limit(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |a| {
-        a.header_read_timeout = Duration::from_millis(200);
-        a.body_read_timeout = Duration::from_millis(1200);
-    })
-    .await
-    else {
-        return;
-    };
+async fn slow_body_gets_408_despite_a_shorter_head_limit(app: TestApp) {
     app.seed().await;
     for expect in ["", "Expect: 100-continue\r\n"] {
         let request = signed_request(&app, &call_sid(), expect);
@@ -326,12 +314,3 @@ async fn slow_body_gets_408_despite_a_shorter_head_limit(backend: Backend) {
     }
     assert_nothing_stored(&app).await;
 }
-
-on_both_backends!(
-    header_floods_get_431_and_store_nothing,
-    idle_connections_are_closed,
-    partial_first_request_head_is_cut_off,
-    kept_alive_connections_time_each_head,
-    slow_heads_within_the_limit_are_answered,
-    slow_body_gets_408_despite_a_shorter_head_limit,
-);

@@ -4,12 +4,10 @@ use entity::{call, call_webhook, outbox_event};
 use sea_orm::{ActiveModelTrait, Set};
 use stateset_voice::domain::admin::NewRoute;
 
-use stateset_voice::{on_both_backends, testkit::*};
+use stateset_voice::{backend_test, testkit::*};
 
-async fn retry_returns_the_same_answer(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(retry_returns_the_same_answer);
+async fn retry_returns_the_same_answer(app: TestApp) {
     app.seed().await;
     let sid = call_sid();
     let first = app.incoming(&sid).await.text().await.unwrap();
@@ -25,10 +23,8 @@ async fn retry_returns_the_same_answer(backend: Backend) {
     assert_eq!(app.count(outbox_event::Entity).await, 1);
 }
 
-async fn retry_after_token_expiry_gets_a_fresh_token(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(retry_after_token_expiry_gets_a_fresh_token);
+async fn retry_after_token_expiry_gets_a_fresh_token(app: TestApp) {
     app.seed().await;
     let sid = call_sid();
     let first = app.incoming(&sid).await.text().await.unwrap();
@@ -58,10 +54,8 @@ async fn retry_after_token_expiry_gets_a_fresh_token(backend: Backend) {
     assert_eq!(app.count(outbox_event::Entity).await, 1);
 }
 
-async fn fifty_concurrent_duplicates_make_one_call(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(fifty_concurrent_duplicates_make_one_call);
+async fn fifty_concurrent_duplicates_make_one_call(app: TestApp) {
     app.seed().await;
     let sid = call_sid();
     let responses = futures::future::join_all((0..50).map(|_| async {
@@ -81,13 +75,11 @@ async fn fifty_concurrent_duplicates_make_one_call(backend: Backend) {
     assert_eq!(app.call(&sid).await.unwrap().attempts, 50);
 }
 
-async fn concurrent_duplicates_across_two_instances(backend: Backend) {
+backend_test!(concurrent_duplicates_across_two_instances);
+async fn concurrent_duplicates_across_two_instances(one: TestApp) {
     // Two services on one database, as two stateless instances behind a load balancer.
-    let Some(one) = spawn_app(backend).await else {
-        return;
-    };
     one.seed().await;
-    if backend == Backend::Sqlite {
+    if one.backend == Backend::Sqlite {
         return; // SQLite is the single-instance store.
     }
     let two = one.second_instance().await;
@@ -123,21 +115,17 @@ async fn concurrent_duplicates_across_two_instances(backend: Backend) {
     assert_eq!(one.call(&sid).await.unwrap().attempts, 40);
 }
 
-async fn same_call_on_another_route_conflicts(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(same_call_on_another_route_conflicts);
+async fn same_call_on_another_route_conflicts(app: TestApp) {
     let (tenant, _) = app.seed().await;
-    stateset_voice::domain::admin::create_route(
-        &app.state.db,
+    app.seed_route(
         &tenant.id,
         NewRoute {
             phone_number: "+15555550000".to_owned(),
             ..Default::default()
         },
     )
-    .await
-    .unwrap();
+    .await;
     let sid = call_sid();
     assert_eq!(app.incoming(&sid).await.status(), 200);
     let other = incoming_form_with(&sid, "To", "+15555550000");
@@ -155,12 +143,10 @@ async fn same_call_on_another_route_conflicts(backend: Backend) {
     assert_eq!((diags.len(), diags[0].key.as_str()), (1, sid.as_str()));
 }
 
-async fn a_burst_of_new_calls_and_their_duplicates_is_stored_exactly_once(backend: Backend) {
+backend_test!(a_burst_of_new_calls_and_their_duplicates_is_stored_exactly_once);
+async fn a_burst_of_new_calls_and_their_duplicates_is_stored_exactly_once(app: TestApp) {
     // Concurrent new calls are written in shared transactions; duplicates of a call may land
     // in the same batch as the call itself, or in the next one.
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
     app.seed().await;
     let sids: Vec<String> = (0..50).map(|_| call_sid()).collect();
     let burst = || {
@@ -198,10 +184,8 @@ async fn a_burst_of_new_calls_and_their_duplicates_is_stored_exactly_once(backen
     }
 }
 
-async fn one_failing_write_does_not_fail_the_others_in_its_batch(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(one_failing_write_does_not_fail_the_others_in_its_batch);
+async fn one_failing_write_does_not_fail_the_others_in_its_batch(app: TestApp) {
     let (tenant, route) = app.seed().await;
     let writer = &app.state.writer;
     let new_call = |route_id: &str| {
@@ -257,13 +241,3 @@ async fn one_failing_write_does_not_fail_the_others_in_its_batch(backend: Backen
     assert_eq!(app.count(call_webhook::Entity).await, 30);
     assert_eq!(app.count(outbox_event::Entity).await, 30);
 }
-
-on_both_backends!(
-    retry_returns_the_same_answer,
-    retry_after_token_expiry_gets_a_fresh_token,
-    fifty_concurrent_duplicates_make_one_call,
-    concurrent_duplicates_across_two_instances,
-    same_call_on_another_route_conflicts,
-    a_burst_of_new_calls_and_their_duplicates_is_stored_exactly_once,
-    one_failing_write_does_not_fail_the_others_in_its_batch,
-);

@@ -2,10 +2,9 @@
 //! a test agent server; token refusals; agent failure and health.
 use futures::{SinkExt, StreamExt};
 use stateset_voice::{
-    db,
+    backend_test, db,
     domain::admin::{NewRoute, NewTenant},
     media::session::{CLOSE_AGENT_FAILED, CLOSE_NORMAL, CLOSE_REFUSED},
-    on_both_backends,
     testkit::*,
     worker::agent_health,
 };
@@ -15,23 +14,8 @@ use tokio_tungstenite::{
     tungstenite::{protocol::frame::coding::CloseCode, Message},
 };
 
-pub(super) const RECORDED: &str = include_str!("../fixtures/media-stream-session.jsonl");
-pub(super) const RECORDED_CALL_SID: &str = "CAa1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
-pub(super) const TOKEN_PLACEHOLDER: &str = "<token minted by the webhook for this call>";
-
 pub(super) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// The recorded session's frames for `call_sid`, carrying `token` in `customParameters`.
-pub(super) fn session_frames(call_sid: &str, token: &str) -> Vec<String> {
-    RECORDED
-        .lines()
-        .map(|l| {
-            l.replace(RECORDED_CALL_SID, call_sid)
-                .replace(TOKEN_PLACEHOLDER, token)
-        })
-        .collect()
-}
 
 /// Answers an inbound call and returns its CallSid and stream token.
 pub(super) async fn answered_call(app: &TestApp) -> (String, String) {
@@ -111,14 +95,12 @@ pub(super) async fn send_all(socket: &mut Socket, frames: &[String]) {
     }
 }
 
-async fn recorded_session_echoes_and_is_recorded(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(recorded_session_echoes_and_is_recorded);
+async fn recorded_session_echoes_and_is_recorded(app: TestApp) {
     app.seed().await;
     let (sid, token) = answered_call(&app).await;
     let mut socket = connect(&app, &format!("/media-stream?stream_token={token}")).await;
-    let frames = session_frames(&sid, &token);
+    let frames = recorded_session(&sid, &token);
     let got = converse(&mut socket, &frames, 319).await;
     assert_eq!(got.media.len(), 319, "every media frame is played back");
     assert!(got
@@ -179,10 +161,8 @@ async fn recorded_session_echoes_and_is_recorded(backend: Backend) {
     assert!(res.text().await.unwrap().contains("<Hangup/>"));
 }
 
-async fn token_in_custom_parameters_or_path_is_accepted(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(token_in_custom_parameters_or_path_is_accepted);
+async fn token_in_custom_parameters_or_path_is_accepted(app: TestApp) {
     app.seed().await;
     for path_token in [false, true] {
         let (sid, token) = answered_call(&app).await;
@@ -192,7 +172,7 @@ async fn token_in_custom_parameters_or_path_is_accepted(backend: Backend) {
             "/media-stream".to_owned()
         };
         let mut socket = connect(&app, &path).await;
-        let frames = session_frames(&sid, &token);
+        let frames = recorded_session(&sid, &token);
         let short: Vec<String> = frames[..12]
             .iter()
             .chain(&frames[frames.len() - 2..])
@@ -204,19 +184,15 @@ async fn token_in_custom_parameters_or_path_is_accepted(backend: Backend) {
     }
 }
 
-async fn refused_streams_close_with_a_reason_and_bridge_nothing(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |a| {
-        a.stream_start_timeout = std::time::Duration::from_secs(1)
-    })
-    .await
-    else {
-        return;
-    };
+backend_test!(refused_streams_close_with_a_reason_and_bridge_nothing, |a| {
+    a.stream_start_timeout = std::time::Duration::from_secs(1);
+});
+async fn refused_streams_close_with_a_reason_and_bridge_nothing(app: TestApp) {
     app.seed().await;
 
     // Reuse: the first connection consumes the token.
     let (sid, token) = answered_call(&app).await;
-    let frames = session_frames(&sid, &token);
+    let frames = recorded_session(&sid, &token);
     let mut first = connect(&app, "/media-stream").await;
     send_all(&mut first, &frames[..3]).await;
     let echoed = read_until(&mut first, 1, Received::default()).await;
@@ -239,7 +215,7 @@ async fn refused_streams_close_with_a_reason_and_bridge_nothing(backend: Backend
     let mut socket = connect(&app, "/media-stream").await;
     send_all(
         &mut socket,
-        &session_frames("CA00000000000000000000000000000000", &token)[..5],
+        &recorded_session("CA00000000000000000000000000000000", &token)[..5],
     )
     .await;
     let got = read_all(&mut socket).await;
@@ -255,7 +231,7 @@ async fn refused_streams_close_with_a_reason_and_bridge_nothing(backend: Backend
     // No token anywhere.
     let (sid, _) = answered_call(&app).await;
     let mut socket = connect(&app, "/media-stream").await;
-    let no_token: Vec<String> = session_frames(&sid, "x")
+    let no_token: Vec<String> = recorded_session(&sid, "x")
         .iter()
         .map(|f| f.replace(",\"customParameters\":{\"stream_token\":\"x\"}", ""))
         .collect();
@@ -269,7 +245,7 @@ async fn refused_streams_close_with_a_reason_and_bridge_nothing(backend: Backend
     // Media before any start is never bridged; the socket is closed after the timeout.
     let (sid, token) = answered_call(&app).await;
     let mut socket = connect(&app, "/media-stream").await;
-    let frames = session_frames(&sid, &token);
+    let frames = recorded_session(&sid, &token);
     send_all(
         &mut socket,
         &[frames[0].clone(), frames[2].clone(), frames[3].clone()],
@@ -324,21 +300,23 @@ async fn refused_streams_close_with_a_reason_and_bridge_nothing(backend: Backend
     );
 }
 
+/// The request head deadline of [`quiet_streams_outlive_the_head_deadline`].
+const QUIET_HEAD_LIMIT: std::time::Duration = std::time::Duration::from_millis(300);
+
+backend_test!(quiet_streams_outlive_the_head_deadline, |a| {
+    a.header_read_timeout = QUIET_HEAD_LIMIT;
+});
 /// The request head deadline ends with the upgrade: a stream on which the caller keeps sending
 /// frames that get no reply (marks), while the service writes nothing for several times that
 /// deadline, stays open and is then answered as usual.
-async fn quiet_streams_outlive_the_head_deadline(backend: Backend) {
-    let head_limit = std::time::Duration::from_millis(300);
-    let Some(app) = spawn_app_with(backend, |a| a.header_read_timeout = head_limit).await else {
-        return;
-    };
+async fn quiet_streams_outlive_the_head_deadline(app: TestApp) {
     app.seed().await;
     let (sid, token) = answered_call(&app).await;
     let mut socket = connect(&app, "/media-stream").await;
-    let frames = session_frames(&sid, &token);
+    let frames = recorded_session(&sid, &token);
     send_all(&mut socket, &frames[..2]).await;
     let mark = frames.iter().find(|f| f.contains("\"event\":\"mark\"")).unwrap();
-    let quiet_until = std::time::Instant::now() + head_limit * 5;
+    let quiet_until = std::time::Instant::now() + QUIET_HEAD_LIMIT * 5;
     while std::time::Instant::now() < quiet_until {
         socket.send(Message::text(mark.clone())).await.unwrap();
         let reply = tokio::time::timeout(std::time::Duration::from_millis(100), socket.next()).await;
@@ -394,10 +372,8 @@ async fn spawn_agent(fail_after: Option<usize>) -> (String, tokio::task::JoinHan
     (url, handle)
 }
 
-async fn remote_agent_gets_twilio_frames_then_audio_both_ways(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(remote_agent_gets_twilio_frames_then_audio_both_ways);
+async fn remote_agent_gets_twilio_frames_then_audio_both_ways(app: TestApp) {
     let (agent_url, agent) = spawn_agent(None).await;
     let (_, route) = app
         .seed_with(
@@ -410,7 +386,7 @@ async fn remote_agent_gets_twilio_frames_then_audio_both_ways(backend: Backend) 
         .await;
     let (sid, token) = answered_call(&app).await;
     let mut socket = connect(&app, "/media-stream").await;
-    let frames = session_frames(&sid, &token);
+    let frames = recorded_session(&sid, &token);
     let short: Vec<String> = frames[..62]
         .iter()
         .chain(&frames[frames.len() - 2..])
@@ -431,10 +407,8 @@ async fn remote_agent_gets_twilio_frames_then_audio_both_ways(backend: Backend) 
     assert!(params.get("stream_token").is_none(), "the token is not passed on");
 }
 
-async fn agent_failure_mid_call_ends_in_fallback(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(agent_failure_mid_call_ends_in_fallback);
+async fn agent_failure_mid_call_ends_in_fallback(app: TestApp) {
     let (agent_url, _agent) = spawn_agent(Some(10)).await;
     app.seed_with(
         NewTenant::default(),
@@ -447,7 +421,7 @@ async fn agent_failure_mid_call_ends_in_fallback(backend: Backend) {
     .await;
     let (sid, token) = answered_call(&app).await;
     let mut socket = connect(&app, "/media-stream").await;
-    let frames = session_frames(&sid, &token);
+    let frames = recorded_session(&sid, &token);
     send_all(&mut socket, &frames[..40]).await;
     let got = read_all(&mut socket).await;
     assert_eq!(
@@ -471,10 +445,8 @@ async fn agent_failure_mid_call_ends_in_fallback(backend: Backend) {
         .contains("<Say>Transferring you to a person.</Say>"));
 }
 
-async fn failing_health_checks_open_the_circuit(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(failing_health_checks_open_the_circuit);
+async fn failing_health_checks_open_the_circuit(app: TestApp) {
     // Nothing listens on this port.
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/agent", closed.local_addr().unwrap());
@@ -514,13 +486,3 @@ async fn failing_health_checks_open_the_circuit(backend: Backend) {
         .unwrap()
         .contains("<Stream"));
 }
-
-on_both_backends!(
-    recorded_session_echoes_and_is_recorded,
-    token_in_custom_parameters_or_path_is_accepted,
-    refused_streams_close_with_a_reason_and_bridge_nothing,
-    remote_agent_gets_twilio_frames_then_audio_both_ways,
-    agent_failure_mid_call_ends_in_fallback,
-    failing_health_checks_open_the_circuit,
-    quiet_streams_outlive_the_head_deadline,
-);

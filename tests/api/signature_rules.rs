@@ -7,7 +7,7 @@ use stateset_voice::{
     },
 };
 
-use stateset_voice::{on_both_backends, testkit::*};
+use stateset_voice::{backend_test, testkit::*};
 
 async fn post_with_signature(
     app: &TestApp,
@@ -24,14 +24,10 @@ async fn post_with_signature(
         .as_u16()
 }
 
-async fn public_url_not_host_header_is_signed_with_port_variants(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |a| {
-        a.public_url = "https://voice.example.com/tw".to_owned()
-    })
-    .await
-    else {
-        return;
-    };
+backend_test!(public_url_not_host_header_is_signed_with_port_variants, |a| {
+    a.public_url = "https://voice.example.com/tw".to_owned();
+});
+async fn public_url_not_host_header_is_signed_with_port_variants(app: TestApp) {
     app.seed().await;
     let form = incoming_form(&call_sid());
     let sign = |url: &str| compute(Algorithm::HmacSha1, AUTH_TOKEN.as_bytes(), url, &form);
@@ -76,10 +72,8 @@ async fn public_url_not_host_header_is_signed_with_port_variants(backend: Backen
     );
 }
 
-async fn raw_query_string_is_part_of_the_signed_url(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(raw_query_string_is_part_of_the_signed_url);
+async fn raw_query_string_is_part_of_the_signed_url(app: TestApp) {
     app.seed().await;
     let form = incoming_form(&call_sid());
     let path = "/api/v1/incoming-call?b=2&a=%20x+y&empty=";
@@ -95,11 +89,12 @@ async fn raw_query_string_is_part_of_the_signed_url(backend: Backend) {
     assert_eq!(post_with_signature(&app, reencoded, &form, &sig, &[]).await, 403);
 }
 
-async fn forwarded_headers_count_only_when_trusted(backend: Backend) {
-    for trusted in [false, true] {
-        let Some(app) = spawn_app_with(backend, |a| a.trust_forwarded = trusted).await else {
-            return;
-        };
+backend_test!(forwarded_headers_count_only_when_trusted, |a| {
+    a.trust_forwarded = false;
+});
+async fn forwarded_headers_count_only_when_trusted(untrusting: TestApp) {
+    let trusting = untrusting.another(|a| a.trust_forwarded = true).await;
+    for (trusted, app) in [(false, untrusting), (true, trusting)] {
         app.seed().await;
         let form = incoming_form(&call_sid());
         let sig = compute(
@@ -117,10 +112,8 @@ async fn forwarded_headers_count_only_when_trusted(backend: Backend) {
     }
 }
 
-async fn secondary_token_is_accepted_during_rotation(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(secondary_token_is_accepted_during_rotation);
+async fn secondary_token_is_accepted_during_rotation(app: TestApp) {
     app.seed_with(
         NewTenant {
             secondary_auth_token: Some("next-token-abc".to_owned()),
@@ -147,10 +140,8 @@ async fn secondary_token_is_accepted_during_rotation(backend: Backend) {
     );
 }
 
-async fn shared_key_sha256_when_twilio_says_so(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(shared_key_sha256_when_twilio_says_so);
+async fn shared_key_sha256_when_twilio_says_so(app: TestApp) {
     app.seed_with(
         NewTenant {
             shared_key: Some("customer-shared-key".to_owned()),
@@ -182,10 +173,8 @@ async fn shared_key_sha256_when_twilio_says_so(backend: Backend) {
     );
 }
 
-async fn unicode_plus_and_repeated_fields_are_signed_decoded(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(unicode_plus_and_repeated_fields_are_signed_decoded);
+async fn unicode_plus_and_repeated_fields_are_signed_decoded(app: TestApp) {
     app.seed().await;
     let mut form = incoming_form(&call_sid());
     form.push("CallerName", "José Ünïcødé + Søn");
@@ -217,12 +206,3 @@ async fn unicode_plus_and_repeated_fields_are_signed_decoded(backend: Backend) {
         .await;
     assert_eq!(res.status(), 403);
 }
-
-on_both_backends!(
-    public_url_not_host_header_is_signed_with_port_variants,
-    raw_query_string_is_part_of_the_signed_url,
-    forwarded_headers_count_only_when_trusted,
-    secondary_token_is_accepted_during_rotation,
-    shared_key_sha256_when_twilio_says_so,
-    unicode_plus_and_repeated_fields_are_signed_decoded,
-);

@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 use stateset_voice::{
-    on_both_backends,
+    backend_test,
     testkit::*,
     worker::supervisor::{Backoff, Stage, Supervisor},
 };
@@ -52,10 +52,8 @@ async fn readyz_until(app: &TestApp, status: u16) -> Value {
     }
 }
 
-async fn a_panicking_task_is_restarted_and_readiness_follows(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(a_panicking_task_is_restarted_and_readiness_follows);
+async fn a_panicking_task_is_restarted_and_readiness_follows(app: TestApp) {
     // The app's own tasks are supervised from the start, each series at zero.
     let text = metrics(&app).await;
     for task in ["server", "writer-1"] {
@@ -120,5 +118,3 @@ async fn a_panicking_task_is_restarted_and_readiness_follows(backend: Backend) {
         "a task stopped at shutdown is not down"
     );
 }
-
-on_both_backends!(a_panicking_task_is_restarted_and_readiness_follows);

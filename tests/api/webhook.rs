@@ -8,7 +8,7 @@ use stateset_voice::{
     },
 };
 
-use stateset_voice::{on_both_backends, testkit::*};
+use stateset_voice::{backend_test, testkit::*};
 
 /// Extracts the attribute `name` of the first element that has it.
 fn attr<'a>(doc: &'a str, name: &str) -> &'a str {
@@ -20,10 +20,8 @@ fn attr<'a>(doc: &'a str, name: &str) -> &'a str {
     &doc[start..start + doc[start..].find('"').unwrap()]
 }
 
-async fn new_call_gets_stream_twiml_and_is_recorded(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(new_call_gets_stream_twiml_and_is_recorded);
+async fn new_call_gets_stream_twiml_and_is_recorded(app: TestApp) {
     let (tenant, route) = app.seed().await;
     let sid = call_sid();
 
@@ -75,10 +73,10 @@ async fn new_call_gets_stream_twiml_and_is_recorded(backend: Backend) {
     assert_eq!(app.count(call_webhook::Entity).await, 1);
 }
 
-async fn path_placement_puts_token_in_the_path(backend: Backend) {
-    let Some(app) = spawn_app_with(backend, |a| a.stream_token_placement = TokenPlacement::Path).await else {
-        return;
-    };
+backend_test!(path_placement_puts_token_in_the_path, |a| {
+    a.stream_token_placement = TokenPlacement::Path;
+});
+async fn path_placement_puts_token_in_the_path(app: TestApp) {
     app.seed().await;
     let body = app.incoming(&call_sid()).await.text().await.unwrap();
     let token = attr(&body, "value");
@@ -89,10 +87,8 @@ async fn path_placement_puts_token_in_the_path(backend: Backend) {
     assert!(!body.contains("?stream_token="));
 }
 
-async fn fallback_url_records_error_and_answers_fallback(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(fallback_url_records_error_and_answers_fallback);
+async fn fallback_url_records_error_and_answers_fallback(app: TestApp) {
     app.seed_with(
         NewTenant::default(),
         NewRoute {
@@ -129,10 +125,8 @@ async fn fallback_url_records_error_and_answers_fallback(backend: Backend) {
     assert_eq!(app.events("call.fallback").await.len(), 1);
 }
 
-async fn fallback_url_after_answered_call_updates_it_once(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(fallback_url_after_answered_call_updates_it_once);
+async fn fallback_url_after_answered_call_updates_it_once(app: TestApp) {
     app.seed().await;
     let sid = call_sid();
     assert_eq!(app.incoming(&sid).await.status(), 200);
@@ -156,10 +150,8 @@ async fn fallback_url_after_answered_call_updates_it_once(backend: Backend) {
     assert_eq!(app.events("call.received").await.len(), 1);
 }
 
-async fn stream_ended_without_session_plays_fallback(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(stream_ended_without_session_plays_fallback);
+async fn stream_ended_without_session_plays_fallback(app: TestApp) {
     app.seed_with(
         NewTenant {
             default_fallback: say("Sorry, our assistant is unavailable."),
@@ -193,11 +185,9 @@ async fn stream_ended_without_session_plays_fallback(backend: Backend) {
     assert_eq!(app.events("call.fallback").await.len(), 1);
 }
 
-async fn stream_ended_after_stop_hangs_up(backend: Backend) {
+backend_test!(stream_ended_after_stop_hangs_up);
+async fn stream_ended_after_stop_hangs_up(app: TestApp) {
     use sea_orm::{ActiveModelTrait, Set};
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
     app.seed().await;
     let sid = call_sid();
     assert_eq!(app.incoming(&sid).await.status(), 200);
@@ -231,10 +221,8 @@ async fn stream_ended_after_stop_hangs_up(backend: Backend) {
     assert_eq!(app.call(&sid).await.unwrap().outcome.as_str(), "streamed");
 }
 
-async fn route_named_in_the_url_selects_the_key(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
+backend_test!(route_named_in_the_url_selects_the_key);
+async fn route_named_in_the_url_selects_the_key(app: TestApp) {
     let (_, route) = app.seed().await;
     let sid = call_sid();
     let mut form = incoming_form(&sid);
@@ -257,13 +245,3 @@ async fn route_named_in_the_url_selects_the_key(backend: Backend) {
     assert_eq!(res.status(), 200);
     assert!(app.call(&sid).await.is_some());
 }
-
-on_both_backends!(
-    new_call_gets_stream_twiml_and_is_recorded,
-    path_placement_puts_token_in_the_path,
-    fallback_url_records_error_and_answers_fallback,
-    fallback_url_after_answered_call_updates_it_once,
-    stream_ended_without_session_plays_fallback,
-    stream_ended_after_stop_hangs_up,
-    route_named_in_the_url_selects_the_key,
-);

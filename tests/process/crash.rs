@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use stateset_voice::{on_both_backends, testkit::*};
+use stateset_voice::{backend_test, testkit::*};
 
 use crate::support::{self, Server, Stored, Webhook};
 
@@ -76,11 +76,9 @@ async fn load_worker(
     sent
 }
 
-async fn sigkill_mid_load_loses_no_answered_call(backend: Backend) {
+backend_test!(sigkill_mid_load_loses_no_answered_call);
+async fn sigkill_mid_load_loses_no_answered_call(fresh: FreshDatabase) {
     let started = Instant::now();
-    let Some(fresh) = fresh_database(backend, 2).await else {
-        return;
-    };
     let url = fresh.process_url();
     support::seed(&url, None).await;
     let mut server = Server::start(&url, SETTINGS).await;
@@ -217,13 +215,12 @@ async fn sigkill_mid_load_loses_no_answered_call(backend: Backend) {
     assert!(body.contains("<Stream url="), "{body}");
 
     eprintln!(
-        "{backend:?}: {} answered before the kill, {} interrupted ({stored_interrupted} of them stored), \
+        "{:?}: {} answered before the kill, {} interrupted ({stored_interrupted} of them stored), \
          {} calls stored; {:.1?}",
+        fresh.backend,
         answered.len(),
         interrupted.len(),
         stored.calls.len(),
         started.elapsed()
     );
 }
-
-on_both_backends!(sigkill_mid_load_loses_no_answered_call);

@@ -1,7 +1,7 @@
 //! `stateset-voice serve` runs its background workers and closes idle connections.
 use std::time::{Duration, Instant};
 
-use stateset_voice::{db, on_both_backends, testkit::*};
+use stateset_voice::{backend_test, db, testkit::*};
 use tokio::{io::AsyncReadExt, net::TcpStream};
 
 use crate::support::{self, Server, Webhook};
@@ -9,10 +9,8 @@ use crate::support::{self, Server, Webhook};
 /// Bound of each wait.
 const DEADLINE: Duration = Duration::from_secs(15);
 
-async fn serve_flushes_diagnostics_and_closes_idle_connections(backend: Backend) {
-    let Some(fresh) = fresh_database(backend, 2).await else {
-        return;
-    };
+backend_test!(serve_flushes_diagnostics_and_closes_idle_connections);
+async fn serve_flushes_diagnostics_and_closes_idle_connections(fresh: FreshDatabase) {
     let url = fresh.process_url();
     support::seed(&url, None).await;
     let server = Server::start(
@@ -64,5 +62,3 @@ async fn serve_flushes_diagnostics_and_closes_idle_connections(backend: Backend)
         .expect("the server closes the idle connection");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 }
-
-on_both_backends!(serve_flushes_diagnostics_and_closes_idle_connections);

@@ -1,17 +1,15 @@
 //! `stateset-voice tenant add` with and without `--webhook-secret`.
 use entity::tenant;
 use sea_orm::EntityTrait;
-use stateset_voice::{on_both_backends, testkit::*};
+use stateset_voice::{backend_test, testkit::*};
 
 use crate::support;
 
 /// `whsec_` + base64 of 32 bytes.
 const SECRET: &str = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
-async fn tenant_add_takes_a_webhook_secret_or_generates_one(backend: Backend) {
-    let Some(fresh) = fresh_database(backend, 2).await else {
-        return;
-    };
+backend_test!(tenant_add_takes_a_webhook_secret_or_generates_one);
+async fn tenant_add_takes_a_webhook_secret_or_generates_one(fresh: FreshDatabase) {
     let url = fresh.process_url();
     let base = [
         "tenant",
@@ -98,5 +96,3 @@ async fn tenant_add_takes_a_webhook_secret_or_generates_one(backend: Backend) {
     let stderr = String::from_utf8_lossy(&malformed.stderr);
     assert!(stderr.contains("at least 24 bytes"), "{stderr}");
 }
-
-on_both_backends!(tenant_add_takes_a_webhook_secret_or_generates_one);
