@@ -12,7 +12,27 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::domain::runtime::ProbeKind;
+/// Which kind of health check an agent gets: HTTP when its route names a health URL, else TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProbeKind {
+    /// GET of the route's `agent_health_url`.
+    Http,
+    /// TCP connection to the `agent_url`'s host and port.
+    Tcp,
+}
+
+impl ProbeKind {
+    /// Every kind.
+    pub const ALL: [Self; 2] = [Self::Http, Self::Tcp];
+
+    /// The metric label of this kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Tcp => "tcp",
+        }
+    }
+}
 
 /// The `voice_webhook_deliveries_total` outcome of an attempt that will be retried (the other
 /// outcomes are final outbox statuses).

@@ -8,12 +8,11 @@ use crate::{
     db::{cache::RouteCache, writer::Writer},
     domain::{
         alerts::{AlertRule, Diagnostics},
-        runtime::Runtime,
+        runtime::{Runtime, TaskHealth},
         token::TokenIssuer,
         webhook::{AnswerStore, VoiceSettings, WebhookContext},
     },
     metrics::Metrics,
-    worker::supervisor::TaskHealth,
 };
 
 /// Everything a request handler needs; cheap to clone.

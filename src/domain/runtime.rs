@@ -1,10 +1,10 @@
-//! Per-instance runtime state: drain mode, open streams, agent health; and the snapshot of it
-//! a decision reads.
+//! Per-instance runtime state: drain mode, open streams, agent health, supervised tasks that
+//! are down; and the snapshot of it a decision reads.
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc, RwLock,
+        Arc, PoisonError, RwLock,
     },
 };
 
@@ -109,24 +109,26 @@ pub struct RuntimeSnapshot {
     pub agent_unhealthy: bool,
 }
 
-/// Which kind of health check an agent gets: HTTP when its route names a health URL, else TCP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ProbeKind {
-    /// GET of the route's `agent_health_url`.
-    Http,
-    /// TCP connection to the `agent_url`'s host and port.
-    Tcp,
+/// Which supervised tasks are down (exited or panicked, waiting to restart); read by `/readyz`.
+#[derive(Debug, Default)]
+pub struct TaskHealth {
+    down: RwLock<BTreeSet<String>>,
 }
 
-impl ProbeKind {
-    /// Every kind.
-    pub const ALL: [Self; 2] = [Self::Http, Self::Tcp];
+impl TaskHealth {
+    /// The names of the tasks that are down, sorted.
+    pub fn down(&self) -> Vec<String> {
+        let down = self.down.read().unwrap_or_else(PoisonError::into_inner);
+        down.iter().cloned().collect()
+    }
 
-    /// The metric label of this kind.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Http => "http",
-            Self::Tcp => "tcp",
+    /// Marks the task `name` up or down.
+    pub fn set_up(&self, name: &str, up: bool) {
+        let mut down = self.down.write().unwrap_or_else(PoisonError::into_inner);
+        if up {
+            down.remove(name);
+        } else {
+            down.insert(name.to_owned());
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use url::{Host, Url};
 
-pub use crate::domain::runtime::ProbeKind;
+pub use crate::metrics::ProbeKind;
 
 /// One health check of an agent runtime.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -3,20 +3,14 @@
 //! the task is marked down (so `/readyz` answers 503 naming it) and, after a backoff, started
 //! again and counted in `voice_worker_restarts_total{worker}`. Shutdown cancels the tasks stage
 //! by stage, in [`Stage`] order, waiting for each stage to stop before the next.
-use std::{
-    any::Any,
-    collections::BTreeSet,
-    future::Future,
-    panic::AssertUnwindSafe,
-    sync::{Arc, PoisonError, RwLock},
-    time::Duration,
-};
+use std::{any::Any, future::Future, panic::AssertUnwindSafe, sync::Arc, time::Duration};
 
 use futures::FutureExt as _;
 use prometheus_client::metrics::counter::Counter;
 use tokio::{task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::domain::runtime::TaskHealth;
 use crate::{metrics::Metrics, state::AppState};
 
 /// How long a stage may take to stop before its tasks are aborted. Longer than the server's
@@ -43,29 +37,6 @@ impl Stage {
             Self::Server => "server",
             Self::Writer => "writer",
             Self::Workers => "workers",
-        }
-    }
-}
-
-/// Which supervised tasks are down (exited or panicked, waiting to restart); read by `/readyz`.
-#[derive(Debug, Default)]
-pub struct TaskHealth {
-    down: RwLock<BTreeSet<String>>,
-}
-
-impl TaskHealth {
-    /// The names of the tasks that are down, sorted.
-    pub fn down(&self) -> Vec<String> {
-        let down = self.down.read().unwrap_or_else(PoisonError::into_inner);
-        down.iter().cloned().collect()
-    }
-
-    fn set_up(&self, name: &str, up: bool) {
-        let mut down = self.down.write().unwrap_or_else(PoisonError::into_inner);
-        if up {
-            down.remove(name);
-        } else {
-            down.insert(name.to_owned());
         }
     }
 }
