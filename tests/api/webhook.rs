@@ -245,3 +245,22 @@ async fn route_named_in_the_url_selects_the_key(app: TestApp) {
     assert_eq!(res.status(), 200);
     assert!(app.call(&sid).await.is_some());
 }
+
+backend_test!(an_unknown_call_status_is_refused_after_the_signature_and_stores_nothing);
+async fn an_unknown_call_status_is_refused_after_the_signature_and_stores_nothing(app: TestApp) {
+    app.seed().await;
+    let sid = call_sid();
+    let form = incoming_form_with(&sid, "CallStatus", "exploded");
+    for path in ["/api/v1/incoming-call", "/api/v1/call-status"] {
+        let res = app.post_signed(path, &form, AUTH_TOKEN).await;
+        assert_eq!(res.status(), 400, "{path}");
+        let problem: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(problem["detail"], "unknown CallStatus \"exploded\"", "{path}");
+    }
+    assert!(app.call(&sid).await.is_none());
+    // Unsigned, the same request is refused for its signature first.
+    let res = app
+        .post_raw("/api/v1/incoming-call", form.encode().into_bytes(), &[])
+        .await;
+    assert_eq!(res.status(), 403);
+}
