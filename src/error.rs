@@ -222,3 +222,46 @@ pub async fn problem_for(err: poem::Error) -> Response {
     };
     Problem::new(status, detail).into_http()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statuses<T: ApiResponse>() -> Vec<Option<u16>> {
+        T::meta().responses.iter().map(|r| r.status).collect()
+    }
+
+    #[test]
+    fn the_body_enum_adds_415_in_status_order() {
+        let plain = [400, 401, 404, 409, 422, 500].map(Some).to_vec();
+        assert_eq!(statuses::<AdminError>(), plain);
+        let body = [400, 401, 404, 409, 415, 422, 500].map(Some).to_vec();
+        assert_eq!(statuses::<AdminBodyError>(), body);
+        let bad_request = AdminBodyError::meta().responses[0].description;
+        assert!(bad_request.contains("not valid JSON"), "{bad_request}");
+        assert_eq!(
+            AdminError::meta().responses[0].description,
+            "The request is malformed."
+        );
+    }
+
+    #[test]
+    fn domain_errors_map_to_the_same_problem_in_both_enums() {
+        let AdminError::NotFound(ProblemJson(plain)) = domain::Error::NotFound("tenant").into() else {
+            panic!("not a 404");
+        };
+        let AdminBodyError::NotFound(ProblemJson(body)) = domain::Error::NotFound("tenant").into() else {
+            panic!("not a 404");
+        };
+        assert_eq!(plain, body);
+        assert_eq!((plain.status, plain.detail.as_str()), (404, "tenant not found"));
+        let conflict = AdminBodyError::from(domain::Error::Conflict("taken".to_owned()));
+        assert!(
+            matches!(conflict, AdminBodyError::Conflict(ProblemJson(p)) if p.status == 409 && p.detail == "taken")
+        );
+        let invalid = AdminError::from(domain::Error::Invalid("bad".to_owned()));
+        assert!(matches!(invalid, AdminError::Unprocessable(ProblemJson(p)) if p.status == 422));
+        let db = AdminError::from(sea_orm::DbErr::Custom("boom".to_owned()));
+        assert!(matches!(db, AdminError::Internal(ProblemJson(p)) if p.detail == "internal error"));
+    }
+}
