@@ -77,108 +77,133 @@ impl IntoResponse for ProblemJson {
     }
 }
 
-/// Error responses of the admin API.
-#[derive(Debug, ApiResponse)]
-pub enum AdminError {
-    /// The request is malformed.
-    #[oai(status = 400)]
-    BadRequest(ProblemJson),
-    /// Missing or wrong bearer token, or the admin API is disabled.
-    #[oai(status = 401)]
-    Unauthorized(ProblemJson),
-    /// No such record.
-    #[oai(status = 404)]
-    NotFound(ProblemJson),
-    /// The change conflicts with an existing record.
-    #[oai(status = 409)]
-    Conflict(ProblemJson),
-    /// A value is well-formed but not acceptable.
-    #[oai(status = 422)]
-    Unprocessable(ProblemJson),
-    /// The service failed; the cause is logged.
-    #[oai(status = 500)]
-    Internal(ProblemJson),
-}
+/// Declares the admin error enums from one variant list, and for each a `not_found` constructor
+/// and `From<domain::Error>` / `From<DbErr>`. Every variant belongs to both enums unless marked
+/// `#[body_only]`; `#[body_doc = "…"]` gives a variant another description in the body enum.
+macro_rules! admin_errors {
+    (
+        $(#[doc = $plain_doc:tt])* pub enum $plain:ident;
+        $(#[doc = $body_doc:tt])* pub enum $body:ident;
+        $($variants:tt)*
+    ) => {
+        admin_errors!(@split
+            { $(#[doc = $plain_doc])* pub enum $plain; $(#[doc = $body_doc])* pub enum $body; }
+            [] [] $($variants)*
+        );
+    };
+    (@split $head:tt [$($plain:tt)*] [$($body:tt)*]
+        $(#[doc = $doc:tt])* #[body_only] #[oai(status = $status:tt)] $name:ident, $($rest:tt)*
+    ) => {
+        admin_errors!(@split $head
+            [$($plain)*]
+            [$($body)* $(#[doc = $doc])* #[oai(status = $status)] $name(ProblemJson),]
+            $($rest)*
+        );
+    };
+    (@split $head:tt [$($plain:tt)*] [$($body:tt)*]
+        $(#[doc = $doc:tt])* #[body_doc = $body_doc:tt] #[oai(status = $status:tt)] $name:ident,
+        $($rest:tt)*
+    ) => {
+        admin_errors!(@split $head
+            [$($plain)* $(#[doc = $doc])* #[oai(status = $status)] $name(ProblemJson),]
+            [$($body)* #[doc = $body_doc] #[oai(status = $status)] $name(ProblemJson),]
+            $($rest)*
+        );
+    };
+    (@split $head:tt [$($plain:tt)*] [$($body:tt)*]
+        $(#[doc = $doc:tt])* #[oai(status = $status:tt)] $name:ident, $($rest:tt)*
+    ) => {
+        admin_errors!(@split $head
+            [$($plain)* $(#[doc = $doc])* #[oai(status = $status)] $name(ProblemJson),]
+            [$($body)* $(#[doc = $doc])* #[oai(status = $status)] $name(ProblemJson),]
+            $($rest)*
+        );
+    };
+    (@split
+        { $(#[doc = $plain_doc:tt])* pub enum $plain:ident; $(#[doc = $body_doc:tt])* pub enum $body:ident; }
+        [$($plain_variants:tt)*] [$($body_variants:tt)*]
+    ) => {
+        $(#[doc = $plain_doc])*
+        #[derive(Debug, ApiResponse)]
+        pub enum $plain { $($plain_variants)* }
 
-impl AdminError {
-    /// 404 for a named record.
-    pub fn not_found(what: &str) -> Self {
-        Self::NotFound(ProblemJson::new(
-            StatusCode::NOT_FOUND,
-            format!("{what} not found"),
-        ))
-    }
-}
+        $(#[doc = $body_doc])*
+        #[derive(Debug, ApiResponse)]
+        pub enum $body { $($body_variants)* }
 
-impl From<domain::Error> for AdminError {
-    fn from(err: domain::Error) -> Self {
-        match err {
-            domain::Error::Invalid(m) => {
-                Self::Unprocessable(ProblemJson::new(StatusCode::UNPROCESSABLE_ENTITY, m))
-            }
-            domain::Error::NotFound(what) => Self::not_found(what),
-            domain::Error::Conflict(m) => Self::Conflict(ProblemJson::new(StatusCode::CONFLICT, m)),
-            domain::Error::Db(e) => {
-                tracing::error!(error = %e, "admin request failed");
-                Self::Internal(ProblemJson::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal error",
+        admin_errors!(@impls $plain);
+        admin_errors!(@impls $body);
+    };
+    (@impls $ty:ident) => {
+        impl $ty {
+            /// 404 for a named record.
+            pub fn not_found(what: &str) -> Self {
+                Self::NotFound(ProblemJson::new(
+                    StatusCode::NOT_FOUND,
+                    format!("{what} not found"),
                 ))
             }
         }
-    }
+
+        impl From<domain::Error> for $ty {
+            fn from(err: domain::Error) -> Self {
+                match err {
+                    domain::Error::Invalid(m) => {
+                        Self::Unprocessable(ProblemJson::new(StatusCode::UNPROCESSABLE_ENTITY, m))
+                    }
+                    domain::Error::NotFound(what) => Self::not_found(what),
+                    domain::Error::Conflict(m) => {
+                        Self::Conflict(ProblemJson::new(StatusCode::CONFLICT, m))
+                    }
+                    domain::Error::Db(e) => {
+                        tracing::error!(error = %e, "admin request failed");
+                        Self::Internal(ProblemJson::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal error",
+                        ))
+                    }
+                }
+            }
+        }
+
+        impl From<sea_orm::DbErr> for $ty {
+            fn from(err: sea_orm::DbErr) -> Self {
+                domain::Error::from(err).into()
+            }
+        }
+    };
 }
 
-impl From<sea_orm::DbErr> for AdminError {
-    fn from(err: sea_orm::DbErr) -> Self {
-        domain::Error::from(err).into()
-    }
-}
+admin_errors! {
+    /// Error responses of the admin API.
+    pub enum AdminError;
+    /// Error responses of the admin operations that take a JSON body: those of [`AdminError`], and
+    /// 415 when the body is not JSON.
+    pub enum AdminBodyError;
 
-/// Error responses of the admin operations that take a JSON body: those of [`AdminError`], and
-/// 415 when the body is not JSON.
-#[derive(Debug, ApiResponse)]
-pub enum AdminBodyError {
-    /// The request is malformed, or the body is not valid JSON of the documented shape.
+    /// The request is malformed.
+    #[body_doc = "The request is malformed, or the body is not valid JSON of the documented shape."]
     #[oai(status = 400)]
-    BadRequest(ProblemJson),
+    BadRequest,
     /// Missing or wrong bearer token, or the admin API is disabled.
     #[oai(status = 401)]
-    Unauthorized(ProblemJson),
+    Unauthorized,
     /// No such record.
     #[oai(status = 404)]
-    NotFound(ProblemJson),
+    NotFound,
     /// The change conflicts with an existing record.
     #[oai(status = 409)]
-    Conflict(ProblemJson),
+    Conflict,
     /// The body is not `application/json`.
+    #[body_only]
     #[oai(status = 415)]
-    UnsupportedMediaType(ProblemJson),
+    UnsupportedMediaType,
     /// A value is well-formed but not acceptable.
     #[oai(status = 422)]
-    Unprocessable(ProblemJson),
+    Unprocessable,
     /// The service failed; the cause is logged.
     #[oai(status = 500)]
-    Internal(ProblemJson),
-}
-
-impl From<AdminError> for AdminBodyError {
-    fn from(err: AdminError) -> Self {
-        match err {
-            AdminError::BadRequest(p) => Self::BadRequest(p),
-            AdminError::Unauthorized(p) => Self::Unauthorized(p),
-            AdminError::NotFound(p) => Self::NotFound(p),
-            AdminError::Conflict(p) => Self::Conflict(p),
-            AdminError::Unprocessable(p) => Self::Unprocessable(p),
-            AdminError::Internal(p) => Self::Internal(p),
-        }
-    }
-}
-
-impl From<domain::Error> for AdminBodyError {
-    fn from(err: domain::Error) -> Self {
-        AdminError::from(err).into()
-    }
+    Internal,
 }
 
 /// Turns any framework error (unknown path, bad JSON, wrong content type, oversized body,
@@ -196,4 +221,47 @@ pub async fn problem_for(err: poem::Error) -> Response {
         err.to_string()
     };
     Problem::new(status, detail).into_http()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statuses<T: ApiResponse>() -> Vec<Option<u16>> {
+        T::meta().responses.iter().map(|r| r.status).collect()
+    }
+
+    #[test]
+    fn the_body_enum_adds_415_in_status_order() {
+        let plain = [400, 401, 404, 409, 422, 500].map(Some).to_vec();
+        assert_eq!(statuses::<AdminError>(), plain);
+        let body = [400, 401, 404, 409, 415, 422, 500].map(Some).to_vec();
+        assert_eq!(statuses::<AdminBodyError>(), body);
+        let bad_request = AdminBodyError::meta().responses[0].description;
+        assert!(bad_request.contains("not valid JSON"), "{bad_request}");
+        assert_eq!(
+            AdminError::meta().responses[0].description,
+            "The request is malformed."
+        );
+    }
+
+    #[test]
+    fn domain_errors_map_to_the_same_problem_in_both_enums() {
+        let AdminError::NotFound(ProblemJson(plain)) = domain::Error::NotFound("tenant").into() else {
+            panic!("not a 404");
+        };
+        let AdminBodyError::NotFound(ProblemJson(body)) = domain::Error::NotFound("tenant").into() else {
+            panic!("not a 404");
+        };
+        assert_eq!(plain, body);
+        assert_eq!((plain.status, plain.detail.as_str()), (404, "tenant not found"));
+        let conflict = AdminBodyError::from(domain::Error::Conflict("taken".to_owned()));
+        assert!(
+            matches!(conflict, AdminBodyError::Conflict(ProblemJson(p)) if p.status == 409 && p.detail == "taken")
+        );
+        let invalid = AdminError::from(domain::Error::Invalid("bad".to_owned()));
+        assert!(matches!(invalid, AdminError::Unprocessable(ProblemJson(p)) if p.status == 422));
+        let db = AdminError::from(sea_orm::DbErr::Custom("boom".to_owned()));
+        assert!(matches!(db, AdminError::Internal(ProblemJson(p)) if p.detail == "internal error"));
+    }
 }

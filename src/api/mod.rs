@@ -1,8 +1,9 @@
-//! HTTP only: one module per resource, composed into one OpenAPI service.
+//! HTTP only: one module per resource (its handlers and JSON shapes), shapes shared by the admin
+//! resources in [`common`], composed into one OpenAPI service.
 pub mod calls;
+pub mod common;
 pub mod health;
 pub mod media;
-pub mod models;
 pub mod ops;
 pub mod payload;
 pub mod routes;

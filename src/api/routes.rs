@@ -1,13 +1,18 @@
-//! `/api/v1/routes` and `/api/v1/tenants/{tenant_id}/routes`.
+//! `/api/v1/routes` and `/api/v1/tenants/{tenant_id}/routes`: handlers and the route shapes.
+use chrono::{DateTime, Utc};
+use entity::{route, states::RouteEnvironment};
 use poem_openapi::{
     param::{Path, Query},
     payload::Json,
-    ApiResponse, OpenApi,
+    types::MaybeUndefined,
+    Object, OpenApi,
 };
 
-use super::{models::*, tenants::optional, tenants::DEFAULT_LIMIT, AdminAuth, ApiTags};
+use super::{
+    common::{optional, paging, Created, Deleted, Fallback, List, Resource},
+    AdminAuth, ApiTags,
+};
 use crate::{
-    db,
     domain::admin::{self, NewRoute, RouteChanges},
     error::{AdminBodyError, AdminError},
     state::AppState,
@@ -16,20 +21,6 @@ use crate::{
 /// Route administration.
 pub struct RoutesApi {
     pub state: AppState,
-}
-
-#[derive(ApiResponse)]
-enum Created {
-    /// Created; `phone_number` normalised to E.164.
-    #[oai(status = 201)]
-    Route(Json<Route>),
-}
-
-#[derive(ApiResponse)]
-enum Deleted {
-    /// Deleted.
-    #[oai(status = 204)]
-    Gone,
 }
 
 #[OpenApi(tag = "ApiTags::Routes")]
@@ -47,20 +38,10 @@ impl RoutesApi {
         _auth: AdminAuth,
         tenant_id: Path<String>,
         body: Json<RouteCreate>,
-    ) -> Result<Created, AdminBodyError> {
-        let b = body.0;
-        let new = NewRoute {
-            phone_number: b.phone_number,
-            label: b.label,
-            environment: b.environment,
-            enabled: b.enabled,
-            fallback: b.fallback.map(Into::into),
-            agent_url: b.agent_url,
-            agent_health_url: b.agent_health_url,
-        };
-        let route = admin::create_route(&self.state.db, &tenant_id.0, new).await?;
+    ) -> Result<Created<Route>, AdminBodyError> {
+        let route = admin::create_route(&self.state.db, &tenant_id.0, body.0.into()).await?;
         self.state.admin_changed();
-        Ok(Created::Route(Json(route.into())))
+        Ok(Created(route.into()))
     }
 
     /// List routes
@@ -72,23 +53,14 @@ impl RoutesApi {
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))] limit: Query<Option<u64>>,
         cursor: Query<Option<String>>,
     ) -> Result<Json<List<Route>>, AdminError> {
-        let page = db::routes::list(
-            &self.state.db,
-            tenant_id.0.as_deref(),
-            cursor.0.as_deref(),
-            limit.0.unwrap_or(DEFAULT_LIMIT),
-        )
-        .await?;
+        let page = admin::list_routes(&self.state.db, tenant_id.0.as_deref(), &paging(limit, cursor)).await?;
         Ok(Json(List::from_page(page)))
     }
 
     /// Get a route
     #[oai(path = "/api/v1/routes/:route_id", method = "get", operation_id = "getRoute")]
     async fn get(&self, _auth: AdminAuth, route_id: Path<String>) -> Result<Json<Route>, AdminError> {
-        let route = db::routes::get(&self.state.db, &route_id.0)
-            .await?
-            .ok_or_else(|| AdminError::not_found("route"))?;
-        Ok(Json(route.into()))
+        Ok(Json(admin::route(&self.state.db, &route_id.0).await?.into()))
     }
 
     /// Update a route
@@ -103,17 +75,7 @@ impl RoutesApi {
         route_id: Path<String>,
         body: Json<RoutePatch>,
     ) -> Result<Json<Route>, AdminBodyError> {
-        let b = body.0;
-        let changes = RouteChanges {
-            phone_number: b.phone_number,
-            label: optional(b.label),
-            environment: b.environment,
-            enabled: b.enabled,
-            fallback: optional(b.fallback).map(|f| f.map(Into::into)),
-            agent_url: optional(b.agent_url),
-            agent_health_url: optional(b.agent_health_url),
-        };
-        let updated = admin::update_route(&self.state.db, &route_id.0, changes).await?;
+        let updated = admin::update_route(&self.state.db, &route_id.0, body.0.into()).await?;
         self.state.admin_changed();
         Ok(Json(updated.into()))
     }
@@ -124,12 +86,119 @@ impl RoutesApi {
         method = "delete",
         operation_id = "deleteRoute"
     )]
-    async fn delete(&self, _auth: AdminAuth, route_id: Path<String>) -> Result<Deleted, AdminError> {
-        if db::routes::delete(&self.state.db, &route_id.0).await? {
-            self.state.admin_changed();
-            Ok(Deleted::Gone)
-        } else {
-            Err(AdminError::not_found("route"))
+    async fn delete(&self, _auth: AdminAuth, route_id: Path<String>) -> Result<Deleted<Route>, AdminError> {
+        admin::delete_route(&self.state.db, &route_id.0).await?;
+        self.state.admin_changed();
+        Ok(Deleted::new())
+    }
+}
+
+/// A phone route.
+#[derive(Debug, Object)]
+pub struct Route {
+    pub id: String,
+    pub tenant_id: String,
+    /// E.164.
+    pub phone_number: String,
+    #[oai(nullable)]
+    pub label: Option<String>,
+    pub environment: RouteEnvironment,
+    pub enabled: bool,
+    #[oai(nullable)]
+    pub fallback: Option<Fallback>,
+    /// WebSocket URL of the agent runtime; the built-in echo agent when absent.
+    #[oai(nullable)]
+    pub agent_url: Option<String>,
+    /// HTTP(S) URL the health check GETs (2xx = healthy); when absent the check only opens a
+    /// TCP connection to the agent's host and port.
+    #[oai(nullable)]
+    pub agent_health_url: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Resource for Route {
+    const CREATED: &'static str = "Created; `phone_number` normalised to E.164.";
+    const DELETED: &'static str = "Deleted.";
+}
+
+impl From<route::Model> for Route {
+    fn from(r: route::Model) -> Self {
+        Self {
+            fallback: Fallback::stored(r.fallback.as_deref()),
+            id: r.id,
+            tenant_id: r.tenant_id,
+            phone_number: r.phone_number,
+            label: r.label,
+            environment: r.environment,
+            enabled: r.enabled,
+            agent_url: r.agent_url,
+            agent_health_url: r.agent_health_url,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// A new route.
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct RouteCreate {
+    /// E.164, formatting allowed (`+1 (555) 555-1234`).
+    pub phone_number: String,
+    pub label: Option<String>,
+    /// Default `production`.
+    pub environment: Option<RouteEnvironment>,
+    /// Default true.
+    pub enabled: Option<bool>,
+    pub fallback: Option<Fallback>,
+    /// ws:// or wss:// URL of the agent runtime.
+    pub agent_url: Option<String>,
+    /// http:// or https:// URL of the agent's health endpoint (GET, 2xx = healthy).
+    pub agent_health_url: Option<String>,
+}
+
+impl From<RouteCreate> for NewRoute {
+    fn from(b: RouteCreate) -> Self {
+        Self {
+            phone_number: b.phone_number,
+            label: b.label,
+            environment: b.environment,
+            enabled: b.enabled,
+            fallback: b.fallback.map(Into::into),
+            agent_url: b.agent_url,
+            agent_health_url: b.agent_health_url,
+        }
+    }
+}
+
+/// Changes to a route; `null` clears an optional field.
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct RoutePatch {
+    pub phone_number: Option<String>,
+    #[oai(nullable)]
+    pub label: MaybeUndefined<String>,
+    pub environment: Option<RouteEnvironment>,
+    pub enabled: Option<bool>,
+    #[oai(nullable)]
+    pub fallback: MaybeUndefined<Fallback>,
+    #[oai(nullable)]
+    pub agent_url: MaybeUndefined<String>,
+    #[oai(nullable)]
+    pub agent_health_url: MaybeUndefined<String>,
+}
+
+impl From<RoutePatch> for RouteChanges {
+    fn from(b: RoutePatch) -> Self {
+        Self {
+            phone_number: b.phone_number,
+            label: optional(b.label),
+            environment: b.environment,
+            enabled: b.enabled,
+            fallback: optional(b.fallback).map(|f| f.map(Into::into)),
+            agent_url: optional(b.agent_url),
+            agent_health_url: optional(b.agent_health_url),
         }
     }
 }

@@ -1,14 +1,18 @@
-//! `/api/v1/tenants`.
+//! `/api/v1/tenants`: handlers and the tenant shapes.
+use chrono::{DateTime, Utc};
+use entity::{states::TenantEnvironment, tenant};
 use poem_openapi::{
     param::{Path, Query},
     payload::Json,
     types::MaybeUndefined,
-    ApiResponse, OpenApi,
+    Object, OpenApi,
 };
 
-use super::{models::*, AdminAuth, ApiTags};
+use super::{
+    common::{optional, paging, Created, Deleted, Fallback, List, Resource},
+    AdminAuth, ApiTags,
+};
 use crate::{
-    db,
     domain::admin::{self, NewTenant, TenantChanges},
     error::{AdminBodyError, AdminError},
     state::AppState,
@@ -19,56 +23,20 @@ pub struct TenantsApi {
     pub state: AppState,
 }
 
-/// Default page size of every list.
-pub const DEFAULT_LIMIT: u64 = 20;
-
-#[derive(ApiResponse)]
-enum Created {
-    /// Created. `webhook_secret` is present, once, when the service generated it.
-    #[oai(status = 201)]
-    Tenant(Json<Tenant>),
-}
-
-#[derive(ApiResponse)]
-enum Deleted {
-    /// Deleted, with its routes and calls.
-    #[oai(status = 204)]
-    Gone,
-}
-
-pub(super) fn optional<T>(value: MaybeUndefined<T>) -> Option<Option<T>> {
-    match value {
-        MaybeUndefined::Undefined => None,
-        MaybeUndefined::Null => Some(None),
-        MaybeUndefined::Value(v) => Some(Some(v)),
-    }
-}
-
 #[OpenApi(tag = "ApiTags::Tenants")]
 impl TenantsApi {
     /// Create a tenant
     #[oai(path = "/api/v1/tenants", method = "post", operation_id = "createTenant")]
-    async fn create(&self, _auth: AdminAuth, body: Json<TenantCreate>) -> Result<Created, AdminBodyError> {
-        let b = body.0;
-        let created = admin::create_tenant(
-            &self.state.db,
-            NewTenant {
-                name: b.name,
-                account_sid: b.account_sid,
-                auth_token: b.auth_token,
-                secondary_auth_token: b.secondary_auth_token,
-                shared_key: b.shared_key,
-                environment: b.environment,
-                webhook_url: b.webhook_url,
-                webhook_secret: b.webhook_secret,
-                default_fallback: b.default_fallback.map(Into::into),
-            },
-        )
-        .await?;
+    async fn create(
+        &self,
+        _auth: AdminAuth,
+        body: Json<TenantCreate>,
+    ) -> Result<Created<Tenant>, AdminBodyError> {
+        let created = admin::create_tenant(&self.state.db, body.0.into()).await?;
         self.state.admin_changed();
         let mut tenant = Tenant::from(created.tenant);
         tenant.webhook_secret = created.generated_webhook_secret;
-        Ok(Created::Tenant(Json(tenant)))
+        Ok(Created(tenant))
     }
 
     /// List tenants
@@ -79,12 +47,7 @@ impl TenantsApi {
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))] limit: Query<Option<u64>>,
         cursor: Query<Option<String>>,
     ) -> Result<Json<List<Tenant>>, AdminError> {
-        let page = db::tenants::list(
-            &self.state.db,
-            cursor.0.as_deref(),
-            limit.0.unwrap_or(DEFAULT_LIMIT),
-        )
-        .await?;
+        let page = admin::list_tenants(&self.state.db, &paging(limit, cursor)).await?;
         Ok(Json(List::from_page(page)))
     }
 
@@ -95,10 +58,7 @@ impl TenantsApi {
         operation_id = "getTenant"
     )]
     async fn get(&self, _auth: AdminAuth, tenant_id: Path<String>) -> Result<Json<Tenant>, AdminError> {
-        let tenant = db::tenants::get(&self.state.db, &tenant_id.0)
-            .await?
-            .ok_or_else(|| AdminError::not_found("tenant"))?;
-        Ok(Json(tenant.into()))
+        Ok(Json(admin::tenant(&self.state.db, &tenant_id.0).await?.into()))
     }
 
     /// Update a tenant
@@ -116,18 +76,7 @@ impl TenantsApi {
         tenant_id: Path<String>,
         body: Json<TenantPatch>,
     ) -> Result<Json<Tenant>, AdminBodyError> {
-        let b = body.0;
-        let changes = TenantChanges {
-            name: b.name,
-            auth_token: b.auth_token,
-            secondary_auth_token: optional(b.secondary_auth_token),
-            shared_key: optional(b.shared_key),
-            environment: b.environment,
-            webhook_url: optional(b.webhook_url),
-            webhook_secret: b.webhook_secret,
-            default_fallback: optional(b.default_fallback).map(|f| f.map(Into::into)),
-        };
-        let updated = admin::update_tenant(&self.state.db, &tenant_id.0, changes).await?;
+        let updated = admin::update_tenant(&self.state.db, &tenant_id.0, body.0.into()).await?;
         self.state.admin_changed();
         Ok(Json(updated.into()))
     }
@@ -138,12 +87,133 @@ impl TenantsApi {
         method = "delete",
         operation_id = "deleteTenant"
     )]
-    async fn delete(&self, _auth: AdminAuth, tenant_id: Path<String>) -> Result<Deleted, AdminError> {
-        if db::tenants::delete(&self.state.db, &tenant_id.0).await? {
-            self.state.admin_changed();
-            Ok(Deleted::Gone)
-        } else {
-            Err(AdminError::not_found("tenant"))
+    async fn delete(&self, _auth: AdminAuth, tenant_id: Path<String>) -> Result<Deleted<Tenant>, AdminError> {
+        admin::delete_tenant(&self.state.db, &tenant_id.0).await?;
+        self.state.admin_changed();
+        Ok(Deleted::new())
+    }
+}
+
+/// A tenant. Auth tokens, the shared key and the webhook secret are write-only.
+#[derive(Debug, Object)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    pub account_sid: String,
+    pub environment: TenantEnvironment,
+    #[oai(nullable)]
+    pub webhook_url: Option<String>,
+    #[oai(nullable)]
+    pub default_fallback: Option<Fallback>,
+    /// Whether a secondary auth token (rotation) is set.
+    pub has_secondary_auth_token: bool,
+    /// Whether an HMAC-SHA256 shared key is set.
+    pub has_shared_key: bool,
+    /// Only in the response that created the tenant, and only when the service generated it.
+    #[oai(skip_serializing_if_is_none)]
+    pub webhook_secret: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Resource for Tenant {
+    const CREATED: &'static str =
+        "Created. `webhook_secret` is present, once, when the service generated it.";
+    const DELETED: &'static str = "Deleted, with its routes and calls.";
+}
+
+impl From<tenant::Model> for Tenant {
+    fn from(t: tenant::Model) -> Self {
+        Self {
+            default_fallback: Fallback::stored(t.default_fallback.as_deref()),
+            has_secondary_auth_token: t.secondary_auth_token.is_some(),
+            has_shared_key: t.shared_key.is_some(),
+            id: t.id,
+            name: t.name,
+            account_sid: t.account_sid,
+            environment: t.environment,
+            webhook_url: t.webhook_url,
+            webhook_secret: None,
+            created_at: t.created_at,
+            updated_at: t.updated_at,
+        }
+    }
+}
+
+/// A new tenant.
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct TenantCreate {
+    pub name: String,
+    /// `AC` + 32 hex digits.
+    pub account_sid: String,
+    /// Twilio auth token that signs this account's webhooks.
+    #[oai(write_only)]
+    pub auth_token: String,
+    /// A second accepted auth token, for rotation.
+    #[oai(write_only)]
+    pub secondary_auth_token: Option<String>,
+    /// Customer-managed HMAC-SHA256 webhook key.
+    #[oai(write_only)]
+    pub shared_key: Option<String>,
+    /// Default `production`.
+    pub environment: Option<TenantEnvironment>,
+    /// Where events are delivered (http or https).
+    pub webhook_url: Option<String>,
+    /// `whsec_` + base64 of at least 24 bytes; generated and returned once when omitted.
+    #[oai(write_only)]
+    pub webhook_secret: Option<String>,
+    pub default_fallback: Option<Fallback>,
+}
+
+impl From<TenantCreate> for NewTenant {
+    fn from(b: TenantCreate) -> Self {
+        Self {
+            name: b.name,
+            account_sid: b.account_sid,
+            auth_token: b.auth_token,
+            secondary_auth_token: b.secondary_auth_token,
+            shared_key: b.shared_key,
+            environment: b.environment,
+            webhook_url: b.webhook_url,
+            webhook_secret: b.webhook_secret,
+            default_fallback: b.default_fallback.map(Into::into),
+        }
+    }
+}
+
+/// Changes to a tenant; `null` clears an optional field.
+#[derive(Debug, Object)]
+#[oai(deny_unknown_fields)]
+pub struct TenantPatch {
+    pub name: Option<String>,
+    #[oai(write_only)]
+    pub auth_token: Option<String>,
+    #[oai(write_only, nullable)]
+    pub secondary_auth_token: MaybeUndefined<String>,
+    #[oai(write_only, nullable)]
+    pub shared_key: MaybeUndefined<String>,
+    pub environment: Option<TenantEnvironment>,
+    #[oai(nullable)]
+    pub webhook_url: MaybeUndefined<String>,
+    /// Rotates the webhook signing secret.
+    #[oai(write_only)]
+    pub webhook_secret: Option<String>,
+    #[oai(nullable)]
+    pub default_fallback: MaybeUndefined<Fallback>,
+}
+
+impl From<TenantPatch> for TenantChanges {
+    fn from(b: TenantPatch) -> Self {
+        Self {
+            name: b.name,
+            auth_token: b.auth_token,
+            secondary_auth_token: optional(b.secondary_auth_token),
+            shared_key: optional(b.shared_key),
+            environment: b.environment,
+            webhook_url: optional(b.webhook_url),
+            webhook_secret: b.webhook_secret,
+            default_fallback: optional(b.default_fallback).map(|f| f.map(Into::into)),
         }
     }
 }

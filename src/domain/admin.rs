@@ -1,10 +1,12 @@
-//! Tenant and route administration: validation, normalisation, secret generation.
+//! What the admin API does: tenant and route administration (validation, normalisation, secret
+//! generation) and the lookups behind its list and get operations.
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use chrono::Utc;
 use entity::{
+    alert, call, diagnostic,
     id::new_id,
-    route,
-    states::{RouteEnvironment, TenantEnvironment},
+    media_session, outbox_event, route,
+    states::{DiagnosticKind, RouteEnvironment, TenantEnvironment},
     tenant,
 };
 use sea_orm::{ConnectionTrait, DbErr, IntoActiveModel, Set};
@@ -14,7 +16,7 @@ use super::{
     phone::{is_sid, E164},
     Error,
 };
-use crate::db;
+use crate::db::{self, Page};
 
 /// Input of a new tenant.
 #[derive(Debug, Default)]
@@ -307,6 +309,123 @@ pub async fn update_route<C: ConnectionTrait>(
     db::routes::update(db, model)
         .await
         .map_err(|e| conflict_or(e, "this phone number already has a route"))
+}
+
+/// Which page of a list to read: after `cursor` (the last id of the previous page), at most
+/// `limit` records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paging {
+    pub cursor: Option<String>,
+    pub limit: u64,
+}
+
+/// A call with its media sessions, oldest first.
+#[derive(Debug)]
+pub struct CallRecord {
+    pub call: call::Model,
+    pub media_sessions: Vec<media_session::Model>,
+}
+
+/// Lists tenants, oldest first.
+pub async fn list_tenants<C: ConnectionTrait>(db: &C, paging: &Paging) -> Result<Page<tenant::Model>, Error> {
+    Ok(db::tenants::list(db, paging.cursor.as_deref(), paging.limit).await?)
+}
+
+/// One tenant.
+pub async fn tenant<C: ConnectionTrait>(db: &C, id: &str) -> Result<tenant::Model, Error> {
+    db::tenants::get(db, id).await?.ok_or(Error::NotFound("tenant"))
+}
+
+/// Deletes a tenant with its routes and calls.
+pub async fn delete_tenant<C: ConnectionTrait>(db: &C, id: &str) -> Result<(), Error> {
+    found(db::tenants::delete(db, id).await?, "tenant")
+}
+
+/// Lists routes, oldest first, of one tenant or of all.
+pub async fn list_routes<C: ConnectionTrait>(
+    db: &C,
+    tenant_id: Option<&str>,
+    paging: &Paging,
+) -> Result<Page<route::Model>, Error> {
+    Ok(db::routes::list(db, tenant_id, paging.cursor.as_deref(), paging.limit).await?)
+}
+
+/// One route.
+pub async fn route<C: ConnectionTrait>(db: &C, id: &str) -> Result<route::Model, Error> {
+    db::routes::get(db, id).await?.ok_or(Error::NotFound("route"))
+}
+
+/// Deletes a route.
+pub async fn delete_route<C: ConnectionTrait>(db: &C, id: &str) -> Result<(), Error> {
+    found(db::routes::delete(db, id).await?, "route")
+}
+
+/// Lists calls with their media sessions, newest first, of one tenant or of all.
+pub async fn list_calls<C: ConnectionTrait>(
+    db: &C,
+    tenant_id: Option<&str>,
+    paging: &Paging,
+) -> Result<Page<CallRecord>, Error> {
+    let page = db::calls::list(db, tenant_id, paging.cursor.as_deref(), paging.limit).await?;
+    let ids: Vec<String> = page.items.iter().map(|c| c.id.clone()).collect();
+    let mut sessions = db::calls::media_sessions_of(db, &ids).await?;
+    let items = page
+        .items
+        .into_iter()
+        .map(|call| CallRecord {
+            media_sessions: sessions.remove(&call.id).unwrap_or_default(),
+            call,
+        })
+        .collect();
+    Ok(Page {
+        items,
+        next_cursor: page.next_cursor,
+    })
+}
+
+/// One call, by CallSid, with its media sessions.
+pub async fn call<C: ConnectionTrait>(db: &C, call_sid: &str) -> Result<CallRecord, Error> {
+    let call = db::calls::by_sid(db, call_sid)
+        .await?
+        .ok_or(Error::NotFound("call"))?;
+    let media_sessions = db::calls::media_sessions(db, &call.id).await?;
+    Ok(CallRecord { call, media_sessions })
+}
+
+/// Lists aggregated diagnostics, most recently created first, optionally of one kind.
+pub async fn list_diagnostics<C: ConnectionTrait>(
+    db: &C,
+    kind: Option<DiagnosticKind>,
+    paging: &Paging,
+) -> Result<Page<diagnostic::Model>, Error> {
+    Ok(db::diagnostics::list(db, kind, paging.cursor.as_deref(), paging.limit).await?)
+}
+
+/// Lists alerts, newest first, of one tenant or of all.
+pub async fn list_alerts<C: ConnectionTrait>(
+    db: &C,
+    tenant_id: Option<&str>,
+    paging: &Paging,
+) -> Result<Page<alert::Model>, Error> {
+    Ok(db::alerts::list(db, tenant_id, paging.cursor.as_deref(), paging.limit).await?)
+}
+
+/// Lists downstream webhook events, newest first, of one tenant or of all.
+pub async fn list_events<C: ConnectionTrait>(
+    db: &C,
+    tenant_id: Option<&str>,
+    paging: &Paging,
+) -> Result<Page<outbox_event::Model>, Error> {
+    Ok(db::outbox::list(db, tenant_id, paging.cursor.as_deref(), paging.limit).await?)
+}
+
+/// `Ok` when a delete found its record.
+fn found(deleted: bool, what: &'static str) -> Result<(), Error> {
+    if deleted {
+        Ok(())
+    } else {
+        Err(Error::NotFound(what))
+    }
 }
 
 #[cfg(test)]

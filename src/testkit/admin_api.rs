@@ -6,10 +6,7 @@ use serde_json::{json, Map, Value};
 
 use super::{standard_route, standard_tenant, TestApp};
 use crate::{
-    api::{
-        models::{Route, Tenant},
-        ops::RuntimeStatus,
-    },
+    api::{ops::RuntimeStatus, routes::Route, tenants::Tenant},
     domain::admin::{NewRoute, NewTenant},
 };
 

@@ -3,7 +3,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use stateset_voice::{
-    api::models::{Call, Event, List, Route, Tenant},
+    api::{calls::Call, common::List, ops::Event, routes::Route, tenants::Tenant},
     backend_test,
     domain::{
         admin::{NewRoute, NewTenant},

@@ -7,7 +7,7 @@ use migration::{Migrator, MigratorTrait};
 use reqwest::Method;
 use serde_json::json;
 use stateset_voice::{
-    api::models::Route,
+    api::routes::Route,
     backend_test,
     domain::admin::{NewRoute, NewTenant},
     domain::runtime::AGENT_FAILURES_TO_OPEN,

@@ -4,7 +4,7 @@ use std::time::Duration;
 use entity::outbox_event;
 use sea_orm::EntityTrait;
 use stateset_voice::{
-    api::models::{Call, Event, List},
+    api::{calls::Call, common::List, ops::Event},
     backend_test,
     config::ConfigArgs,
     domain::admin::{NewRoute, NewTenant},

@@ -1,7 +1,7 @@
 //! Every row of the contract's failure-mode table, and the processing order.
 use entity::{alert, call};
 use stateset_voice::{
-    api::models::{Alert, List, Route},
+    api::{common::List, ops::Alert, routes::Route},
     db::{self, diagnostics::DiagnosticRow},
     domain::{
         admin::{NewRoute, NewTenant},
