@@ -10,7 +10,7 @@ use chrono::Utc;
 use entity::{
     call, call_webhook,
     id::{new_id, CallId, WebhookId},
-    states::{CallStatus, EventType, Outcome, WebhookKind},
+    states::{CallStatus, EventType, FallbackReason, Outcome, WebhookKind},
 };
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use serde_json::json;
@@ -48,6 +48,17 @@ struct Stored {
     id: WebhookId,
     twiml: String,
     token_expires_at: Option<chrono::DateTime<Utc>>,
+}
+
+/// One delivery of a webhook for a known call.
+struct Delivery {
+    kind: WebhookKind,
+    /// Counted as a delivery of the call's voice webhook (`calls.attempts`).
+    counts_attempt: bool,
+    /// The answer if this kind is new for the call.
+    fresh: Fresh,
+    /// Why `fresh` is a fallback, if it is.
+    fallback: Option<FallbackReason>,
 }
 
 /// A retry's view of an existing call.
@@ -102,32 +113,82 @@ impl AnswerStore {
         );
     }
 
-    /// For a known call, in `txn`: the stored answer of `kind` (with a fresh token from
-    /// `reissue` if the stored one expired), or, if this kind is new for the call, `fresh`
-    /// stored as its answer; `first` then runs in the same transaction.
-    async fn replay_or_store<F>(
+    /// A known call's answer of `delivery.kind`, in one transaction: the stored answer (with a
+    /// fresh token from `reissue` if the stored one expired), or, if this kind is new for the
+    /// call, `delivery.fresh` stored as its answer (and the call marked as a fallback when the
+    /// answer is one).
+    async fn known_call(
+        &self,
+        call: &Authenticated,
+        existing: Option<call::Model>,
+        delivery: Delivery,
+        reissue: impl Fn() -> Fresh,
+        metrics: &Metrics,
+    ) -> Result<Known, Error> {
+        let txn = self.db.begin().await?;
+        let existing = match existing {
+            Some(existing) => existing,
+            None => db::calls::by_sid(&txn, call.form.call_sid.as_str())
+                .await?
+                .ok_or_else(|| Error::Conflict("call disappeared while answering".to_owned()))?,
+        };
+        if existing.route_id != call.route().id {
+            txn.rollback().await?;
+            return Ok(Known::OtherRoute(existing.route_id));
+        }
+        if delivery.counts_attempt {
+            db::calls::bump_attempts(&txn, &existing.id).await?;
+        }
+        let call_id = existing.id.clone();
+        let stored = self
+            .replay_or_store(&txn, call, existing, &delivery, reissue, metrics)
+            .await?;
+        txn.commit().await?;
+        if matches!(delivery.kind, WebhookKind::Incoming | WebhookKind::Fallback) {
+            self.remember(call, delivery.kind, &call_id, &stored);
+        }
+        Ok(Known::Answer(stored))
+    }
+
+    async fn replay_or_store(
         &self,
         txn: &DatabaseTransaction,
-        call_id: &str,
-        kind: WebhookKind,
-        fresh: Fresh,
+        call: &Authenticated,
+        existing: call::Model,
+        delivery: &Delivery,
         reissue: impl Fn() -> Fresh,
-        first: F,
-    ) -> Result<Stored, Error>
-    where
-        F: AsyncFnOnce(&DatabaseTransaction) -> Result<(), Error>,
-    {
-        let row = answer_row(call_id, kind, &fresh);
+        metrics: &Metrics,
+    ) -> Result<Stored, Error> {
+        let row = answer_row(&existing.id, delivery.kind, &delivery.fresh);
         let claimed = Stored {
             id: WebhookId(row.id.clone()),
             twiml: row.twiml.clone(),
             token_expires_at: row.token_expires_at,
         };
         if db::calls::claim_webhook(txn, row.into()).await? {
-            first(txn).await?;
+            // The first answer of this kind; a fallback makes the call a fallback.
+            if let Some(reason) = delivery.fallback {
+                count_fallback(metrics, reason);
+                let form = &call.form;
+                let updated = db::calls::set_fallback(
+                    txn,
+                    existing,
+                    reason,
+                    form.error_code.clone(),
+                    form.error_url.clone(),
+                )
+                .await?;
+                db::outbox::record(
+                    txn,
+                    &call.tenant().id,
+                    EventType::CallFallback,
+                    event_data(&updated),
+                )
+                .await?;
+            }
             return Ok(claimed);
         }
-        let stored = db::calls::webhook(txn, call_id, kind)
+        let stored = db::calls::webhook(txn, &existing.id, delivery.kind)
             .await?
             .ok_or_else(|| Error::Conflict("webhook answer disappeared while answering".to_owned()))?;
         let expired = stored.token_expires_at.is_some_and(|exp| exp <= Utc::now());
@@ -140,48 +201,6 @@ impl AnswerStore {
             twiml: stored.twiml,
             token_expires_at: stored.token_expires_at,
         })
-    }
-
-    /// A known call's answer of `kind` in one transaction; see [`Self::replay_or_store`].
-    #[allow(clippy::too_many_arguments)]
-    async fn known_call<F>(
-        &self,
-        call: &Authenticated,
-        kind: WebhookKind,
-        count_attempt: bool,
-        existing: Option<call::Model>,
-        fresh: Fresh,
-        reissue: impl Fn() -> Fresh,
-        first: F,
-    ) -> Result<Known, Error>
-    where
-        F: AsyncFnOnce(&DatabaseTransaction, call::Model) -> Result<(), Error>,
-    {
-        let txn = self.db.begin().await?;
-        let existing = match existing {
-            Some(existing) => existing,
-            None => db::calls::by_sid(&txn, call.form.call_sid.as_str())
-                .await?
-                .ok_or_else(|| Error::Conflict("call disappeared while answering".to_owned()))?,
-        };
-        if existing.route_id != call.route().id {
-            txn.rollback().await?;
-            return Ok(Known::OtherRoute(existing.route_id));
-        }
-        if count_attempt {
-            db::calls::bump_attempts(&txn, &existing.id).await?;
-        }
-        let call_id = existing.id.clone();
-        let stored = self
-            .replay_or_store(&txn, &call_id, kind, fresh, reissue, async move |txn| {
-                first(txn, existing).await
-            })
-            .await?;
-        txn.commit().await?;
-        if matches!(kind, WebhookKind::Incoming | WebhookKind::Fallback) {
-            self.remember(call, kind, &call_id, &stored);
-        }
-        Ok(Known::Answer(stored))
     }
 }
 
@@ -320,34 +339,21 @@ pub(super) async fn new_call(
     }
     // The CallSid is known: a retry, possibly of a delivery stored a moment ago (the writer
     // answers only after that one is committed).
+    let delivery = Delivery {
+        kind: stored_kind,
+        counts_attempt: true,
+        fresh,
+        fallback: reason,
+    };
     let reissue = || render(ctx, call, &Decision::Stream);
     let known = store
-        .known_call(
-            call,
-            stored_kind,
-            true,
-            None,
-            fresh,
-            reissue,
-            async |txn, existing| {
-                // A fallback answer for a call first answered otherwise: the call is now a fallback.
-                if let Some(reason) = reason {
-                    count_fallback(ctx.metrics, reason);
-                    let updated = db::calls::set_fallback(
-                        txn,
-                        existing,
-                        reason,
-                        call.form.error_code.clone(),
-                        call.form.error_url.clone(),
-                    )
-                    .await?;
-                    db::outbox::record(txn, &tenant.id, EventType::CallFallback, event_data(&updated))
-                        .await?;
-                }
-                Ok(())
-            },
-        )
+        .known_call(call, None, delivery, reissue, ctx.metrics)
         .await?;
+    reply(ctx, call, known)
+}
+
+/// The TwiML of a known call's answer, or 409 when the CallSid belongs to another route.
+fn reply(ctx: WebhookContext<'_>, call: &Authenticated, known: Known) -> Result<String, Rejection> {
     match known {
         Known::Answer(stored) => Ok(stored.twiml),
         Known::OtherRoute(other) => Err(call.route_conflict(ctx.diagnostics, &other)),
@@ -383,36 +389,16 @@ pub(super) async fn stream_ended(ctx: WebhookContext<'_>, call: &Authenticated) 
         Decision::Fallback { reason, .. } => Some(*reason),
         _ => None,
     };
-    let fresh = render(ctx, call, &decision);
+    let delivery = Delivery {
+        kind: WebhookKind::StreamEnded,
+        counts_attempt: false,
+        fresh: render(ctx, call, &decision),
+        fallback: reason,
+    };
+    let reissue = || render(ctx, call, &Decision::Stream);
     let known = ctx
         .answers
-        .known_call(
-            call,
-            WebhookKind::StreamEnded,
-            false,
-            Some(existing),
-            fresh,
-            || render(ctx, call, &Decision::Stream),
-            async |txn, existing| {
-                if let Some(reason) = reason {
-                    count_fallback(ctx.metrics, reason);
-                    let updated = db::calls::set_fallback(
-                        txn,
-                        existing,
-                        reason,
-                        call.form.error_code.clone(),
-                        call.form.error_url.clone(),
-                    )
-                    .await?;
-                    db::outbox::record(txn, &tenant.id, EventType::CallFallback, event_data(&updated))
-                        .await?;
-                }
-                Ok(())
-            },
-        )
+        .known_call(call, Some(existing), delivery, reissue, ctx.metrics)
         .await?;
-    match known {
-        Known::Answer(stored) => Ok(stored.twiml),
-        Known::OtherRoute(other) => Err(call.route_conflict(ctx.diagnostics, &other)),
-    }
+    reply(ctx, call, known)
 }
