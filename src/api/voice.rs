@@ -161,39 +161,36 @@ pub enum StatusResponse {
     Unavailable(ProblemJson),
 }
 
-impl From<Rejection> for VoiceResponse {
-    fn from(rejection: Rejection) -> Self {
-        match rejection {
-            Rejection::BadRequest(why) => Self::BadRequest(ProblemJson::new(StatusCode::BAD_REQUEST, why)),
-            Rejection::Forbidden(why) => Self::Forbidden(PlainText(why.to_owned())),
-            Rejection::Conflict(why) => Self::Conflict(ProblemJson::new(StatusCode::CONFLICT, why)),
-            Rejection::Failed(e) => {
-                tracing::error!(error = %e, "voice webhook failed");
-                Self::Unavailable(ProblemJson::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the call could not be recorded",
-                ))
+/// Maps a [`Rejection`] into a response enum that has the four rejection variants; a failure
+/// is logged as `$failed` and answered 503 with `$unavailable`.
+macro_rules! from_rejection {
+    ($response:ident, $failed:literal, $unavailable:literal) => {
+        impl From<Rejection> for $response {
+            fn from(rejection: Rejection) -> Self {
+                match rejection {
+                    Rejection::BadRequest(why) => Self::BadRequest(ProblemJson::new(StatusCode::BAD_REQUEST, why)),
+                    Rejection::Forbidden(why) => Self::Forbidden(PlainText(why.to_owned())),
+                    Rejection::Conflict(why) => Self::Conflict(ProblemJson::new(StatusCode::CONFLICT, why)),
+                    Rejection::Failed(e) => {
+                        tracing::error!(error = %e, $failed);
+                        Self::Unavailable(ProblemJson::new(StatusCode::SERVICE_UNAVAILABLE, $unavailable))
+                    }
+                }
             }
         }
-    }
+    };
 }
 
-impl From<Rejection> for StatusResponse {
-    fn from(rejection: Rejection) -> Self {
-        match rejection {
-            Rejection::BadRequest(why) => Self::BadRequest(ProblemJson::new(StatusCode::BAD_REQUEST, why)),
-            Rejection::Forbidden(why) => Self::Forbidden(PlainText(why.to_owned())),
-            Rejection::Conflict(why) => Self::Conflict(ProblemJson::new(StatusCode::CONFLICT, why)),
-            Rejection::Failed(e) => {
-                tracing::error!(error = %e, "status callback failed");
-                Self::Unavailable(ProblemJson::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the status could not be recorded",
-                ))
-            }
-        }
-    }
-}
+from_rejection!(
+    VoiceResponse,
+    "voice webhook failed",
+    "the call could not be recorded"
+);
+from_rejection!(
+    StatusResponse,
+    "status callback failed",
+    "the status could not be recorded"
+);
 
 /// Answers one voice webhook.
 async fn voice(
