@@ -50,6 +50,17 @@ struct Stored {
     token_expires_at: Option<chrono::DateTime<Utc>>,
 }
 
+impl Stored {
+    /// The answer a stored (or about to be stored) row holds.
+    fn of(row: &call_webhook::Model) -> Self {
+        Self {
+            id: WebhookId(row.id.clone()),
+            twiml: row.twiml.clone(),
+            token_expires_at: row.token_expires_at,
+        }
+    }
+}
+
 /// One delivery of a webhook for a known call.
 struct Delivery {
     kind: WebhookKind,
@@ -114,7 +125,7 @@ impl AnswerStore {
     }
 
     /// A known call's answer of `delivery.kind`, in one transaction: the stored answer (with a
-    /// fresh token from `reissue` if the stored one expired), or, if this kind is new for the
+    /// fresh token if the stored one expired), or, if this kind is new for the
     /// call, `delivery.fresh` stored as its answer (and the call marked as a fallback when the
     /// answer is one).
     async fn known_call(
@@ -122,8 +133,7 @@ impl AnswerStore {
         call: &Authenticated,
         existing: Option<call::Model>,
         delivery: Delivery,
-        reissue: impl Fn() -> Fresh,
-        metrics: &Metrics,
+        ctx: WebhookContext<'_>,
     ) -> Result<Known, Error> {
         let txn = self.db.begin().await?;
         let existing = match existing {
@@ -140,9 +150,7 @@ impl AnswerStore {
             db::calls::bump_attempts(&txn, &existing.id).await?;
         }
         let call_id = existing.id.clone();
-        let stored = self
-            .replay_or_store(&txn, call, existing, &delivery, reissue, metrics)
-            .await?;
+        let stored = self.replay_or_store(&txn, call, existing, &delivery, ctx).await?;
         txn.commit().await?;
         if matches!(delivery.kind, WebhookKind::Incoming | WebhookKind::Fallback) {
             self.remember(call, delivery.kind, &call_id, &stored);
@@ -156,19 +164,14 @@ impl AnswerStore {
         call: &Authenticated,
         existing: call::Model,
         delivery: &Delivery,
-        reissue: impl Fn() -> Fresh,
-        metrics: &Metrics,
+        ctx: WebhookContext<'_>,
     ) -> Result<Stored, Error> {
         let row = answer_row(&existing.id, delivery.kind, &delivery.fresh);
-        let claimed = Stored {
-            id: WebhookId(row.id.clone()),
-            twiml: row.twiml.clone(),
-            token_expires_at: row.token_expires_at,
-        };
+        let claimed = Stored::of(&row);
         if db::calls::claim_webhook(txn, row.into()).await? {
             // The first answer of this kind; a fallback makes the call a fallback.
             if let Some(reason) = delivery.fallback {
-                count_fallback(metrics, reason);
+                count_fallback(ctx.metrics, reason);
                 let form = &call.form;
                 let updated = db::calls::set_fallback(
                     txn,
@@ -193,14 +196,10 @@ impl AnswerStore {
             .ok_or_else(|| Error::Conflict("webhook answer disappeared while answering".to_owned()))?;
         let expired = stored.token_expires_at.is_some_and(|exp| exp <= Utc::now());
         let renewed = expired
-            .then(&reissue)
+            .then(|| render(ctx, call, &Decision::Stream))
             .and_then(|f| f.token.map(|token| (f.twiml, token.jti, token.expires_at)));
         let stored = db::calls::bump_webhook(txn, stored, renewed).await?;
-        Ok(Stored {
-            id: WebhookId(stored.id),
-            twiml: stored.twiml,
-            token_expires_at: stored.token_expires_at,
-        })
+        Ok(Stored::of(&stored))
     }
 }
 
@@ -308,11 +307,7 @@ pub(super) async fn new_call(
         ended_at: None,
     };
     let answer = answer_row(&new_call.id, stored_kind, &fresh);
-    let stored = Stored {
-        id: WebhookId(answer.id.clone()),
-        twiml: answer.twiml.clone(),
-        token_expires_at: answer.token_expires_at,
-    };
+    let stored = Stored::of(&answer);
     let event_type = if reason.is_some() {
         EventType::CallFallback
     } else {
@@ -345,10 +340,7 @@ pub(super) async fn new_call(
         fresh,
         fallback: reason,
     };
-    let reissue = || render(ctx, call, &Decision::Stream);
-    let known = store
-        .known_call(call, None, delivery, reissue, ctx.metrics)
-        .await?;
+    let known = store.known_call(call, None, delivery, ctx).await?;
     reply(ctx, call, known)
 }
 
@@ -395,10 +387,9 @@ pub(super) async fn stream_ended(ctx: WebhookContext<'_>, call: &Authenticated) 
         fresh: render(ctx, call, &decision),
         fallback: reason,
     };
-    let reissue = || render(ctx, call, &Decision::Stream);
     let known = ctx
         .answers
-        .known_call(call, Some(existing), delivery, reissue, ctx.metrics)
+        .known_call(call, Some(existing), delivery, ctx)
         .await?;
     reply(ctx, call, known)
 }
