@@ -37,6 +37,20 @@ pub enum TokenPlacement {
     Path,
 }
 
+/// When an SQLite commit is durable (`VOICE_SQLITE_SYNCHRONOUS`). The database runs in WAL
+/// mode either way; group commit pays for the sync once per batch of calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum SqliteSynchronous {
+    /// The write-ahead log is synced at every commit: an answered call survives a power loss
+    /// or an operating-system crash, not only a crash of the process.
+    #[default]
+    Full,
+    /// The log is synced only at checkpoints: an answered call survives a crash of the
+    /// process, but the last commits before a power loss or an OS crash can be lost (the
+    /// database itself stays consistent).
+    Normal,
+}
+
 /// Flags of `stateset-voice`, each also read from its environment variable.
 #[derive(Args, Debug, Clone)]
 pub struct ConfigArgs {
@@ -49,6 +63,16 @@ pub struct ConfigArgs {
         hide_env_values = true
     )]
     pub database_url: String,
+    /// When an SQLite commit is durable: `full` (survives power loss) or `normal` (survives
+    /// a process crash). Ignored on PostgreSQL, whose own `synchronous_commit` applies.
+    #[arg(
+        long,
+        global = true,
+        env = "VOICE_SQLITE_SYNCHRONOUS",
+        value_enum,
+        default_value = "full"
+    )]
+    pub sqlite_synchronous: SqliteSynchronous,
     /// Size of the database connection pool (default: 1 for SQLite, 16 for PostgreSQL).
     #[arg(long, global = true, env = "VOICE_DATABASE_MAX_CONNECTIONS")]
     pub database_max_connections: Option<u32>,
@@ -180,6 +204,8 @@ pub struct Database {
     pub url: Secret,
     /// `VOICE_DATABASE_MAX_CONNECTIONS`, defaulted per backend.
     pub max_connections: u32,
+    /// `VOICE_SQLITE_SYNCHRONOUS`.
+    pub sqlite_synchronous: SqliteSynchronous,
     /// `VOICE_ROUTE_CACHE_TTL`: how long route lookups are cached; zero disables the cache.
     pub route_cache_ttl: Duration,
 }
@@ -377,6 +403,7 @@ impl Config {
             database: Database {
                 url: Secret::new(args.database_url),
                 max_connections: database_max_connections,
+                sqlite_synchronous: args.sqlite_synchronous,
                 route_cache_ttl: args.route_cache_ttl,
             },
             http: Http {
@@ -790,9 +817,17 @@ mod tests {
     }
 
     #[test]
+    fn sqlite_synchronous_is_full_or_normal() {
+        let normal = parse(&["--sqlite-synchronous", "normal"]).unwrap();
+        assert_eq!(normal.database.sqlite_synchronous, SqliteSynchronous::Normal);
+        assert!(parse(&["--sqlite-synchronous", "off"]).is_err());
+    }
+
+    #[test]
     fn defaults_are_valid() {
         let c = Config::from_args(ConfigArgs::defaults()).unwrap();
         assert_eq!(c.database.max_connections, 1);
+        assert_eq!(c.database.sqlite_synchronous, SqliteSynchronous::Full);
         assert_eq!(c.database.route_cache_ttl, Duration::from_secs(2));
         assert_eq!(c.http.bind, "127.0.0.1:8080");
         assert_eq!(c.http.idle_timeout, Duration::from_secs(60));
@@ -830,7 +865,7 @@ mod tests {
             assert_eq!(flag_of(&env.to_string_lossy()), format!("--{long}"));
             checked += 1;
         }
-        assert_eq!(checked, 27);
+        assert_eq!(checked, 28);
     }
 
     #[test]

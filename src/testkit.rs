@@ -3,7 +3,7 @@
 //! ([`backend_test!`](crate::backend_test)), typed admin API calls and the recorded media
 //! session. Enabled by the `testkit` feature.
 use crate::{
-    config::{Config, ConfigArgs},
+    config::{Config, ConfigArgs, SqliteSynchronous},
     db,
     domain::{
         admin::{self, NewRoute, NewTenant},
@@ -94,7 +94,7 @@ pub async fn fresh_database(backend: Backend, max_connections: u32) -> Option<Fr
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
             let url = format!("sqlite://{}?mode=rwc", dir.path().join("voice.db").display());
-            let db = db::connect_url(&url, max_connections, None)
+            let db = db::connect_url(&url, max_connections, SqliteSynchronous::default(), None)
                 .await
                 .expect("sqlite connects");
             db::migrate(&db).await.expect("migrations run on SQLite");
@@ -126,7 +126,7 @@ pub async fn fresh_database(backend: Backend, max_connections: u32) -> Option<Fr
                 .execute_unprepared(&format!("CREATE SCHEMA \"{schema}\""))
                 .await
                 .expect("create schema");
-            let db = db::connect_url(&url, max_connections, Some(&schema))
+            let db = db::connect_url(&url, max_connections, SqliteSynchronous::default(), Some(&schema))
                 .await
                 .expect("postgres connects");
             db::migrate(&db).await.expect("migrations run on PostgreSQL");
@@ -244,9 +244,14 @@ impl TestApp {
             .schema
             .as_deref()
             .expect("a second instance needs PostgreSQL");
-        let db = db::connect_url(self.state.config.database.url.expose(), 8, Some(schema))
-            .await
-            .expect("connects");
+        let db = db::connect_url(
+            self.state.config.database.url.expose(),
+            8,
+            self.state.config.database.sqlite_synchronous,
+            Some(schema),
+        )
+        .await
+        .expect("connects");
         let (acceptor, port) = bind_local().await;
         serve_on(acceptor, AppState::new(db, (*self.state.config).clone()));
         format!("http://127.0.0.1:{port}")

@@ -49,20 +49,35 @@ enum Command {
         #[arg(long)]
         agent_url: Option<String>,
     },
-    /// Drive the inbound-call webhook.
-    Webhooks {
-        /// Base URL requests are sent to.
-        #[arg(long)]
-        target: String,
+    /// Pre-sign inbound-call webhooks for `wrk` (see `bench/signed.lua`): one request per line,
+    /// `signature<TAB>body`.
+    Sign {
         /// Base URL the requests are signed for (the server's public URL).
         #[arg(long)]
         public_url: String,
         #[arg(long, value_enum)]
         scenario: Scenario,
-        #[arg(long, default_value = "20000")]
+        #[arg(long)]
         requests: usize,
+        /// Where the requests go.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Retries: where the first delivery of each retried call goes (send it before `out`).
+        #[arg(long)]
+        prime: Option<std::path::PathBuf>,
+    },
+    /// Send every request of a `sign` file once and report.
+    Send {
+        /// Base URL requests are sent to.
+        #[arg(long)]
+        target: String,
+        #[arg(long)]
+        file: std::path::PathBuf,
         #[arg(long, default_value = "64")]
         concurrency: usize,
+        /// The status every answer must have.
+        #[arg(long, default_value = "200")]
+        expect: u16,
     },
     /// Hold media streams open, 20 ms frames each way, and measure echo latency.
     Streams {
@@ -130,17 +145,37 @@ struct Report {
     agent_cpu_per_stream_percent: Option<f64>,
 }
 
-fn incoming_form(call_sid: &str, to: &str) -> FormParams {
-    let examples: serde_json::Value = serde_json::from_str(EXAMPLES).expect("examples parse");
-    FormParams::from_pairs(examples["incoming_call"].as_array().unwrap().iter().map(|p| {
-        let key = p[0].as_str().unwrap();
-        let value = match key {
-            "CallSid" => call_sid,
-            "To" | "Called" => to,
-            _ => p[1].as_str().unwrap(),
-        };
-        (key.to_owned(), value.to_owned())
-    }))
+/// Twilio's recorded incoming-call form, parsed once, with the CallSid and number to fill in.
+struct IncomingForm(Vec<(String, String)>);
+
+impl IncomingForm {
+    fn new() -> Self {
+        let examples: serde_json::Value = serde_json::from_str(EXAMPLES).expect("examples parse");
+        Self(
+            examples["incoming_call"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    (
+                        p[0].as_str().unwrap().to_owned(),
+                        p[1].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    fn with(&self, call_sid: &str, to: &str) -> FormParams {
+        FormParams::from_pairs(self.0.iter().map(|(key, value)| {
+            let value = match key.as_str() {
+                "CallSid" => call_sid,
+                "To" | "Called" => to,
+                _ => value,
+            };
+            (key.clone(), value.to_owned())
+        }))
+    }
 }
 
 /// A pre-signed request: body and signature.
@@ -315,70 +350,82 @@ async fn seed(target: &str, admin_token: &str, number: &str, agent_url: Option<&
     );
 }
 
-async fn webhooks(
-    target: String,
-    public_url: String,
+/// Retried calls: each is answered once (the prime file), then retried round-robin.
+const RETRIED_CALLS: usize = 2000;
+
+/// Writes `requests` signed requests of `scenario` (and, for retries, their first deliveries).
+fn sign_file(
+    public_url: &str,
     scenario: Scenario,
     n: usize,
-    concurrency: usize,
-) -> Report {
-    let (requests, expect): (Vec<Signed>, u16) = match scenario {
-        Scenario::New => (
+    out: &std::path::Path,
+    prime: Option<&std::path::Path>,
+) -> std::io::Result<()> {
+    let template = IncomingForm::new();
+    let line = |signed: Signed| format!("{}\t{}\n", signed.signature, signed.body);
+    let lines: Vec<String> = match scenario {
+        Scenario::New => (0..n)
+            .map(|_| {
+                line(sign(
+                    public_url,
+                    &template.with(&new_call_sid(), NUMBER),
+                    AUTH_TOKEN,
+                ))
+            })
+            .collect(),
+        Scenario::Forged => (0..n)
+            .map(|_| {
+                line(sign(
+                    public_url,
+                    &template.with(&new_call_sid(), NUMBER),
+                    "forged",
+                ))
+            })
+            .collect(),
+        Scenario::Unknown => (0..n)
+            .map(|_| {
+                line(sign(
+                    public_url,
+                    &template.with(&new_call_sid(), "+15550000000"),
+                    "unsigned",
+                ))
+            })
+            .collect(),
+        Scenario::Retry => {
+            let sids: Vec<String> = (0..RETRIED_CALLS.min(n.max(1))).map(|_| new_call_sid()).collect();
+            let first: Vec<String> = sids
+                .iter()
+                .map(|s| line(sign(public_url, &template.with(s, NUMBER), AUTH_TOKEN)))
+                .collect();
+            let prime = prime.ok_or_else(|| std::io::Error::other("retries need --prime"))?;
+            std::fs::write(prime, first.concat())?;
             (0..n)
-                .map(|_| sign(&public_url, &incoming_form(&new_call_sid(), NUMBER), AUTH_TOKEN))
-                .collect(),
-            200,
-        ),
-        Scenario::Retry => return retry(target, public_url, n, concurrency).await,
-        Scenario::Forged => (
-            (0..n)
-                .map(|_| sign(&public_url, &incoming_form(&new_call_sid(), NUMBER), "forged"))
-                .collect(),
-            403,
-        ),
-        Scenario::Unknown => (
-            (0..n)
-                .map(|_| {
-                    sign(
-                        &public_url,
-                        &incoming_form(&new_call_sid(), "+15550000000"),
-                        "unsigned",
-                    )
+                .map(|i| {
+                    line(sign(
+                        public_url,
+                        &template.with(&sids[i % sids.len()], NUMBER),
+                        AUTH_TOKEN,
+                    ))
                 })
-                .collect(),
-            200,
-        ),
+                .collect()
+        }
     };
-    let (latencies, errors, elapsed) = drive(&target, Arc::new(requests), concurrency, expect).await;
-    report(
-        &format!("{scenario:?}").to_lowercase(),
-        latencies,
-        errors,
-        elapsed,
-        concurrency,
-        None,
-    )
+    std::fs::write(out, lines.concat())
 }
 
-async fn retry(target: String, public_url: String, n: usize, concurrency: usize) -> Report {
-    let sids: Vec<String> = (0..n.clamp(1, 2000)).map(|_| new_call_sid()).collect();
-    let first: Vec<Signed> = sids
-        .iter()
-        .map(|s| sign(&public_url, &incoming_form(s, NUMBER), AUTH_TOKEN))
-        .collect();
-    let (_, errors, _) = drive(&target, Arc::new(first), concurrency, 200).await;
-    assert_eq!(errors, 0, "answering the calls to retry");
-    let retries: Vec<Signed> = (0..n)
-        .map(|i| {
-            sign(
-                &public_url,
-                &incoming_form(&sids[i % sids.len()], NUMBER),
-                AUTH_TOKEN,
-            )
+/// Sends every request of a `sign` file once.
+async fn send(target: &str, file: &std::path::Path, concurrency: usize, expect: u16) -> Report {
+    let text = std::fs::read_to_string(file).expect("reading the requests");
+    let requests: Vec<Signed> = text
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(signature, body)| Signed {
+            signature: signature.to_owned(),
+            body: body.to_owned(),
         })
         .collect();
-    let (latencies, errors, elapsed) = drive(&target, Arc::new(retries), concurrency, 200).await;
-    report("retry", latencies, errors, elapsed, concurrency, None)
+    let (latencies, errors, elapsed) = drive(target, Arc::new(requests), concurrency, expect).await;
+    report("send", latencies, errors, elapsed, concurrency, None)
 }
 
 /// CPU seconds (user + system) a process has used so far.
@@ -445,7 +492,7 @@ async fn open_stream(
 ) -> (Socket, String, String) {
     let ws_base = target.replacen("http://", "ws://", 1);
     let sid = new_call_sid();
-    let signed = sign(public_url, &incoming_form(&sid, to), AUTH_TOKEN);
+    let signed = sign(public_url, &IncomingForm::new().with(&sid, to), AUTH_TOKEN);
     let twiml = http
         .post(format!("{target}/api/v1/incoming-call"))
         .header("Content-Type", "application/x-www-form-urlencoded")
@@ -661,13 +708,22 @@ async fn main() {
             agent::serve(&bind).await;
             return;
         }
-        Command::Webhooks {
-            target,
+        Command::Sign {
             public_url,
             scenario,
             requests,
+            out,
+            prime,
+        } => {
+            sign_file(&public_url, scenario, requests, &out, prime.as_deref()).expect("writing the requests");
+            return;
+        }
+        Command::Send {
+            target,
+            file,
             concurrency,
-        } => webhooks(target, public_url, scenario, requests, concurrency).await,
+            expect,
+        } => send(&target, &file, concurrency, expect).await,
         Command::Streams {
             target,
             public_url,

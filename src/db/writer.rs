@@ -262,7 +262,7 @@ mod tests {
     use super::*;
 
     async fn database() -> DatabaseConnection {
-        let db = crate::db::connect_url("sqlite::memory:", 1, None).await.unwrap();
+        let db = crate::db::connect_url("sqlite::memory:", 1, Default::default(), None).await.unwrap();
         crate::db::migrate(&db).await.unwrap();
         let now = Utc::now();
         let tenant = tenant::Model {

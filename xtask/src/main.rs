@@ -105,11 +105,11 @@ fn main() -> ExitCode {
         ["schemathesis"] => schemathesis::schemathesis(),
         ["interop"] => interop::interop(),
         ["conformance"] => conformance(),
-        ["bench", rest @ ..] => bench::bench(rest.contains(&"--postgres"), rest.contains(&"--quick")),
+        ["bench", rest @ ..] => bench::Options::parse(rest).and_then(|o| bench::bench(&o)),
         ["openapi"] => openapi(false),
         ["openapi", "--check"] => openapi(true),
         _ => Err(
-            "usage: cargo xtask ci | conformance | openapi [--check] | bench [--postgres] [--quick] \
+            "usage: cargo xtask ci | conformance | openapi [--check] | bench [--postgres] [--quick] [--prefill N] [--rounds N] \
              | schemathesis | interop | fuzz [--seconds N]"
                 .to_owned(),
         ),
