@@ -12,7 +12,11 @@ pub struct Model {
     #[sea_orm(column_type = "String(StringLen::None)")]
     pub kind: WebhookKind,
     pub attempts: i32,
+    /// The answer's TwiML; empty when it is a stream answer stored as its `stream_token`.
     pub twiml: String,
+    /// The stream token of a `<Connect><Stream>` answer, which is rendered from it.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub stream_token: Option<String>,
     pub token_jti: Option<String>,
     pub token_expires_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,

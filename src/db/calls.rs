@@ -135,24 +135,41 @@ pub async fn webhook<C: ConnectionTrait>(
         .await
 }
 
-/// Counts a repeated delivery of a webhook and, when given, replaces its answer (a fresh
-/// token after the stored one expired).
+/// A fresh stream token for a stored stream answer: the token, its id and its expiry.
+pub struct RenewedToken {
+    pub token: String,
+    pub jti: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Counts a repeated delivery of a webhook and, when given, replaces its stream token (a
+/// fresh one after the stored one expired).
 pub async fn bump_webhook<C: ConnectionTrait>(
     db: &C,
     mut webhook: call_webhook::Model,
-    fresh: Option<(String, String, DateTime<Utc>)>,
+    renewed: Option<RenewedToken>,
 ) -> Result<call_webhook::Model, DbErr> {
     let now = Utc::now();
     let mut update = add_webhook_attempts([webhook.id.as_str()], 1, now);
-    if let Some((twiml, jti, expires_at)) = fresh {
+    if let Some(RenewedToken {
+        token,
+        jti,
+        expires_at,
+    }) = renewed
+    {
         update = update
-            .col_expr(call_webhook::Column::Twiml, Expr::value(twiml.clone()))
+            .col_expr(call_webhook::Column::Twiml, Expr::value(String::new()))
+            .col_expr(
+                call_webhook::Column::StreamToken,
+                Expr::value(Some(token.clone())),
+            )
             .col_expr(call_webhook::Column::TokenJti, Expr::value(Some(jti.clone())))
             .col_expr(
                 call_webhook::Column::TokenExpiresAt,
                 Expr::value(Some(expires_at)),
             );
-        webhook.twiml = twiml;
+        webhook.twiml = String::new();
+        webhook.stream_token = Some(token);
         webhook.token_jti = Some(jti);
         webhook.token_expires_at = Some(expires_at);
     }

@@ -262,7 +262,9 @@ mod tests {
     use super::*;
 
     async fn database() -> DatabaseConnection {
-        let db = crate::db::connect_url("sqlite::memory:", 1, Default::default(), None).await.unwrap();
+        let db = crate::db::connect_url("sqlite::memory:", 1, Default::default(), None)
+            .await
+            .unwrap();
         crate::db::migrate(&db).await.unwrap();
         let now = Utc::now();
         let tenant = tenant::Model {
@@ -327,6 +329,7 @@ mod tests {
             kind: WebhookKind::Incoming,
             attempts: 1,
             twiml: "<Response/>".to_owned(),
+            stream_token: None,
             token_jti: None,
             token_expires_at: None,
             created_at: now,

@@ -280,7 +280,11 @@ mod tests {
     #[tokio::test]
     async fn a_failed_flush_puts_its_occurrences_back() {
         // A database without the schema: every write fails.
-        let d = diagnostics(db::connect_url("sqlite::memory:", 1, Default::default(), None).await.unwrap());
+        let d = diagnostics(
+            db::connect_url("sqlite::memory:", 1, Default::default(), None)
+                .await
+                .unwrap(),
+        );
         d.record(occurrence(DiagnosticKind::UnknownRoute, "+15555550111"));
         d.record(occurrence(DiagnosticKind::StreamRefused, "invalid_token"));
         assert!(d.flush().await.is_err(), "no tables");
@@ -290,7 +294,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_flush_writes_counts_and_raises_one_alert_when_the_threshold_is_crossed() {
-        let db = db::connect_url("sqlite::memory:", 1, Default::default(), None).await.unwrap();
+        let db = db::connect_url("sqlite::memory:", 1, Default::default(), None)
+            .await
+            .unwrap();
         db::migrate(&db).await.unwrap();
         let d = diagnostics(db.clone());
         let (route, tenant) = (route_with(true, None), tenant_with(None));

@@ -324,6 +324,19 @@ impl Stored {
         }
     }
 
+    /// Whether the stored `incoming` answer of `sid` is `twiml`: a stream answer is stored as
+    /// its token alone (the TwiML is rendered from it), any other answer as its TwiML.
+    pub fn answered_with(&self, sid: &str, twiml: &str) -> bool {
+        let row = self.answer(sid);
+        match &row.stream_token {
+            Some(token) => {
+                row.twiml.is_empty()
+                    && twiml.contains(&format!("<Parameter name=\"stream_token\" value=\"{token}\"/>"))
+            }
+            None => row.twiml == twiml,
+        }
+    }
+
     /// The one `incoming` answer stored for `sid`.
     pub fn answer(&self, sid: &str) -> &call_webhook::Model {
         match self.answers.get(&self.call(sid).id).map(Vec::as_slice) {

@@ -17,12 +17,13 @@ use serde_json::json;
 
 use super::{
     count_fallback, decide, stream_twiml, Authenticated, Decision, Rejection, Situation, VoiceKind,
-    WebhookContext,
+    VoiceSettings, WebhookContext,
 };
 use crate::{
     db::{
         self,
         cache::{AnswerCache, CachedAnswer},
+        calls::RenewedToken,
         writer::{NewCall, Writer},
     },
     domain::{token::MintedToken, Error},
@@ -51,14 +52,34 @@ struct Stored {
 }
 
 impl Stored {
-    /// The answer a stored (or about to be stored) row holds.
-    fn of(row: &call_webhook::Model) -> Self {
+    /// The answer a stored row holds. A stream answer is stored as its token and rendered
+    /// with this deployment's stream URLs; any other answer (and a stream answer stored before
+    /// tokens were stored alone) is its TwiML.
+    fn of(row: &call_webhook::Model, settings: &VoiceSettings) -> Self {
+        let twiml = match &row.stream_token {
+            Some(token) if row.twiml.is_empty() => stream_twiml(settings, token),
+            _ => row.twiml.clone(),
+        };
         Self {
             id: WebhookId(row.id.clone()),
-            twiml: row.twiml.clone(),
+            twiml,
             token_expires_at: row.token_expires_at,
         }
     }
+
+    /// The answer `row` is about to store: `fresh`, already rendered.
+    fn fresh(row: &call_webhook::Model, fresh: &Fresh) -> Self {
+        Self {
+            id: WebhookId(row.id.clone()),
+            twiml: fresh.twiml.clone(),
+            token_expires_at: row.token_expires_at,
+        }
+    }
+}
+
+/// The TwiML a stored answer row is answered with (a stream answer's rendered from its token).
+pub fn stored_twiml(row: &call_webhook::Model, settings: &VoiceSettings) -> String {
+    Stored::of(row, settings).twiml
 }
 
 /// One delivery of a webhook for a known call.
@@ -167,7 +188,7 @@ impl AnswerStore {
         ctx: WebhookContext<'_>,
     ) -> Result<Stored, Error> {
         let row = answer_row(&existing.id, delivery.kind, &delivery.fresh);
-        let claimed = Stored::of(&row);
+        let claimed = Stored::fresh(&row, &delivery.fresh);
         if db::calls::claim_webhook(txn, row.into()).await? {
             // The first answer of this kind; a fallback makes the call a fallback.
             if let Some(reason) = delivery.fallback {
@@ -195,15 +216,18 @@ impl AnswerStore {
             .await?
             .ok_or_else(|| Error::Conflict("webhook answer disappeared while answering".to_owned()))?;
         let expired = stored.token_expires_at.is_some_and(|exp| exp <= Utc::now());
-        let renewed = expired
-            .then(|| render(ctx, call, &Decision::Stream))
-            .and_then(|f| f.token.map(|token| (f.twiml, token.jti, token.expires_at)));
+        let renewed = expired.then(|| call.mint(ctx.tokens)).map(|token| RenewedToken {
+            token: token.token,
+            jti: token.jti,
+            expires_at: token.expires_at,
+        });
         let stored = db::calls::bump_webhook(txn, stored, renewed).await?;
-        Ok(Stored::of(&stored))
+        Ok(Stored::of(&stored, ctx.settings))
     }
 }
 
-/// The stored answer row for `fresh`.
+/// The stored answer row for `fresh`: a stream answer as its token alone (its TwiML holds the
+/// token twice and is rendered from it again), any other answer as its TwiML.
 fn answer_row(call_id: &str, kind: WebhookKind, fresh: &Fresh) -> call_webhook::Model {
     let now = Utc::now();
     call_webhook::Model {
@@ -211,7 +235,11 @@ fn answer_row(call_id: &str, kind: WebhookKind, fresh: &Fresh) -> call_webhook::
         call_id: call_id.to_owned(),
         kind,
         attempts: 1,
-        twiml: fresh.twiml.clone(),
+        twiml: match fresh.token {
+            Some(_) => String::new(),
+            None => fresh.twiml.clone(),
+        },
+        stream_token: fresh.token.as_ref().map(|t| t.token.clone()),
         token_jti: fresh.token.as_ref().map(|t| t.jti.clone()),
         token_expires_at: fresh.token.as_ref().map(|t| t.expires_at),
         created_at: now,
@@ -307,7 +335,7 @@ pub(super) async fn new_call(
         ended_at: None,
     };
     let answer = answer_row(&new_call.id, stored_kind, &fresh);
-    let stored = Stored::of(&answer);
+    let stored = Stored::fresh(&answer, &fresh);
     let event_type = if reason.is_some() {
         EventType::CallFallback
     } else {
@@ -392,4 +420,67 @@ pub(super) async fn stream_ended(ctx: WebhookContext<'_>, call: &Authenticated) 
         .known_call(call, Some(existing), delivery, ctx)
         .await?;
     reply(ctx, call, known)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TokenPlacement;
+
+    fn settings() -> VoiceSettings {
+        VoiceSettings {
+            unknown_route_message: "unknown".to_owned(),
+            fallback_message: "sorry".to_owned(),
+            stream_url: "wss://voice.example/media-stream".to_owned(),
+            token_placement: TokenPlacement::Query,
+            stream_ended_url: "https://voice.example/api/v1/stream-ended".to_owned(),
+            max_streams: 10,
+        }
+    }
+
+    fn fresh(token: Option<&str>, twiml: &str) -> Fresh {
+        Fresh {
+            twiml: twiml.to_owned(),
+            token: token.map(|t| MintedToken {
+                token: t.to_owned(),
+                jti: "jti-1".to_owned(),
+                expires_at: Utc::now(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_stream_answer_is_stored_as_its_token_and_rendered_from_it() {
+        let settings = settings();
+        let twiml = stream_twiml(&settings, "tok.en.1");
+        let row = answer_row("c1", WebhookKind::Incoming, &fresh(Some("tok.en.1"), &twiml));
+        assert_eq!(row.twiml, "");
+        assert_eq!(row.stream_token.as_deref(), Some("tok.en.1"));
+        assert_eq!(row.token_jti.as_deref(), Some("jti-1"));
+        assert_eq!(stored_twiml(&row, &settings), twiml);
+        assert_eq!(
+            twiml.matches("tok.en.1").count(),
+            2,
+            "the TwiML holds the token twice"
+        );
+    }
+
+    #[test]
+    fn other_answers_and_older_stream_rows_are_their_twiml() {
+        let settings = settings();
+        let hangup = twiml::render(&[Verb::Hangup]);
+        let row = answer_row("c1", WebhookKind::StreamEnded, &fresh(None, &hangup));
+        assert_eq!(
+            (row.twiml.as_str(), row.stream_token.as_deref()),
+            (hangup.as_str(), None)
+        );
+        assert_eq!(stored_twiml(&row, &settings), hangup);
+        // A stream answer stored whole, before tokens were stored alone.
+        let whole = call_webhook::Model {
+            twiml: "<Response><Connect/></Response>".to_owned(),
+            stream_token: Some("tok".to_owned()),
+            ..row
+        };
+        assert_eq!(stored_twiml(&whole, &settings), "<Response><Connect/></Response>");
+    }
 }

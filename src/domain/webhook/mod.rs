@@ -21,7 +21,7 @@ use entity::{
 use sea_orm::{DatabaseConnection, DbErr};
 
 pub use self::{
-    answer::AnswerStore,
+    answer::{stored_twiml, AnswerStore},
     authenticate::{authenticate, signature_valid, Authenticated, VoiceForm},
     decide::{decide, Decision, Situation},
     status::StatusReply,

@@ -44,6 +44,7 @@ pub(super) async fn record(ctx: WebhookContext<'_>, call: &Authenticated) -> Res
         kind,
         attempts: 1,
         twiml: String::new(),
+        stream_token: None,
         token_jti: None,
         token_expires_at: None,
         created_at: now,

@@ -136,10 +136,10 @@ select {call_id}, {sid}, c.tenant_id, c.route_id, c.from_number, c.to_number, c.
   c.updated_at, c.ended_at
 from calls c, n where c.id = (select max(id) from calls);
 {series}
-insert into call_webhooks (id, call_id, kind, attempts, twiml, token_jti, token_expires_at,
-  created_at, updated_at)
-select {webhook_id}, {call_id}, w.kind, w.attempts, w.twiml, w.token_jti, w.token_expires_at,
-  w.created_at, w.updated_at
+insert into call_webhooks (id, call_id, kind, attempts, twiml, stream_token, token_jti,
+  token_expires_at, created_at, updated_at)
+select {webhook_id}, {call_id}, w.kind, w.attempts, w.twiml, w.stream_token, w.token_jti,
+  w.token_expires_at, w.created_at, w.updated_at
 from call_webhooks w, n where w.call_id = (select max(id) from calls);
 {series}
 insert into outbox_events (id, tenant_id, event_type, payload, status, attempts, next_attempt_at,
