@@ -273,6 +273,9 @@ pub fn markdown(inputs: &Inputs<'_>) -> String {
         inputs.seconds,
         o.rounds
     );
+    if o.postgres {
+        md.push_str("On PostgreSQL, server CPU is the service's alone: the database's own processes do the storage work and are not counted.\n\n");
+    }
     md.push_str("| scenario | req/s | p50 ms | p90 ms | p99 ms | server CPU µs per request | rounds |\n|---|---|---|---|---|---|---|\n");
     for scenario in Scenario::ALL {
         if let Some(m) = inputs.measured.medians(scenario) {
