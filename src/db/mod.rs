@@ -52,9 +52,10 @@ pub async fn connect_url(
         .map_sqlx_sqlite_opts(move |opts| {
             opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(synchronous)
-                // The hot path's random CallSid index and the newest pages of every table stay
-                // in memory (64 MiB; SQLite's default is 2 MiB), so a write reads no page back.
-                .pragma("cache_size", "-65536")
+                // The page cache stays at SQLite's default (2 MiB): every commit scans the whole
+                // cache's hash table (`pcache1TruncateUnsafe`), so a 64 MiB cache cost 7-12 % of
+                // a new call's CPU, growing as it filled; pages not cached are read back from
+                // the OS's page cache. Measured with `cargo xtask bench`.
                 .pragma("temp_store", "memory")
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
