@@ -363,52 +363,20 @@ fn sign_file(
 ) -> std::io::Result<()> {
     let template = IncomingForm::new();
     let line = |signed: Signed| format!("{}\t{}\n", signed.signature, signed.body);
-    let lines: Vec<String> = match scenario {
-        Scenario::New => (0..n)
-            .map(|_| {
-                line(sign(
-                    public_url,
-                    &template.with(&new_call_sid(), NUMBER),
-                    AUTH_TOKEN,
-                ))
-            })
-            .collect(),
-        Scenario::Forged => (0..n)
-            .map(|_| {
-                line(sign(
-                    public_url,
-                    &template.with(&new_call_sid(), NUMBER),
-                    "forged",
-                ))
-            })
-            .collect(),
-        Scenario::Unknown => (0..n)
-            .map(|_| {
-                line(sign(
-                    public_url,
-                    &template.with(&new_call_sid(), "+15550000000"),
-                    "unsigned",
-                ))
-            })
-            .collect(),
-        Scenario::Retry => {
-            let sids: Vec<String> = (0..RETRIED_CALLS.min(n.max(1))).map(|_| new_call_sid()).collect();
-            let first: Vec<String> = sids
-                .iter()
-                .map(|s| line(sign(public_url, &template.with(s, NUMBER), AUTH_TOKEN)))
-                .collect();
-            let prime = prime.ok_or_else(|| std::io::Error::other("retries need --prime"))?;
-            std::fs::write(prime, first.concat())?;
-            (0..n)
-                .map(|i| {
-                    line(sign(
-                        public_url,
-                        &template.with(&sids[i % sids.len()], NUMBER),
-                        AUTH_TOKEN,
-                    ))
-                })
-                .collect()
-        }
+    // The number called and the token signed with: only retries reuse CallSids.
+    let (to, token) = match scenario {
+        Scenario::New | Scenario::Retry => (NUMBER, AUTH_TOKEN),
+        Scenario::Forged => (NUMBER, "forged"),
+        Scenario::Unknown => ("+15550000000", "unsigned"),
+    };
+    let signed = |sid: &str| line(sign(public_url, &template.with(sid, to), token));
+    let lines: Vec<String> = if scenario == Scenario::Retry {
+        let sids: Vec<String> = (0..RETRIED_CALLS.min(n.max(1))).map(|_| new_call_sid()).collect();
+        let prime = prime.ok_or_else(|| std::io::Error::other("retries need --prime"))?;
+        std::fs::write(prime, sids.iter().map(|s| signed(s)).collect::<String>())?;
+        (0..n).map(|i| signed(&sids[i % sids.len()])).collect()
+    } else {
+        (0..n).map(|_| signed(&new_call_sid())).collect()
     };
     std::fs::write(out, lines.concat())
 }

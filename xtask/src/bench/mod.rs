@@ -72,6 +72,15 @@ impl Options {
         Ok(options)
     }
 
+    /// Streams held open through the remote agent.
+    fn agent_streams(&self) -> u32 {
+        if self.quick {
+            50
+        } else {
+            500
+        }
+    }
+
     fn seconds(&self) -> u32 {
         if self.quick {
             2
@@ -347,9 +356,8 @@ pub fn bench(options: &Options) -> Result<(), String> {
     let work = root().join("target/bench");
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
     let seconds = options.seconds();
-    let agent_stream_count = if options.quick { "50" } else { "500" };
     // The server holds two sockets per agent stream (Twilio's and the agent's).
-    raise_open_files(2 * agent_stream_count.parse::<libc::rlim_t>().unwrap_or(0) + 512)?;
+    raise_open_files(2 * libc::rlim_t::from(options.agent_streams()) + 512)?;
 
     let ours = Server::service(Store::create(options.postgres, &work, "bench")?)?;
     let peer = Server::peer()?;
@@ -503,7 +511,7 @@ fn stream_benchmarks(server: &Server, options: &Options) -> Result<report::Strea
     let pid = server.pid().to_string();
     let target = &server.base;
     let (stream_count, seconds) = if options.quick { ("50", "3") } else { ("200", "10") };
-    let agent_stream_count = if options.quick { "50" } else { "500" };
+    let agent_stream_count = options.agent_streams().to_string();
     let echo = stream_scenario(
         &[
             "streams",
@@ -552,7 +560,7 @@ fn stream_benchmarks(server: &Server, options: &Options) -> Result<report::Strea
             "--to",
             AGENT_NUMBER,
             "--streams",
-            agent_stream_count,
+            &agent_stream_count,
             "--seconds",
             seconds,
             "--server-pid",

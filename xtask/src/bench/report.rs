@@ -238,12 +238,9 @@ fn stream_row(out: &mut String, name: &str, seconds: &str, r: &Value) {
 pub fn markdown(inputs: &Inputs<'_>) -> String {
     let o = inputs.options;
     let mut flags = String::new();
-    for (on, flag) in [
-        (o.postgres, " --postgres".to_owned()),
-        (o.quick, " --quick".to_owned()),
-    ] {
+    for (on, flag) in [(o.postgres, " --postgres"), (o.quick, " --quick")] {
         if on {
-            flags.push_str(&flag);
+            flags.push_str(flag);
         }
     }
     if let Some(n) = o.prefill {
