@@ -2,7 +2,7 @@
 //!
 //! Every bounded setting has one allowed range, checked in [`check_ranges`]: a value outside it
 //! is rejected with the variable, the flag, the value and the range, never raised or clamped.
-use std::{fmt, ops::RangeInclusive, time::Duration};
+use std::{fmt, ops::RangeInclusive, path::PathBuf, time::Duration};
 
 use clap::{builder::BoolishValueParser, ArgAction, Args, ValueEnum};
 
@@ -151,6 +151,11 @@ pub struct ConfigArgs {
     /// Time allowed to receive a webhook body once its headers arrived (e.g. 10, 500ms).
     #[arg(long, global = true, env = "VOICE_BODY_READ_TIMEOUT", default_value = "10", value_parser = parse_duration)]
     pub body_read_timeout: Duration,
+    /// Where calls answered while the database is unreachable are spooled until it is back
+    /// (default: beside the SQLite file, `FILE-spool`; on PostgreSQL `stateset-voice-spool` in
+    /// the working directory). One directory per database; local disk.
+    #[arg(long, global = true, env = "VOICE_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
     /// How long route lookups are cached per instance (0 disables; e.g. 2, 500ms).
     #[arg(long, global = true, env = "VOICE_ROUTE_CACHE_TTL", default_value = "2", value_parser = parse_duration)]
     pub route_cache_ttl: Duration,
@@ -208,6 +213,8 @@ pub struct Database {
     pub sqlite_synchronous: SqliteSynchronous,
     /// `VOICE_ROUTE_CACHE_TTL`: how long route lookups are cached; zero disables the cache.
     pub route_cache_ttl: Duration,
+    /// `VOICE_SPOOL_DIR`, or its default for the database URL.
+    pub spool_dir: PathBuf,
 }
 
 /// The HTTP listener and its connection limits.
@@ -399,12 +406,17 @@ impl Config {
                 ));
             }
         }
+        let spool_dir = args
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| default_spool_dir(&args.database_url));
         Ok(Self {
             database: Database {
                 url: Secret::new(args.database_url),
                 max_connections: database_max_connections,
                 sqlite_synchronous: args.sqlite_synchronous,
                 route_cache_ttl: args.route_cache_ttl,
+                spool_dir,
             },
             http: Http {
                 bind: args.bind,
@@ -525,16 +537,16 @@ fn within<T: Bounded>(name: &'static str, value: T, range: RangeInclusive<T>) ->
 
 /// `250 ms`, `10 s`, `5 min`, `24 h`: the largest unit that shows the value exactly.
 fn show_duration(d: Duration) -> String {
-    if d.subsec_nanos() % 1_000_000 != 0 {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
         return format!("{d:?}");
     }
     let millis = d.as_millis();
     let secs = d.as_secs();
-    if millis % 1000 != 0 {
+    if !millis.is_multiple_of(1000) {
         format!("{millis} ms")
-    } else if secs != 0 && secs % 3600 == 0 {
+    } else if secs != 0 && secs.is_multiple_of(3600) {
         format!("{} h", secs / 3600)
-    } else if secs != 0 && secs % 60 == 0 {
+    } else if secs != 0 && secs.is_multiple_of(60) {
         format!("{} min", secs / 60)
     } else {
         format!("{secs} s")
@@ -578,6 +590,20 @@ pub fn random_token(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     getrandom::fill(&mut buf).expect("the OS random source is available");
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// The spool directory of a database: beside an SQLite file (`FILE-spool`), else
+/// `stateset-voice-spool` in the working directory.
+fn default_spool_dir(database_url: &str) -> PathBuf {
+    let file = database_url
+        .strip_prefix("sqlite://")
+        .or_else(|| database_url.strip_prefix("sqlite:"))
+        .map(|rest| rest.split('?').next().unwrap_or_default())
+        .filter(|path| !path.is_empty() && !path.starts_with(':'));
+    match file {
+        Some(path) => PathBuf::from(format!("{path}-spool")),
+        None => PathBuf::from("stateset-voice-spool"),
+    }
 }
 
 #[cfg(test)]
@@ -865,7 +891,7 @@ mod tests {
             assert_eq!(flag_of(&env.to_string_lossy()), format!("--{long}"));
             checked += 1;
         }
-        assert_eq!(checked, 28);
+        assert_eq!(checked, 29);
     }
 
     #[test]
@@ -881,6 +907,21 @@ mod tests {
         ] {
             assert_eq!(show_duration(d), shown);
         }
+    }
+
+    #[test]
+    fn the_spool_is_beside_the_sqlite_file_unless_configured() {
+        for (url, dir) in [
+            ("sqlite://stateset-voice.db?mode=rwc", "stateset-voice.db-spool"),
+            ("sqlite:///var/lib/voice/v.db", "/var/lib/voice/v.db-spool"),
+            ("sqlite:data/v.db?mode=rwc", "data/v.db-spool"),
+            ("sqlite::memory:", "stateset-voice-spool"),
+            ("postgres://postgres@db/voice", "stateset-voice-spool"),
+        ] {
+            assert_eq!(default_spool_dir(url), PathBuf::from(dir), "{url}");
+        }
+        let c = parse(&["--spool-dir", "/srv/spool"]).unwrap();
+        assert_eq!(c.database.spool_dir, PathBuf::from("/srv/spool"));
     }
 
     #[test]

@@ -147,6 +147,7 @@ macro_rules! admin_errors {
 
         impl From<domain::Error> for $ty {
             fn from(err: domain::Error) -> Self {
+                let err_text = err.to_string();
                 match err {
                     domain::Error::Invalid(m) => {
                         Self::Unprocessable(ProblemJson::new(StatusCode::UNPROCESSABLE_ENTITY, m))
@@ -155,8 +156,8 @@ macro_rules! admin_errors {
                     domain::Error::Conflict(m) => {
                         Self::Conflict(ProblemJson::new(StatusCode::CONFLICT, m))
                     }
-                    domain::Error::Db(e) => {
-                        tracing::error!(error = %e, "admin request failed");
+                    domain::Error::Db(_) | domain::Error::Spool(_) | domain::Error::Unavailable => {
+                        tracing::error!(error = %err_text, "admin request failed");
                         Self::Internal(ProblemJson::new(
                             StatusCode::INTERNAL_SERVER_ERROR,
                             "internal error",

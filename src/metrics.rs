@@ -115,6 +115,18 @@ pub struct Metrics {
     pub agent_health_checks: Family<HealthCheckLabels, Counter>,
     /// Restarts of supervised tasks (after an exit or a panic), by task name.
     pub worker_restarts: Family<Worker, Counter>,
+    /// 1 while the database takes this instance's writes, 0 during an outage.
+    pub database_available: Gauge,
+    /// Database outages this instance went through.
+    pub database_outages: Counter,
+    /// Calls answered from the last known configuration and spooled (database unreachable).
+    pub degraded_calls: Counter,
+    /// Spooled calls not yet stored in the database (set at scrape time).
+    pub spool_depth: Gauge,
+    /// Spooled calls replayed, by result (`stored`, `duplicate`, `rejected`).
+    pub spool_replayed: Family<Outcome, Counter>,
+    /// Routes in the last known configuration (set at scrape time).
+    pub last_known_routes: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -140,8 +152,19 @@ impl Default for Metrics {
             write_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
             agent_health_checks: Family::default(),
             worker_restarts: Family::default(),
+            database_available: Gauge::default(),
+            database_outages: Counter::default(),
+            degraded_calls: Counter::default(),
+            spool_depth: Gauge::default(),
+            spool_replayed: Family::default(),
+            last_known_routes: Gauge::default(),
             registry: Registry::default(),
         };
+        for outcome in SPOOL_REPLAYED {
+            let _ = m.spool_replayed.get_or_create(&Outcome {
+                outcome: outcome.to_owned(),
+            });
+        }
         // Known series exist from the start, at zero, so rates and alerts see them.
         for outcome in entity::states::Outcome::ALL {
             let _ = m.calls.get_or_create(&Outcome {
@@ -235,9 +258,42 @@ impl Default for Metrics {
             "Restarts of supervised tasks after an exit or a panic, by task",
             m.worker_restarts.clone(),
         );
+        registry.register(
+            "database_available",
+            "1 while the database takes this instance's writes, 0 during an outage",
+            m.database_available.clone(),
+        );
+        registry.register(
+            "database_outages",
+            "Database outages this instance went through",
+            m.database_outages.clone(),
+        );
+        registry.register(
+            "degraded_calls",
+            "Calls answered from the last known configuration and spooled while the database was unreachable",
+            m.degraded_calls.clone(),
+        );
+        registry.register(
+            "spool_depth",
+            "Spooled calls not yet stored in the database",
+            m.spool_depth.clone(),
+        );
+        registry.register(
+            "spool_replayed",
+            "Spooled calls replayed into the database, by result",
+            m.spool_replayed.clone(),
+        );
+        registry.register(
+            "last_known_routes",
+            "Routes in the last known configuration (answered from while the database is unreachable)",
+            m.last_known_routes.clone(),
+        );
         Self { registry, ..m }
     }
 }
+
+/// The results of replaying a spooled call.
+pub const SPOOL_REPLAYED: [&str; 3] = ["stored", "duplicate", "rejected"];
 
 impl Metrics {
     /// Counts one labelled event.
@@ -247,6 +303,17 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts `n` labelled events.
+    pub fn outcome_by(family: &Family<Outcome, Counter>, outcome: &str, n: u64) {
+        if n > 0 {
+            family
+                .get_or_create(&Outcome {
+                    outcome: outcome.to_owned(),
+                })
+                .inc_by(n);
+        }
     }
 
     /// Counts one event with a reason.

@@ -5,9 +5,10 @@ use sea_orm::DatabaseConnection;
 
 use crate::{
     config::Config,
-    db::{cache::RouteCache, writer::Writer},
+    db::{cache::RouteCache, spool::Spool, writer::Writer},
     domain::{
         alerts::{AlertRule, Diagnostics},
+        outage::Outage,
         runtime::{Runtime, TaskHealth},
         token::TokenIssuer,
         webhook::{AnswerStore, VoiceSettings, WebhookContext},
@@ -33,6 +34,10 @@ pub struct AppState {
     pub voice: Arc<VoiceSettings>,
     /// Which supervised tasks are down; `/readyz` reports them.
     pub tasks: Arc<TaskHealth>,
+    /// Whether the database is reachable, as this instance sees it.
+    pub outage: Arc<Outage>,
+    /// New calls answered while the database was unreachable, until they are stored.
+    pub spool: Arc<Spool>,
 }
 
 impl AppState {
@@ -53,6 +58,7 @@ impl AppState {
             diagnostics: &self.diagnostics,
             metrics: &self.metrics,
             settings: &self.voice,
+            outage: &self.outage,
         }
     }
 
@@ -76,6 +82,7 @@ impl AppState {
                 window: config.alerts.window,
             },
         );
+        let spool = Arc::new(Spool::new(config.database.spool_dir.clone()));
         let voice = VoiceSettings {
             unknown_route_message: config.messages.unknown_route.clone(),
             fallback_message: config.messages.fallback.clone(),
@@ -89,8 +96,11 @@ impl AppState {
             answers: Arc::new(AnswerStore::new(
                 db.clone(),
                 writer.clone(),
+                spool.clone(),
                 config.stream_tokens.ttl,
             )),
+            outage: Arc::new(Outage::new(metrics.clone())),
+            spool,
             diagnostics: Arc::new(diagnostics),
             voice: Arc::new(voice),
             db,

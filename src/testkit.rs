@@ -21,9 +21,11 @@ use serde_json::Value;
 
 mod admin_api;
 mod backends;
+mod db_proxy;
 mod recording;
 
 pub use backends::{run, TestInput};
+pub use db_proxy::DbProxy;
 pub use recording::{recorded_frame, recorded_session, RECORDED_CALL_SID, RECORDING, TOKEN_PLACEHOLDER};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
@@ -47,7 +49,10 @@ pub struct TestApp {
     pub state: AppState,
     pub client: reqwest::Client,
     pub schema: Option<String>,
+    /// The proxy in front of PostgreSQL of a [`spawn_cuttable_app`].
+    proxy: Option<DbProxy>,
     _dir: Option<tempfile::TempDir>,
+    _spool: tempfile::TempDir,
 }
 
 /// The PostgreSQL server tests use.
@@ -148,19 +153,48 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
 
 /// Spawns the service after `configure` adjusted its flags.
 pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut ConfigArgs)) -> Option<TestApp> {
+    spawn(backend, configure, false).await
+}
+
+/// Spawns the service on a database the test can make unavailable
+/// ([`TestApp::cut_database`]): PostgreSQL through a [`DbProxy`], SQLite by making its one
+/// connection read-only.
+pub async fn spawn_cuttable_app(
+    backend: Backend,
+    configure: impl FnOnce(&mut ConfigArgs),
+) -> Option<TestApp> {
+    spawn(backend, configure, true).await
+}
+
+async fn spawn(backend: Backend, configure: impl FnOnce(&mut ConfigArgs), cuttable: bool) -> Option<TestApp> {
     let (acceptor, port) = bind_local().await;
     let base = format!("http://127.0.0.1:{port}");
 
+    let spool = tempfile::tempdir().expect("spool dir");
     let mut args = ConfigArgs::defaults();
     args.public_url = base.clone();
     args.admin_token = Some(ADMIN_TOKEN.to_owned());
     args.token_secret = Some(TOKEN_SECRET.to_owned());
+    args.spool_dir = Some(spool.path().to_owned());
     configure(&mut args);
     let max_connections = args.database_max_connections.unwrap_or(match backend {
         Backend::Sqlite => 1,
         Backend::Postgres => 8,
     });
-    let fresh = fresh_database(backend, max_connections).await?;
+    let mut fresh = fresh_database(backend, max_connections).await?;
+    let mut proxy = None;
+    if let (true, Some(schema)) = (cuttable, &fresh.schema) {
+        let upstream = postgres_addr(&fresh.url);
+        let through = DbProxy::start(upstream).await;
+        let url = fresh
+            .url
+            .replacen(&upstream.to_string(), &through.addr().to_string(), 1);
+        fresh.db = db::connect_url(&url, max_connections, SqliteSynchronous::default(), Some(schema))
+            .await
+            .expect("postgres connects through the proxy");
+        fresh.url = url;
+        proxy = Some(through);
+    }
     args.database_url = fresh.url;
     let config = Config::from_args(args).expect("test config is valid");
     let state = AppState::new(fresh.db, config);
@@ -171,8 +205,38 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Config
         state,
         client: reqwest::Client::new(),
         schema: fresh.schema,
+        proxy,
         _dir: fresh.dir,
+        _spool: spool,
     })
+}
+
+/// The `HOST[:PORT]` of a `postgres://user@HOST:PORT/db...` URL.
+fn postgres_authority(url: &str) -> &str {
+    url.split_once('@')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .expect("a postgres://user@host:port/db URL")
+}
+
+/// `url` with its server replaced by `addr` (a [`DbProxy`], say).
+pub fn postgres_url_via(url: &str, addr: std::net::SocketAddr) -> String {
+    let authority = postgres_authority(url);
+    let (user, rest) = url.split_once('@').expect("checked above");
+    format!("{user}@{addr}{}", &rest[authority.len()..])
+}
+
+/// The address of the PostgreSQL server in `url` (`postgres://user@HOST:PORT/db`).
+pub fn postgres_addr(url: &str) -> std::net::SocketAddr {
+    let host_port = postgres_authority(url);
+    let host_port = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5432")
+    };
+    std::net::ToSocketAddrs::to_socket_addrs(&host_port)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .expect("the PostgreSQL address resolves")
 }
 
 /// A listener on a free loopback port.
@@ -237,6 +301,52 @@ pub fn call_sid() -> String {
 }
 
 impl TestApp {
+    /// Makes the database unavailable to the service: on PostgreSQL every connection is cut
+    /// and new ones refused; on SQLite the connection turns read-only, so every write fails
+    /// as on a file that cannot be written (reads still work). Only for a
+    /// [`spawn_cuttable_app`].
+    pub async fn cut_database(&self) {
+        match &self.proxy {
+            Some(proxy) => proxy.cut(),
+            None => {
+                assert_eq!(
+                    self.backend,
+                    Backend::Sqlite,
+                    "spawn_cuttable_app makes PostgreSQL cuttable"
+                );
+                self.sqlite_pragma("query_only = 1").await;
+            }
+        }
+    }
+
+    /// Makes the database available again.
+    pub async fn heal_database(&self) {
+        match &self.proxy {
+            Some(proxy) => proxy.heal(),
+            None => self.sqlite_pragma("query_only = 0").await,
+        }
+    }
+
+    /// Sets a pragma on the (single) connection of an SQLite test app.
+    async fn sqlite_pragma(&self, pragma: &str) {
+        self.state
+            .db
+            .execute_unprepared(&format!("PRAGMA {pragma}"))
+            .await
+            .expect("pragma runs");
+    }
+
+    /// Another instance on this one's database, sharing its pool but none of its caches or
+    /// runtime state (on SQLite, as two processes on one file); returns its base URL.
+    pub async fn sibling(&self) -> String {
+        let (acceptor, port) = bind_local().await;
+        serve_on(
+            acceptor,
+            AppState::new(self.state.db.clone(), (*self.state.config).clone()),
+        );
+        format!("http://127.0.0.1:{port}")
+    }
+
     /// A second instance on the same PostgreSQL schema with its own pool and the same
     /// configuration; returns its base URL.
     pub async fn second_instance(&self) -> String {

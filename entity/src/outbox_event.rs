@@ -3,7 +3,7 @@ use sea_orm::entity::prelude::*;
 
 use crate::states::{EventType, OutboxStatus};
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "outbox_events")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]

@@ -79,6 +79,9 @@ state! {
         ProviderFallback = "provider_fallback",
         /// The media stream ended abnormally.
         StreamFailed = "stream_failed",
+        /// The database could not be reached: answered from the last known configuration and
+        /// spooled on the instance's disk until it is back.
+        DatabaseUnavailable = "database_unavailable",
     }
 }
 
@@ -199,6 +202,8 @@ state! {
         CallRouteConflict = "call_route_conflict",
         /// A media stream refused (bad token, replay, no `start`).
         StreamRefused = "stream_refused",
+        /// The database could not be reached (an outage of the instance's database).
+        DatabaseUnavailable = "database_unavailable",
     }
 }
 
@@ -238,6 +243,20 @@ impl WebhookKind {
                 .and_then(CallStatus::parse)
                 .map(Self::Status),
         }
+    }
+}
+
+/// Serialized as its stored name.
+impl Serialize for WebhookKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for WebhookKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Self::parse(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown webhook kind {name:?}")))
     }
 }
 

@@ -17,7 +17,8 @@ pub struct HealthApi {
 /// A health report.
 #[derive(Debug, Object)]
 pub struct Health {
-    /// `ok`, `ready` or `unavailable`.
+    /// `ok`, `ready`, `degraded` (the database is unreachable: calls are answered from the
+    /// last known configuration) or `unavailable`.
     pub status: String,
     /// Whether this instance is draining.
     pub draining: bool,
@@ -29,10 +30,10 @@ pub struct Health {
 
 #[derive(ApiResponse)]
 enum Readiness {
-    /// The database answers and every background task runs.
+    /// Every background task runs (the database answers, or the instance answers without it).
     #[oai(status = 200)]
     Ready(Json<Health>),
-    /// The database does not answer or a background task is down.
+    /// A background task is down.
     #[oai(status = 503)]
     Unavailable(Json<Health>),
 }
@@ -59,34 +60,53 @@ impl HealthApi {
         metrics
             .active_streams
             .set(self.state.runtime.active_streams() as i64);
-        let backlog = outbox_event::Entity::find()
-            .filter(outbox_event::Column::Status.eq(entity::states::OutboxStatus::Pending))
-            .count(&self.state.db)
-            .await;
-        match backlog {
-            Ok(n) => {
-                metrics.outbox_backlog.set(n as i64);
+        metrics.spool_depth.set(self.state.spool.depth() as i64);
+        metrics
+            .last_known_routes
+            .set(self.state.routes.last_known_routes() as i64);
+        // During an outage the backlog keeps its last value.
+        if !self.state.outage.circuit_open() {
+            let backlog = outbox_event::Entity::find()
+                .filter(outbox_event::Column::Status.eq(entity::states::OutboxStatus::Pending))
+                .count(&self.state.db)
+                .await;
+            match backlog {
+                Ok(n) => {
+                    metrics.outbox_backlog.set(n as i64);
+                }
+                Err(e) => tracing::debug!(error = %e, "counting the outbox backlog failed"),
             }
-            Err(e) => tracing::warn!(error = %e, "counting the outbox backlog failed"),
         }
         PlainText(metrics.encode())
     }
 
-    /// Readiness: the database is reachable and every background task runs
+    /// Readiness: every background task runs, and the database is reachable or this
+    /// instance answers without it
+    ///
+    /// While the database is unreachable the instance still answers callers (from the last
+    /// known configuration, spooling new calls): it stays ready, with status `degraded`, so a
+    /// load balancer does not take every instance out at once.
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self) -> Readiness {
         let draining = self.state.runtime.is_draining();
         let tasks_down = self.state.tasks.down();
-        let reachable = match self.state.db.ping().await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "readiness check failed");
-                false
-            }
-        };
-        if reachable && tasks_down.is_empty() {
+        let outage = &self.state.outage;
+        let reachable = !outage.circuit_open()
+            && match self.state.db.ping().await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::debug!(error = %e, "readiness: the database does not answer");
+                    false
+                }
+            };
+        if tasks_down.is_empty() {
+            let status = if reachable && !outage.ongoing() {
+                "ready"
+            } else {
+                "degraded"
+            };
             return Readiness::Ready(Json(Health {
-                status: "ready".to_owned(),
+                status: status.to_owned(),
                 draining,
                 tasks_down,
             }));

@@ -171,6 +171,11 @@ macro_rules! from_rejection {
                     Rejection::BadRequest(why) => Self::BadRequest(ProblemJson::new(StatusCode::BAD_REQUEST, why)),
                     Rejection::Forbidden(why) => Self::Forbidden(PlainText(why.to_owned())),
                     Rejection::Conflict(why) => Self::Conflict(ProblemJson::new(StatusCode::CONFLICT, why)),
+                    // An outage is logged once, where it starts, not once per request.
+                    Rejection::Failed(e) if e.is_unavailable() => {
+                        tracing::debug!(error = %e, $failed);
+                        Self::Unavailable(ProblemJson::new(StatusCode::SERVICE_UNAVAILABLE, $unavailable))
+                    }
                     Rejection::Failed(e) => {
                         tracing::error!(error = %e, $failed);
                         Self::Unavailable(ProblemJson::new(StatusCode::SERVICE_UNAVAILABLE, $unavailable))

@@ -7,6 +7,7 @@ pub mod diagnostics;
 pub mod media;
 pub mod outbox;
 pub mod routes;
+pub mod spool;
 pub mod tenants;
 pub mod writer;
 
@@ -19,6 +20,11 @@ use sea_orm::{
 };
 
 use crate::config::{Config, SqliteSynchronous};
+
+/// How long a query waits for a pooled connection before the database counts as unavailable
+/// (and webhooks are answered from the last known configuration): short enough that a caller
+/// never waits long, long enough to ride out a burst.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Opens the pool. SQLite runs in WAL mode with a busy timeout and the configured sync;
 /// PostgreSQL as configured.
@@ -47,7 +53,7 @@ pub async fn connect_url(
     options
         .max_connections(max_connections)
         .min_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(move |opts| {
             opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
@@ -75,6 +81,47 @@ pub async fn connect_url(
 /// Applies pending migrations.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
     Migrator::up(db, None).await
+}
+
+/// Whether an error means the database cannot be reached or cannot take writes now, rather than
+/// that this request was wrong: the connection refused, reset or timed out, the pool exhausted
+/// past its deadline, the server shutting down or read-only (a failover), out of disk or
+/// resources. Such requests are answered from the last known configuration and spooled.
+pub fn is_unavailable(err: &DbErr) -> bool {
+    use sea_orm::{sqlx::Error as Sqlx, RuntimeErr};
+    let sqlx = match err {
+        DbErr::ConnectionAcquire(_) => return true,
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => e,
+        _ => return false,
+    };
+    match sqlx {
+        Sqlx::Io(_)
+        | Sqlx::Tls(_)
+        | Sqlx::Protocol(_)
+        | Sqlx::PoolTimedOut
+        | Sqlx::PoolClosed
+        | Sqlx::WorkerCrashed => true,
+        Sqlx::Database(db) => db.code().is_some_and(|code| unavailable_code(&code)),
+        _ => false,
+    }
+}
+
+/// Database error codes of an unavailable database. PostgreSQL SQLSTATEs: class 08
+/// (connection), 53 (insufficient resources: disk full, out of memory, too many connections),
+/// 57P01-57P03 (shutting down, starting up), 25006 (read-only transaction: a standby after a
+/// failover). SQLite result codes (primary code, the low byte of an extended one): BUSY (5,
+/// past the busy timeout), READONLY (8), IOERR (10), FULL (13), CANTOPEN (14). A SQLSTATE has
+/// five characters; an SQLite code is a number of at most four digits.
+fn unavailable_code(code: &str) -> bool {
+    if code.len() == 5 {
+        return code.starts_with("08")
+            || code.starts_with("53")
+            || matches!(code, "57P01" | "57P02" | "57P03" | "25006");
+    }
+    code.parse::<u32>()
+        .is_ok_and(|sqlite| matches!(sqlite & 0xff, 5 | 8 | 10 | 13 | 14))
 }
 
 /// Whether an error is a unique-constraint violation.
@@ -145,6 +192,79 @@ mod tests {
             .unwrap()
             .unwrap();
         row.try_get_by_index::<i64>(0).unwrap()
+    }
+
+    #[test]
+    fn unavailable_databases_are_told_from_bad_requests() {
+        use sea_orm::{sqlx, ConnAcquireErr, RuntimeErr};
+        let io = || sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(is_unavailable(&DbErr::ConnectionAcquire(ConnAcquireErr::Timeout)));
+        assert!(is_unavailable(&DbErr::Conn(RuntimeErr::SqlxError(io()))));
+        assert!(is_unavailable(&DbErr::Exec(RuntimeErr::SqlxError(io()))));
+        assert!(is_unavailable(&DbErr::Query(RuntimeErr::SqlxError(
+            sqlx::Error::PoolTimedOut
+        ))));
+        assert!(!is_unavailable(&DbErr::Custom(
+            "the database writer stopped".to_owned()
+        )));
+        assert!(!is_unavailable(&DbErr::RecordNotFound("call".to_owned())));
+        assert!(!is_unavailable(&DbErr::Query(RuntimeErr::SqlxError(
+            sqlx::Error::RowNotFound
+        ))));
+        // SQLite: SQLITE_FULL, SQLITE_READONLY_DBMOVED (extended), SQLITE_IOERR_WRITE; not
+        // SQLITE_CONSTRAINT_UNIQUE.
+        for code in ["13", "1032", "778", "8", "5"] {
+            assert!(unavailable_code(code), "{code}");
+        }
+        for code in ["2067", "19", "1"] {
+            assert!(!unavailable_code(code), "{code}");
+        }
+        // PostgreSQL: connection failure, disk full, admin shutdown, read-only standby; not a
+        // unique violation or a syntax error.
+        for code in ["08006", "53100", "57P01", "25006"] {
+            assert!(unavailable_code(code), "{code}");
+        }
+        for code in ["23505", "42601", "40001"] {
+            assert!(!unavailable_code(code), "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_or_unwritable_sqlite_database_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+        let db = connect_url(&url, 1, SqliteSynchronous::Full, None).await.unwrap();
+        let backend = db.get_database_backend();
+        db.execute(Statement::from_string(backend, "CREATE TABLE t (x TEXT)"))
+            .await
+            .unwrap();
+        // The database may not grow past its current size: the next write is SQLITE_FULL.
+        let pages = db
+            .query_one(Statement::from_string(backend, "PRAGMA page_count"))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get_by_index::<i64>(0)
+            .unwrap();
+        db.execute(Statement::from_string(
+            backend,
+            format!("PRAGMA max_page_count = {pages}"),
+        ))
+        .await
+        .unwrap();
+        let err = db
+            .execute(Statement::from_string(
+                backend,
+                "INSERT INTO t SELECT hex(randomblob(4000)) FROM (SELECT 1 UNION SELECT 2)",
+            ))
+            .await
+            .unwrap_err();
+        assert!(is_unavailable(&err), "{err:?}");
+        let err = db
+            .execute(Statement::from_string(backend, "SELECT * FROM missing_table"))
+            .await
+            .unwrap_err();
+        assert!(!is_unavailable(&err), "{err:?}");
     }
 
     #[tokio::test]

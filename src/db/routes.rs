@@ -1,7 +1,9 @@
 //! Phone routes.
 use chrono::Utc;
 use entity::{route, tenant};
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
 
 use super::Page;
 
@@ -38,6 +40,29 @@ pub async fn with_tenant_by_id<C: ConnectionTrait>(
         .one(db)
         .await?;
     Ok(found.and_then(|(r, t)| Some((r, t?))))
+}
+
+/// A page of routes with their tenants, by id after `after`, and the cursor of the next page:
+/// the last known configuration is read this way.
+pub async fn with_tenants_after<C: ConnectionTrait>(
+    db: &C,
+    after: Option<&str>,
+    limit: u64,
+) -> Result<Page<(route::Model, tenant::Model)>, DbErr> {
+    let mut select = route::Entity::find().order_by_asc(route::Column::Id);
+    if let Some(after) = after {
+        select = select.filter(route::Column::Id.gt(after));
+    }
+    let rows = select
+        .find_also_related(tenant::Entity)
+        .limit(limit)
+        .all(db)
+        .await?;
+    let next_cursor = (rows.len() as u64 == limit)
+        .then(|| rows.last().map(|(r, _)| r.id.clone()))
+        .flatten();
+    let items = rows.into_iter().filter_map(|(r, t)| Some((r, t?))).collect();
+    Ok(Page { items, next_cursor })
 }
 
 /// Lists routes, oldest first, of one tenant or of all.

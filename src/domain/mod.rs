@@ -3,6 +3,7 @@ pub mod admin;
 pub mod agent_token;
 pub mod alerts;
 pub mod fallback;
+pub mod outage;
 pub mod phone;
 pub mod runtime;
 pub mod token;
@@ -25,4 +26,21 @@ pub enum Error {
     /// The database failed.
     #[error("database error: {0}")]
     Db(#[from] DbErr),
+    /// The database cannot be reached and the request needs it (503).
+    #[error("the database is unreachable")]
+    Unavailable,
+    /// The local spool failed.
+    #[error(transparent)]
+    Spool(#[from] crate::db::spool::SpoolError),
+}
+
+impl Error {
+    /// Whether the database could not be reached (an outage, not a fault of the request).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Unavailable => true,
+            Self::Db(e) => crate::db::is_unavailable(e),
+            _ => false,
+        }
+    }
 }

@@ -130,7 +130,7 @@ async fn echo(mut inbound: mpsc::Receiver<Relayed>, events: mpsc::Sender<AgentEv
                         payload: media.payload,
                     },
                 }];
-                if echoed % ECHO_MARK_EVERY == 0 {
+                if echoed.is_multiple_of(ECHO_MARK_EVERY) {
                     out.push(Outbound::Mark {
                         stream_sid: String::new(),
                         mark: Mark {

@@ -11,6 +11,10 @@ pub async fn run(state: AppState, stop: CancellationToken) {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // During a database outage they stay buffered (bounded) until it is back.
+        if state.outage.circuit_open() {
+            continue;
+        }
         if let Err(e) = state.diagnostics.flush().await {
             tracing::warn!(error = %e, "writing diagnostics failed; will retry");
         }

@@ -1,6 +1,7 @@
 //! Background tasks that run beside the HTTP server, each under the [`supervisor`]: an exit or
 //! a panic is logged with the task's name and the task is restarted with backoff.
 pub mod agent_health;
+pub mod database_watch;
 pub mod diagnostics;
 pub mod outbox;
 pub mod probe;
@@ -20,8 +21,9 @@ pub enum WorkerError {
 }
 
 /// Starts every background worker under `supervisor`: event delivery (`outbox`), the
-/// diagnostics flush (`diagnostics`) and agent health checks (`agent-health`). Each stops
-/// between rounds at shutdown.
+/// diagnostics flush (`diagnostics`), agent health checks (`agent-health`) and the database
+/// watch of the degraded mode (`database-watch`: probes, spool replay, last known
+/// configuration). Each stops between rounds at shutdown.
 pub fn start_all(supervisor: &mut Supervisor, state: &AppState) {
     let s = state.clone();
     supervisor.spawn("outbox", Stage::Workers, move |stop| outbox::run(s.clone(), stop));
@@ -32,5 +34,9 @@ pub fn start_all(supervisor: &mut Supervisor, state: &AppState) {
     let s = state.clone();
     supervisor.spawn("agent-health", Stage::Workers, move |stop| {
         agent_health::run(s.clone(), stop)
+    });
+    let s = state.clone();
+    supervisor.spawn("database-watch", Stage::Workers, move |stop| {
+        database_watch::run(s.clone(), stop)
     });
 }

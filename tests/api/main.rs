@@ -5,6 +5,7 @@ mod agent_protocol;
 mod call_command;
 mod cli;
 mod contract;
+mod degraded;
 mod events;
 mod failure_modes;
 mod hostile_input;

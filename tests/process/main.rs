@@ -3,6 +3,7 @@
 //! the HTTP server; CLI subcommands that write to the database.
 mod crash;
 mod multi_instance;
+mod outage;
 mod serve;
 mod support;
 mod tenant_cli;

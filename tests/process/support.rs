@@ -207,6 +207,8 @@ fn strip_ansi(line: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Webhook {
     pub call_sid: String,
+    /// The path it is posted to.
+    pub path: &'static str,
     pub body: String,
     pub signature: String,
 }
@@ -214,10 +216,22 @@ pub struct Webhook {
 impl Webhook {
     /// The standard inbound call for `call_sid`, signed for [`PUBLIC_URL`].
     pub fn incoming(call_sid: &str) -> Self {
-        let form = incoming_form(call_sid);
-        let url = format!("{PUBLIC_URL}/api/v1/incoming-call");
+        Self::signed(call_sid, "/api/v1/incoming-call", incoming_form(call_sid))
+    }
+
+    /// Twilio's request to the number's Fallback URL after the voice URL failed.
+    pub fn fallback(call_sid: &str) -> Self {
+        let mut form = incoming_form(call_sid);
+        form.push("ErrorCode", "11200");
+        form.push("ErrorUrl", format!("{PUBLIC_URL}/api/v1/incoming-call"));
+        Self::signed(call_sid, "/api/v1/incoming-call/fallback", form)
+    }
+
+    fn signed(call_sid: &str, path: &'static str, form: stateset_voice::twilio::form::FormParams) -> Self {
+        let url = format!("{PUBLIC_URL}{path}");
         Self {
             call_sid: call_sid.to_owned(),
+            path,
             body: form.encode(),
             signature: signature::compute(Algorithm::HmacSha1, AUTH_TOKEN.as_bytes(), &url, &form),
         }
@@ -226,7 +240,7 @@ impl Webhook {
     /// Sends it to the server at `base`; `Err` when no complete answer arrived.
     pub async fn send(&self, client: &reqwest::Client, base: &str) -> Result<(u16, String), String> {
         let res = client
-            .post(format!("{base}/api/v1/incoming-call"))
+            .post(format!("{base}{}", self.path))
             .header("Content-Type", "application/x-www-form-urlencoded")
             .header("X-Twilio-Signature", &self.signature)
             .body(self.body.clone())

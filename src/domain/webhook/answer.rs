@@ -24,6 +24,7 @@ use crate::{
         self,
         cache::{AnswerCache, CachedAnswer},
         calls::RenewedToken,
+        spool::Spool,
         writer::{NewCall, Writer},
     },
     domain::{token::MintedToken, Error},
@@ -36,6 +37,8 @@ pub struct AnswerStore {
     db: DatabaseConnection,
     cache: AnswerCache,
     writer: Arc<Writer>,
+    /// Where new calls go while the database cannot be reached.
+    spool: Arc<Spool>,
 }
 
 /// An answer ready to be stored: its TwiML and the stream token it carries, if any.
@@ -102,13 +105,20 @@ enum Known {
 }
 
 impl AnswerStore {
-    /// A store on `db`, writing new calls through `writer` and caching answers for
-    /// `token_ttl` (while their stream token stays valid).
-    pub fn new(db: DatabaseConnection, writer: Arc<Writer>, token_ttl: std::time::Duration) -> Self {
+    /// A store on `db`, writing new calls through `writer` (to `spool` while the database
+    /// cannot be reached) and caching answers for `token_ttl` (while their stream token stays
+    /// valid).
+    pub fn new(
+        db: DatabaseConnection,
+        writer: Arc<Writer>,
+        spool: Arc<Spool>,
+        token_ttl: std::time::Duration,
+    ) -> Self {
         Self {
             db,
             cache: AnswerCache::new(token_ttl),
             writer,
+            spool,
         }
     }
 
@@ -117,17 +127,32 @@ impl AnswerStore {
         self.cache.invalidate();
     }
 
-    /// A retry of an answer this instance stored: counted, and the same TwiML.
-    async fn cached_retry(&self, call: &Authenticated, kind: WebhookKind) -> Result<Option<String>, Error> {
+    /// A retry of an answer this instance stored (or spooled): counted, and the same TwiML.
+    /// Without the database the answer is the same; the attempt is not counted.
+    async fn cached_retry(
+        &self,
+        ctx: WebhookContext<'_>,
+        call: &Authenticated,
+        kind: WebhookKind,
+    ) -> Result<Option<String>, Error> {
         let Some(hit) = self.cache.get(call.form.call_sid.as_str(), kind) else {
             return Ok(None);
         };
         if hit.route_id != call.route().id {
             return Ok(None);
         }
-        self.writer
+        if call.offline || ctx.outage.circuit_open() {
+            return Ok(Some(hit.twiml.clone()));
+        }
+        match self
+            .writer
             .count_retry(hit.call_id.clone(), hit.webhook_id.clone())
-            .await?;
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if db::is_unavailable(&e) => ctx.outage.failed(&e, ctx.diagnostics),
+            Err(e) => return Err(e.into()),
+        }
         Ok(Some(hit.twiml.clone()))
     }
 
@@ -284,33 +309,14 @@ fn render(ctx: WebhookContext<'_>, call: &Authenticated, decision: &Decision) ->
     }
 }
 
-/// The voice URL or Fallback URL: answer once per call and kind; retries get the stored
-/// answer.
-pub(super) async fn new_call(
-    ctx: WebhookContext<'_>,
+/// The rows of a new call answered with `fresh`: the call, its answer and its event.
+fn new_call_rows(
     call: &Authenticated,
-    kind: VoiceKind,
-) -> Result<String, Rejection> {
-    let store = ctx.answers;
-    let stored_kind = kind.stored();
-    if let Some(twiml) = store.cached_retry(call, stored_kind).await? {
-        return Ok(twiml);
-    }
-    let situation = match kind {
-        VoiceKind::Fallback => Situation::ProviderFallback,
-        _ => Situation::NewCall,
-    };
-    let (route, tenant) = (call.route(), call.tenant());
-    let runtime = ctx
-        .runtime
-        .snapshot(route.agent_url.as_deref(), ctx.settings.max_streams);
-    let decision = decide(route, tenant, &runtime, situation, &ctx.settings.fallback_message);
-    let reason = match &decision {
-        Decision::Fallback { reason, .. } => Some(*reason),
-        _ => None,
-    };
-    let fresh = render(ctx, call, &decision);
-    let form = &call.form;
+    kind: WebhookKind,
+    fresh: &Fresh,
+    reason: Option<FallbackReason>,
+) -> NewCall {
+    let (route, tenant, form) = (call.route(), call.tenant(), &call.form);
     let now = Utc::now();
     let new_call = call::Model {
         id: new_id(),
@@ -334,30 +340,80 @@ pub(super) async fn new_call(
         updated_at: now,
         ended_at: None,
     };
-    let answer = answer_row(&new_call.id, stored_kind, &fresh);
-    let stored = Stored::fresh(&answer, &fresh);
+    let answer = answer_row(&new_call.id, kind, fresh);
     let event_type = if reason.is_some() {
         EventType::CallFallback
     } else {
         EventType::CallReceived
     };
     let event = db::outbox::event(&tenant.id, event_type, event_data(&new_call));
-    let claimed = store
-        .writer
-        .claim(NewCall {
-            call: new_call.clone(),
-            answer,
-            event,
-        })
-        .await
-        .map_err(Error::from)?;
-    if claimed {
-        Metrics::outcome(&ctx.metrics.calls, new_call.outcome.as_str());
-        if let Some(reason) = reason {
-            count_fallback(ctx.metrics, reason);
+    NewCall {
+        call: new_call,
+        answer,
+        event,
+    }
+}
+
+/// Counts and logs a new call answered and stored (or spooled), and caches its answer for
+/// retries.
+fn answered(
+    ctx: WebhookContext<'_>,
+    call: &Authenticated,
+    kind: WebhookKind,
+    rows: &NewCall,
+    stored: &Stored,
+) {
+    Metrics::outcome(&ctx.metrics.calls, rows.call.outcome.as_str());
+    if let Some(reason) = rows.call.fallback_reason {
+        count_fallback(ctx.metrics, reason);
+    }
+    ctx.answers.remember(call, kind, &rows.call.id, stored);
+}
+
+/// The voice URL or Fallback URL: answer once per call and kind; retries get the stored
+/// answer. Without the database, the route's fallback, spooled.
+pub(super) async fn new_call(
+    ctx: WebhookContext<'_>,
+    call: &Authenticated,
+    kind: VoiceKind,
+) -> Result<String, Rejection> {
+    let store = ctx.answers;
+    let stored_kind = kind.stored();
+    if let Some(twiml) = store.cached_retry(ctx, call, stored_kind).await? {
+        return Ok(twiml);
+    }
+    if call.offline || ctx.outage.circuit_open() {
+        return degraded(ctx, call, stored_kind).await;
+    }
+    let situation = match kind {
+        VoiceKind::Fallback => Situation::ProviderFallback,
+        _ => Situation::NewCall,
+    };
+    let (route, tenant) = (call.route(), call.tenant());
+    let runtime = ctx
+        .runtime
+        .snapshot(route.agent_url.as_deref(), ctx.settings.max_streams);
+    let decision = decide(route, tenant, &runtime, situation, &ctx.settings.fallback_message);
+    let reason = match &decision {
+        Decision::Fallback { reason, .. } => Some(*reason),
+        _ => None,
+    };
+    let fresh = render(ctx, call, &decision);
+    let rows = new_call_rows(call, stored_kind, &fresh, reason);
+    let stored = Stored::fresh(&rows.answer, &fresh);
+    let claimed = match store.writer.claim(rows.clone()).await {
+        Ok(claimed) => claimed,
+        // The token minted for this answer was never recorded nor sent: it cannot be used.
+        Err(e) if db::is_unavailable(&e) => {
+            ctx.outage.failed(&e, ctx.diagnostics);
+            return degraded(ctx, call, stored_kind).await;
         }
-        tracing::info!(call_sid = %new_call.call_sid, route_id = %route.id, outcome = %new_call.outcome, "call answered");
-        store.remember(call, stored_kind, &new_call.id, &stored);
+        Err(e) => return Err(Error::from(e).into()),
+    };
+    ctx.outage.write_succeeded();
+    if claimed {
+        answered(ctx, call, stored_kind, &rows, &stored);
+        tracing::info!(call_sid = %rows.call.call_sid, route_id = %route.id, outcome = %rows.call.outcome, "call answered");
         return Ok(stored.twiml);
     }
     // The CallSid is known: a retry, possibly of a delivery stored a moment ago (the writer
@@ -368,8 +424,46 @@ pub(super) async fn new_call(
         fresh,
         fallback: reason,
     };
-    let known = store.known_call(call, None, delivery, ctx).await?;
+    let known = match store.known_call(call, None, delivery, ctx).await {
+        Ok(known) => known,
+        Err(Error::Db(e)) if db::is_unavailable(&e) => {
+            ctx.outage.failed(&e, ctx.diagnostics);
+            return degraded(ctx, call, stored_kind).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
     reply(ctx, call, known)
+}
+
+/// A new call while the database cannot be reached: the route's fallback (no stream: its
+/// single-use token could not be recorded), appended to the local spool and synced before it
+/// is answered, and stored from there when the database is back. A failure to spool is a 503.
+async fn degraded(
+    ctx: WebhookContext<'_>,
+    call: &Authenticated,
+    kind: WebhookKind,
+) -> Result<String, Rejection> {
+    let (route, tenant) = (call.route(), call.tenant());
+    let runtime = ctx
+        .runtime
+        .snapshot(route.agent_url.as_deref(), ctx.settings.max_streams);
+    let decision = decide(
+        route,
+        tenant,
+        &runtime,
+        Situation::DatabaseUnavailable,
+        &ctx.settings.fallback_message,
+    );
+    let fresh = render(ctx, call, &decision);
+    let rows = new_call_rows(call, kind, &fresh, Some(FallbackReason::DatabaseUnavailable));
+    if let Err(e) = ctx.answers.spool.append(&rows).await {
+        tracing::error!(error = %e, call_sid = %rows.call.call_sid, "spooling a call failed; answering 503");
+        return Err(Error::from(e).into());
+    }
+    ctx.outage.answered();
+    answered(ctx, call, kind, &rows, &Stored::fresh(&rows.answer, &fresh));
+    tracing::debug!(call_sid = %rows.call.call_sid, route_id = %route.id, "call answered from the last known configuration and spooled");
+    Ok(fresh.twiml)
 }
 
 /// The TwiML of a known call's answer, or 409 when the CallSid belongs to another route.

@@ -7,10 +7,14 @@ use entity::{
 
 use super::{InboundWebhook, Rejection, WebhookContext};
 use crate::{
-    db::cache::RouteEntry,
+    db::{
+        self,
+        cache::{RouteCache, RouteEntry},
+    },
     domain::{
         alerts::Occurrence,
         phone::{CallSid, E164},
+        Error,
     },
     twilio::signature::{self, Algorithm},
 };
@@ -58,6 +62,8 @@ impl VoiceForm {
 pub struct Authenticated {
     entry: RouteEntry,
     pub form: VoiceForm,
+    /// The route came from the last known configuration: the database is unreachable.
+    pub offline: bool,
 }
 
 impl Authenticated {
@@ -81,17 +87,36 @@ pub async fn authenticate(
 ) -> Result<Option<Authenticated>, Rejection> {
     // Nothing in the request is trusted yet: `To` only selects the key.
     let called = hook.params.get("To").map(E164::parse);
-    let found = match (&hook.route_hint, &called) {
-        (Some(route_id), _) => ctx.routes.by_id(ctx.db, route_id).await?,
+    let key = match (&hook.route_hint, &called) {
+        (Some(route_id), _) => RouteKey::Id(route_id),
         (None, None) => return Err(Rejection::BadRequest("missing To".to_owned())),
-        (None, Some(Ok(number))) => ctx.routes.by_number(ctx.db, number.as_str()).await?,
-        (None, Some(Err(_))) => None,
+        (None, Some(Ok(number))) => RouteKey::Number(number.as_str()),
+        (None, Some(Err(_))) => RouteKey::NotANumber,
+    };
+    // While the database is known to be away, the last known configuration answers.
+    let mut offline = ctx.outage.circuit_open();
+    let found = if offline {
+        key.known(ctx.routes)
+    } else {
+        match key.load(ctx).await {
+            Ok(found) => found,
+            Err(e) if db::is_unavailable(&e) => {
+                ctx.outage.failed(&e, ctx.diagnostics);
+                offline = true;
+                key.known(ctx.routes)
+            }
+            Err(e) => return Err(e.into()),
+        }
     };
     let Some(entry) = found else {
-        let key = match (&hook.route_hint, &called) {
-            (Some(_), _) => "(unknown route id)",
-            (None, Some(Ok(number))) => number.as_str(),
-            _ => "(not an E.164 number)",
+        if offline {
+            // Not a number this instance knows: it cannot tell an unknown number from a new one.
+            return Err(Rejection::Failed(Error::Unavailable));
+        }
+        let key = match key {
+            RouteKey::Id(_) => "(unknown route id)",
+            RouteKey::Number(number) => number,
+            RouteKey::NotANumber => "(not an E.164 number)",
         };
         tracing::info!(called = %key, "no route for called number");
         ctx.metrics.unknown_routes.inc();
@@ -128,7 +153,33 @@ pub async fn authenticate(
     }
     // The request is authentic: its fields can be trusted from here on.
     let form = VoiceForm::parse(&hook.params).map_err(Rejection::BadRequest)?;
-    Ok(Some(Authenticated { entry, form }))
+    Ok(Some(Authenticated { entry, form, offline }))
+}
+
+/// What selects the route: the id in the URL, else the called number.
+enum RouteKey<'a> {
+    Id(&'a str),
+    Number(&'a str),
+    /// `To` is not a phone number: no route has it.
+    NotANumber,
+}
+
+impl RouteKey<'_> {
+    async fn load(&self, ctx: WebhookContext<'_>) -> Result<Option<RouteEntry>, sea_orm::DbErr> {
+        match self {
+            Self::Id(id) => ctx.routes.by_id(ctx.db, id).await,
+            Self::Number(number) => ctx.routes.by_number(ctx.db, number).await,
+            Self::NotANumber => Ok(None),
+        }
+    }
+
+    fn known(&self, routes: &RouteCache) -> Option<RouteEntry> {
+        match self {
+            Self::Id(id) => routes.known_by_id(id),
+            Self::Number(number) => routes.known_by_number(number),
+            Self::NotANumber => None,
+        }
+    }
 }
 
 /// Why an authentic-looking request was refused.

@@ -15,6 +15,9 @@ pub enum Situation {
     /// The media stream ended; `ended_normally` when a session received `stop` or the agent
     /// hung up.
     StreamEnded { ended_normally: bool },
+    /// A call arrived (at either URL) while the database cannot be reached: no stream token
+    /// could be recorded, so the caller hears the fallback.
+    DatabaseUnavailable,
 }
 
 /// The answer, before a token is minted or anything is stored.
@@ -46,6 +49,7 @@ pub fn decide(
             ended_normally: false,
         } => FallbackReason::StreamFailed,
         Situation::ProviderFallback => FallbackReason::ProviderFallback,
+        Situation::DatabaseUnavailable => FallbackReason::DatabaseUnavailable,
         Situation::NewCall => match unavailable(route, runtime) {
             Some(reason) => reason,
             None => return Decision::Stream,
@@ -141,6 +145,43 @@ mod tests {
                     verbs: say(DEFAULT)
                 },
                 "{enabled} {runtime:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_the_database_a_call_hears_the_route_then_tenant_then_default_fallback() {
+        let route_say = r#"{"type":"say","message":"route says"}"#;
+        let tenant_say = r#"{"type":"say","message":"tenant says"}"#;
+        let cases = [
+            (
+                route_with(true, Some(route_say)),
+                tenant_with(Some(tenant_say)),
+                "route says",
+            ),
+            (
+                route_with(true, None),
+                tenant_with(Some(tenant_say)),
+                "tenant says",
+            ),
+            (route_with(true, None), tenant_with(None), DEFAULT),
+            // Disabled or not, the reason is the database: that is what the operator must fix.
+            (route_with(false, None), tenant_with(None), DEFAULT),
+        ];
+        for (route, tenant, heard) in cases {
+            let decision = decide(
+                &route,
+                &tenant,
+                &healthy(),
+                Situation::DatabaseUnavailable,
+                DEFAULT,
+            );
+            assert_eq!(
+                decision,
+                Decision::Fallback {
+                    reason: FallbackReason::DatabaseUnavailable,
+                    verbs: say(heard)
+                }
             );
         }
     }

@@ -29,6 +29,7 @@ pub use self::{
 use super::{
     alerts::{Diagnostics, Occurrence},
     fallback::{self, FallbackAction},
+    outage::Outage,
     runtime::Runtime,
     token::{MintedToken, TokenIssuer},
     Error,
@@ -128,6 +129,7 @@ pub struct WebhookContext<'a> {
     pub diagnostics: &'a Diagnostics,
     pub metrics: &'a Metrics,
     pub settings: &'a VoiceSettings,
+    pub outage: &'a Outage,
 }
 
 /// Answers a voice webhook with TwiML, in the order the contract fixes.
@@ -144,6 +146,8 @@ pub async fn voice(
     };
     match kind {
         VoiceKind::Incoming | VoiceKind::Fallback => answer::new_call(ctx, &call, kind).await,
+        // What the stream did is in the database.
+        VoiceKind::StreamEnded if call.offline => Err(Rejection::Failed(Error::Unavailable)),
         VoiceKind::StreamEnded => answer::stream_ended(ctx, &call).await,
     }
 }
@@ -151,6 +155,7 @@ pub async fn voice(
 /// Records a status callback.
 pub async fn call_status(ctx: WebhookContext<'_>, hook: InboundWebhook) -> Result<StatusReply, Rejection> {
     match authenticate(ctx, &hook).await? {
+        Some(call) if call.offline => Err(Rejection::Failed(Error::Unavailable)),
         Some(call) => status::record(ctx, &call).await,
         // Counted as a diagnostic; there is no call to update.
         None => Ok(StatusReply::Recorded),

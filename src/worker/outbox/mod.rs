@@ -44,7 +44,13 @@ pub async fn run(state: AppState, stop: CancellationToken) {
         }
     };
     while !stop.is_cancelled() {
-        match deliver_due(&state, &client).await {
+        // During a database outage there is nothing to deliver from (and nothing to log).
+        let round = if state.outage.circuit_open() {
+            Ok(0)
+        } else {
+            deliver_due(&state, &client).await
+        };
+        match round {
             Ok(n) if n as u64 >= BATCH => continue,
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "outbox round failed"),
