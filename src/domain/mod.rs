@@ -5,6 +5,7 @@ pub mod alerts;
 pub mod fallback;
 pub mod phone;
 pub mod runtime;
+pub mod shutdown;
 pub mod token;
 pub mod webhook;
 
