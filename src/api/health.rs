@@ -2,7 +2,7 @@
 use entity::outbox_event;
 use poem_openapi::{
     payload::{Json, PlainText},
-    ApiResponse, Object, OpenApi,
+    ApiResponse, Enum, Object, OpenApi,
 };
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 
@@ -14,13 +14,31 @@ pub struct HealthApi {
     pub state: AppState,
 }
 
+/// What a health report says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum HealthStatus {
+    /// Liveness: the process serves requests.
+    Ok,
+    /// Readiness: the database answers and every background task runs.
+    Ready,
+    /// Not ready: the database does not answer or a background task is down.
+    Unavailable,
+    /// Not ready: the instance is shutting down. It still answers what reaches it while its
+    /// open media streams end (up to `VOICE_STREAM_DRAIN_TIMEOUT`), then exits.
+    Stopping,
+}
+
 /// A health report.
 #[derive(Debug, Object)]
 pub struct Health {
-    /// `ok`, `ready` or `unavailable`.
-    pub status: String,
-    /// Whether this instance is draining.
+    pub status: HealthStatus,
+    /// Whether this instance is in drain mode (`PUT /api/v1/runtime/drain`: new calls get
+    /// the fallback).
     pub draining: bool,
+    /// Readiness while stopping only: the media streams still open on this instance.
+    #[oai(skip_serializing_if_is_none)]
+    pub open_streams: Option<u64>,
     /// Readiness only: the background tasks that are down (restarting after an exit or a
     /// panic), by name. Absent when none is.
     #[oai(default, skip_serializing_if_is_empty)]
@@ -32,7 +50,8 @@ enum Readiness {
     /// The database answers and every background task runs.
     #[oai(status = 200)]
     Ready(Json<Health>),
-    /// The database does not answer or a background task is down.
+    /// The database does not answer, a background task is down, or the instance is stopping
+    /// (`status` says which).
     #[oai(status = 503)]
     Unavailable(Json<Health>),
 }
@@ -43,8 +62,9 @@ impl HealthApi {
     #[oai(path = "/healthz", method = "get", operation_id = "healthz")]
     async fn healthz(&self) -> Json<Health> {
         Json(Health {
-            status: "ok".to_owned(),
+            status: HealthStatus::Ok,
             draining: self.state.runtime.is_draining(),
+            open_streams: None,
             tasks_down: Vec::new(),
         })
     }
@@ -73,10 +93,22 @@ impl HealthApi {
     }
 
     /// Readiness: the database is reachable and every background task runs
+    ///
+    /// From the moment the process receives SIGTERM it answers 503 with `status: stopping`, so
+    /// that the load balancer sends new traffic elsewhere while open media streams end.
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self) -> Readiness {
-        let draining = self.state.runtime.is_draining();
+        let runtime = &self.state.runtime;
+        let draining = runtime.is_draining();
         let tasks_down = self.state.tasks.down();
+        if runtime.is_stopping() {
+            return Readiness::Unavailable(Json(Health {
+                status: HealthStatus::Stopping,
+                draining,
+                open_streams: Some(runtime.active_streams() as u64),
+                tasks_down,
+            }));
+        }
         let reachable = match self.state.db.ping().await {
             Ok(()) => true,
             Err(e) => {
@@ -86,8 +118,9 @@ impl HealthApi {
         };
         if reachable && tasks_down.is_empty() {
             return Readiness::Ready(Json(Health {
-                status: "ready".to_owned(),
+                status: HealthStatus::Ready,
                 draining,
+                open_streams: None,
                 tasks_down,
             }));
         }
@@ -95,8 +128,9 @@ impl HealthApi {
             tracing::warn!(tasks = ?tasks_down, "not ready: background tasks are down");
         }
         Readiness::Unavailable(Json(Health {
-            status: "unavailable".to_owned(),
+            status: HealthStatus::Unavailable,
             draining,
+            open_streams: None,
             tasks_down,
         }))
     }
