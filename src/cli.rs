@@ -502,7 +502,7 @@ fn stop_signals(
         let signal = signals.next().await;
         tracing::info!(
             signal = signal.name(),
-            "shutting down (a second signal exits at once)"
+            "stop signal received; a second one exits at once"
         );
         let _ = first.send(());
         let signal = signals.next().await;

@@ -20,7 +20,7 @@ pub async fn drain(runtime: &Runtime, timeout: Duration, linger: Duration) -> Su
     let deadline = chrono::Utc::now() + chrono::Duration::from_std(timeout).unwrap_or_default();
     tracing::info!(
         open_streams = runtime.active_streams(),
-        timeout_s = timeout.as_secs_f64(),
+        timeout = ?timeout,
         deadline = %deadline.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "draining: /readyz answers 503; webhooks are still answered and open media streams go \
          on until the deadline"
@@ -52,16 +52,12 @@ pub async fn drain(runtime: &Runtime, timeout: Duration, linger: Duration) -> Su
                     still_open,
                     elapsed,
                 } = summary;
-                if still_open > 0 {
-                    tracing::warn!(still_open, "media streams still open at the end of the drain");
-                }
                 tracing::info!(
-                    ended,
-                    closed,
+                    ended_on_their_own = ended,
+                    closed_at_deadline = closed,
                     still_open,
-                    elapsed_s = elapsed.as_secs_f64(),
-                    "drain finished (media streams: `ended` on their own, `closed` at the \
-                     deadline); stopping"
+                    elapsed = ?elapsed,
+                    "drain finished; stopping"
                 );
                 return summary;
             }
