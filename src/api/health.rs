@@ -14,7 +14,9 @@ pub struct HealthApi {
     pub state: AppState,
 }
 
-/// What a health report says.
+/// What a health report says: `ok` (liveness: the process serves requests), `ready`,
+/// `unavailable` (the database does not answer or a background task is down) or `stopping`
+/// (shutting down after SIGTERM: still answering while open media streams end).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename_all = "lowercase")]
 pub enum HealthStatus {
