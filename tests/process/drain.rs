@@ -48,23 +48,22 @@ impl Stream {
     /// Connects the stream of `call_sid` to `server` and starts it, as Twilio does.
     async fn open(server: &Server, call_sid: String, token: &str) -> Self {
         let url = format!("{}/media-stream", server.base.replacen("http://", "ws://", 1));
-        let socket = tokio::time::timeout(WAIT, connect_async(url))
+        let mut socket = tokio::time::timeout(WAIT, connect_async(url))
             .await
             .expect("no stall")
             .expect("websocket upgrade")
             .0;
         let frames = recorded_session(&call_sid, token);
-        let mut stream = Self {
+        // `connected` and `start`.
+        for frame in &frames[..2] {
+            socket.send(Message::text(frame.clone())).await.expect("sent");
+        }
+        Self {
             call_sid,
             socket,
             frames,
             sent: 0,
-        };
-        // `connected` and `start`.
-        for frame in stream.frames[..2].to_vec() {
-            stream.socket.send(Message::text(frame)).await.expect("sent");
         }
-        stream
     }
 
     /// Answers a new call on `server` and opens its stream there.
