@@ -207,12 +207,8 @@ pub async fn run(
     let (end, failure, agent_name) = match remote {
         Ok(remote) => {
             let mut agent = agent::start(remote, state.metrics.clone());
-            let bridge = Bridge {
-                out: &out,
-                stream_sid: &stream_sid,
-                closing: &counted,
-            };
-            let (end, failure) = converse(&mut frames, bridge, &mut agent, &mut counts).await;
+            let (end, failure) =
+                converse(&mut frames, &out, &mut agent, &stream_sid, &mut counts, &counted).await;
             let name = agent.name.clone();
             agent.finish();
             (end, failure, name)
@@ -287,33 +283,22 @@ async fn close_going_away(out: &mpsc::Sender<Reply>) {
     let _ = tokio::time::timeout(STALL_LIMIT, out.send(close)).await;
 }
 
-/// The Twilio side of a bridged stream: where replies go, the stream's id, and the guard
-/// that says when the instance wants it closed.
-struct Bridge<'a> {
-    out: &'a mpsc::Sender<Reply>,
-    stream_sid: &'a str,
-    closing: &'a StreamGuard,
-}
-
 /// Relays between Twilio and the agent until the stream ends; returns why, and what went
 /// wrong when the agent failed.
 ///
 /// Neither direction waits on the other: a frame that finds its queue full is held (reading
 /// from that side pauses) while the other direction keeps flowing, and a frame held longer
-/// than [`STALL_LIMIT`] fails the agent. When the instance tells its streams to close (the
-/// shutdown drain's deadline), the stream ends as [`EndReason::Shutdown`].
+/// than [`STALL_LIMIT`] fails the agent. When the instance tells its streams to close
+/// (`closing`: the shutdown drain's deadline), the stream ends as [`EndReason::Shutdown`].
 async fn converse(
     frames: &mut (impl Stream<Item = Frame> + Unpin),
-    bridge: Bridge<'_>,
+    out: &mpsc::Sender<Reply>,
     agent: &mut AgentHandle,
+    stream_sid: &str,
     counts: &mut Counts,
+    closing: &StreamGuard,
 ) -> (EndReason, Option<String>) {
     use tokio::time::Instant;
-    let Bridge {
-        out,
-        stream_sid,
-        closing,
-    } = bridge;
     let close_requested = closing.close_requested();
     tokio::pin!(close_requested);
     let failed = |why: &str| (EndReason::AgentFailed, Some(why.to_owned()));
