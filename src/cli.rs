@@ -318,7 +318,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     crate::demo::call_command(&state.config, &tenant)
                 );
             }
-            crate::server::serve(state, shutdown_signal()).await?;
+            let runtime = state.runtime.clone();
+            crate::server::serve(state, stop_signals(runtime)?).await?;
         }
         Command::Migrate => {
             let db = db::connect(&config).await?;
@@ -424,23 +425,97 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            s.recv().await;
+/// A signal that stops `serve`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopSignal {
+    /// SIGTERM: what orchestrators send at a rolling deploy.
+    Terminate,
+    /// SIGINT: Ctrl-C.
+    Interrupt,
+}
+
+impl StopSignal {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Terminate => "SIGTERM",
+            Self::Interrupt => "SIGINT",
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
     }
-    tracing::info!("shutting down");
+
+    /// The exit status when a second signal ends the process: 128 + the signal's number, as
+    /// shells report a process killed by it.
+    fn exit_status(self) -> i32 {
+        match self {
+            Self::Terminate => 128 + 15,
+            Self::Interrupt => 128 + 2,
+        }
+    }
+}
+
+/// Listens for SIGTERM and SIGINT from now on (so neither kills the process outright).
+struct StopSignals {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// The next stop signal.
+    async fn next(&mut self) -> StopSignal {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.terminate.recv() => StopSignal::Terminate,
+                _ = self.interrupt.recv() => StopSignal::Interrupt,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            StopSignal::Interrupt
+        }
+    }
+}
+
+/// Completes at the first SIGTERM or SIGINT, which starts the drain; a second one ends the
+/// process at once, with 128 + its number, whatever is still open.
+fn stop_signals(
+    runtime: std::sync::Arc<crate::domain::runtime::Runtime>,
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let mut signals = StopSignals::listen()?;
+    let (first, first_received) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let signal = signals.next().await;
+        tracing::info!(
+            signal = signal.name(),
+            "stop signal received; a second one exits at once"
+        );
+        let _ = first.send(());
+        let signal = signals.next().await;
+        tracing::warn!(
+            signal = signal.name(),
+            open_streams = runtime.active_streams(),
+            "second stop signal: exiting now"
+        );
+        std::process::exit(signal.exit_status());
+    });
+    Ok(async move {
+        let _ = first_received.await;
+    })
 }
 
 /// A flag taking one of a state enum's names (listed in `--help`).

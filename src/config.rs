@@ -139,6 +139,10 @@ pub struct ConfigArgs {
     /// How long a media stream may take to present a valid `start` (seconds).
     #[arg(long, global = true, env = "VOICE_STREAM_START_TIMEOUT", default_value = "5", value_parser = parse_duration)]
     pub stream_start_timeout: Duration,
+    /// At shutdown (SIGTERM), how long open media streams may go on before they are closed
+    /// (seconds, or a number with s/m suffix; 0 closes them at once).
+    #[arg(long, global = true, env = "VOICE_STREAM_DRAIN_TIMEOUT", default_value = "300", value_parser = parse_duration)]
+    pub stream_drain_timeout: Duration,
     /// How often each agent runtime is health-checked (seconds).
     #[arg(long, global = true, env = "VOICE_AGENT_HEALTH_INTERVAL", default_value = "15", value_parser = parse_duration)]
     pub agent_health_interval: Duration,
@@ -268,6 +272,8 @@ pub struct Media {
     pub max_streams: usize,
     /// `VOICE_STREAM_START_TIMEOUT`.
     pub start_timeout: Duration,
+    /// `VOICE_STREAM_DRAIN_TIMEOUT`: at shutdown, how long open streams may go on.
+    pub drain_timeout: Duration,
     /// `VOICE_AGENT_HEALTH_INTERVAL`.
     pub agent_health_interval: Duration,
 }
@@ -438,6 +444,7 @@ impl Config {
             media: Media {
                 max_streams: args.max_streams,
                 start_timeout: args.stream_start_timeout,
+                drain_timeout: args.stream_drain_timeout,
                 agent_health_interval: args.agent_health_interval,
             },
             alerts: Alerts {
@@ -477,6 +484,7 @@ fn check_ranges(args: &ConfigArgs, database_max_connections: u32) -> Result<(), 
     within("VOICE_ALERT_THRESHOLD",            args.alert_threshold,            1..=u32::MAX)?;
     within("VOICE_ALERT_WINDOW",               args.alert_window,               SECOND..=DAY)?;
     within("VOICE_STREAM_START_TIMEOUT",       args.stream_start_timeout,       SECOND..=FIVE_MIN)?;
+    within("VOICE_STREAM_DRAIN_TIMEOUT",       args.stream_drain_timeout,       Duration::ZERO..=HOUR)?;
     within("VOICE_AGENT_HEALTH_INTERVAL",      args.agent_health_interval,      SECOND..=DAY)?;
     within("VOICE_IDLE_TIMEOUT",               args.idle_timeout,               SECOND..=DAY)?;
     within("VOICE_HEADER_READ_TIMEOUT",        args.header_read_timeout,        TEN_MS..=FIVE_MIN)?;
@@ -699,6 +707,11 @@ mod tests {
             "301 s is out of range (allowed: 1 s to 5 min)",
         ),
         (
+            "--stream-drain-timeout",
+            "61m",
+            "61 min is out of range (allowed: 0 s to 1 h)",
+        ),
+        (
             "--agent-health-interval",
             "0",
             "0 s is out of range (allowed: 1 s to 24 h)",
@@ -815,6 +828,8 @@ mod tests {
             ("--alert-window", "1440m"),
             ("--stream-start-timeout", "1"),
             ("--stream-start-timeout", "5m"),
+            ("--stream-drain-timeout", "0"),
+            ("--stream-drain-timeout", "60m"),
             ("--agent-health-interval", "1"),
             ("--agent-health-interval", "1440m"),
             ("--idle-timeout", "1"),
@@ -866,6 +881,7 @@ mod tests {
         assert_eq!(c.stream_tokens.placement, TokenPlacement::Query);
         assert_eq!(c.media.max_streams, 500);
         assert_eq!(c.media.start_timeout, Duration::from_secs(5));
+        assert_eq!(c.media.drain_timeout, Duration::from_secs(300));
         assert_eq!(c.media.agent_health_interval, Duration::from_secs(15));
         assert_eq!(c.alerts.threshold, 5);
         assert_eq!(c.alerts.window, Duration::from_secs(300));
@@ -891,7 +907,7 @@ mod tests {
             assert_eq!(flag_of(&env.to_string_lossy()), format!("--{long}"));
             checked += 1;
         }
-        assert_eq!(checked, 29);
+        assert_eq!(checked, 30);
     }
 
     #[test]

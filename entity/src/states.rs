@@ -178,6 +178,9 @@ state! {
         AgentFailed = "agent_failed",
         /// Twilio's socket closed without `stop`: the caller gets the fallback.
         SocketClosed = "socket_closed",
+        /// The instance was shutting down and closed the stream when its drain timeout
+        /// (`VOICE_STREAM_DRAIN_TIMEOUT`) passed: the caller gets the fallback.
+        Shutdown = "shutdown",
     }
 }
 

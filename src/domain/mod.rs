@@ -6,6 +6,7 @@ pub mod fallback;
 pub mod outage;
 pub mod phone;
 pub mod runtime;
+pub mod shutdown;
 pub mod token;
 pub mod webhook;
 

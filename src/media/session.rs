@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::agent::{self, AgentEvent, AgentHandle, Relayed, RemoteAgent};
 use crate::{
     db::{self, media::Counts},
-    domain::{agent_token, alerts::Occurrence, token::StreamClaims},
+    domain::{agent_token, alerts::Occurrence, runtime::StreamGuard, token::StreamClaims},
     state::AppState,
     twilio::media::{self as proto, Inbound, Outbound},
 };
@@ -41,6 +41,9 @@ pub const CLOSE_REFUSED: u16 = 1008;
 pub const CLOSE_AGENT_FAILED: u16 = 1011;
 /// Close code after a normal `stop`.
 pub const CLOSE_NORMAL: u16 = 1000;
+/// Close code when the instance shuts down and closes the stream at its drain deadline
+/// (going away); Twilio then runs the `<Connect action>`.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
 
 /// Why a stream was refused before any frame was bridged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,14 +138,20 @@ pub async fn run(
     mut frames: impl Stream<Item = Frame> + Unpin,
     out: mpsc::Sender<Reply>,
 ) {
-    let _counted = state.runtime.stream_opened();
+    let counted = state.runtime.stream_opened();
     let deadline = tokio::time::Instant::now() + state.config.media.start_timeout;
     let mut counts = Counts::default();
     let mut connected = None;
 
     // Until a valid `start`, nothing is bridged.
     let (start_text, stream_sid, start) = loop {
-        let frame = match tokio::time::timeout_at(deadline, frames.next()).await {
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(deadline, frames.next()) => next,
+            // Nothing was opened yet: the `<Connect action>` finds no session and plays the
+            // fallback.
+            () = counted.close_requested() => return close_going_away(&out).await,
+        };
+        let frame = match next {
             Err(_) => return refuse(&state, &out, Refusal::NoStart).await,
             Ok(None) => return,
             Ok(Some(Frame::Binary)) => {
@@ -198,7 +207,8 @@ pub async fn run(
     let (end, failure, agent_name) = match remote {
         Ok(remote) => {
             let mut agent = agent::start(remote, state.metrics.clone());
-            let (end, failure) = converse(&mut frames, &out, &mut agent, &stream_sid, &mut counts).await;
+            let (end, failure) =
+                converse(&mut frames, &out, &mut agent, &stream_sid, &mut counts, &counted).await;
             let name = agent.name.clone();
             agent.finish();
             (end, failure, name)
@@ -222,6 +232,7 @@ pub async fn run(
         EndReason::Stop => Some((CLOSE_NORMAL, "stream stopped")),
         EndReason::AgentHangup => Some((CLOSE_NORMAL, "agent hung up")),
         EndReason::AgentFailed => Some((CLOSE_AGENT_FAILED, "agent failed")),
+        EndReason::Shutdown => Some((CLOSE_GOING_AWAY, "server shutting down")),
         EndReason::SocketClosed => None,
     };
     if let Some((code, reason)) = close {
@@ -263,20 +274,33 @@ fn remote_agent(
     })
 }
 
+/// Closes a stream that had not started when the instance told its streams to close.
+async fn close_going_away(out: &mpsc::Sender<Reply>) {
+    let close = Reply::Close {
+        code: CLOSE_GOING_AWAY,
+        reason: "server shutting down".to_owned(),
+    };
+    let _ = tokio::time::timeout(STALL_LIMIT, out.send(close)).await;
+}
+
 /// Relays between Twilio and the agent until the stream ends; returns why, and what went
 /// wrong when the agent failed.
 ///
 /// Neither direction waits on the other: a frame that finds its queue full is held (reading
 /// from that side pauses) while the other direction keeps flowing, and a frame held longer
-/// than [`STALL_LIMIT`] fails the agent.
+/// than [`STALL_LIMIT`] fails the agent. When the instance tells its streams to close
+/// (`closing`: the shutdown drain's deadline), the stream ends as [`EndReason::Shutdown`].
 async fn converse(
     frames: &mut (impl Stream<Item = Frame> + Unpin),
     out: &mpsc::Sender<Reply>,
     agent: &mut AgentHandle,
     stream_sid: &str,
     counts: &mut Counts,
+    closing: &StreamGuard,
 ) -> (EndReason, Option<String>) {
     use tokio::time::Instant;
+    let close_requested = closing.close_requested();
+    tokio::pin!(close_requested);
     let failed = |why: &str| (EndReason::AgentFailed, Some(why.to_owned()));
     // A caller's frame waiting for room towards the agent, and since when.
     let mut to_agent: Option<(Relayed, Instant)> = None;
@@ -393,6 +417,11 @@ async fn converse(
                     Ok(permit) => permit.send(reply),
                     Err(_) => return (EndReason::SocketClosed, None),
                 }
+            }
+            () = &mut close_requested => {
+                // An agent's goodbye still playing ends the call as the agent wanted.
+                let end = if playout.is_some() { EndReason::AgentHangup } else { EndReason::Shutdown };
+                return (end, None);
             }
             () = timer, if deadline.is_some() => {
                 if to_agent.is_some() {

@@ -1,6 +1,7 @@
 //! The transport: accepting connections (Nagle off, request head deadline, idle timeout),
 //! serving [`crate::app`] on them, and running the service's tasks under one supervisor from
 //! start to an orderly shutdown.
+pub mod drain;
 pub mod head_deadline;
 pub mod no_delay;
 
@@ -13,6 +14,7 @@ use poem::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    domain::shutdown::LINGER,
     state::AppState,
     worker::{
         self,
@@ -27,8 +29,10 @@ pub const GRACE: Duration = Duration::from_secs(10);
 
 /// Serves `state` on its configured address until `shutdown` completes, with every task under
 /// one supervisor: the server, the batch writer's lanes and the background workers (event
-/// delivery, diagnostics flush, agent health checks). At shutdown the server stops accepting
-/// and lets requests finish, the writer writes what is queued, the workers stop, and buffered
+/// delivery, diagnostics flush, agent health checks). At shutdown the instance first drains
+/// ([`drain::drain`]: `/readyz` answers 503, requests are still served, open media streams get
+/// up to `VOICE_STREAM_DRAIN_TIMEOUT` to end); then the server stops accepting and lets
+/// requests finish, the writer writes what is queued, the workers stop, and buffered
 /// diagnostics are written a last time.
 pub async fn serve(state: AppState, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
     let acceptor = TcpListener::bind(state.config.http.bind.clone())
@@ -41,6 +45,7 @@ pub async fn serve(state: AppState, shutdown: impl Future<Output = ()> + Send) -
     start(&mut supervisor, acceptor, &state, Some(GRACE));
     worker::start_all(&mut supervisor, &state);
     shutdown.await;
+    drain::drain(&state.runtime, state.config.media.drain_timeout, LINGER).await;
     supervisor.shutdown().await;
     // Diagnostics still buffered would otherwise be lost with the process.
     if let Err(e) = state.diagnostics.flush().await {

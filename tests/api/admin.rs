@@ -377,3 +377,29 @@ async fn health_readiness_and_drain(app: TestApp) {
     assert_eq!(unknown.status(), 404);
     assert_eq!(unknown.json::<Value>().await.unwrap()["status"], 404);
 }
+
+backend_test!(a_stopping_instance_is_not_ready_but_still_answers_calls);
+async fn a_stopping_instance_is_not_ready_but_still_answers_calls(app: TestApp) {
+    app.seed().await;
+    let get = |path: &str| {
+        let request = app.client.get(format!("{}{path}", app.base)).send();
+        async move {
+            let res = request.await.unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, ready) = get("/readyz").await;
+    assert_eq!(status, 200);
+    assert!(ready.get("open_streams").is_none(), "{ready}");
+
+    app.state.runtime.begin_stopping();
+    let (status, ready) = get("/readyz").await;
+    assert_eq!((status, &ready["status"]), (503, &json!("stopping")), "{ready}");
+    assert_eq!(ready["open_streams"], 0);
+    assert_eq!(ready["draining"], false, "not the admin drain mode");
+    let (status, health) = get("/healthz").await;
+    assert_eq!((status, &health["status"]), (200, &json!("ok")));
+    // New calls still get a stream: another instance can take it.
+    let answer = app.incoming(&call_sid()).await.text().await.unwrap();
+    assert!(answer.contains("<Stream url="), "{answer}");
+}

@@ -11,7 +11,7 @@ use stateset_voice::{
         admin::{NewRoute, NewTenant},
         agent_token::AgentClaims,
     },
-    media::session::{CLOSE_AGENT_FAILED, CLOSE_NORMAL, HANGUP_MARK},
+    media::session::{CLOSE_AGENT_FAILED, CLOSE_GOING_AWAY, CLOSE_NORMAL, HANGUP_MARK},
     testkit::*,
 };
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -366,6 +366,76 @@ async fn an_agent_that_hangs_up_ends_the_call(app: TestApp) {
     assert!(stream_ended_on(&app, &sid, "+15555550199")
         .await
         .contains("<Hangup/>"));
+}
+
+backend_test!(streams_told_to_close_at_shutdown_close_both_sides_and_get_the_fallback);
+async fn streams_told_to_close_at_shutdown_close_both_sides_and_get_the_fallback(app: TestApp) {
+    // Echoes media until the service closes the connection; reports the close it got.
+    let (closed, agent_close) = tokio::sync::oneshot::channel();
+    let (agent_url, _agent) = run_agent(|mut ws, mut seen| async move {
+        let stream_sid = await_start(&mut ws, &mut seen).await;
+        let close = loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => {
+                    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    if v["event"] == "media" {
+                        ws.send(media(&stream_sid, "f39/fw==")).await.unwrap();
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => break frame.map(|f| f.code),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break None,
+            }
+        };
+        let _ = closed.send(close);
+        seen
+    })
+    .await;
+    seed_agent(&app, agent_url).await;
+    let (sid, token) = answered_call(&app).await;
+    let frames = recorded_session(&sid, &token);
+    let mut socket = connect(&app, "/media-stream").await;
+    send_all(&mut socket, &frames[..4]).await;
+    let got = read_until(&mut socket, 2, Received::default()).await;
+    assert_eq!(got.media.len(), 2, "bridged: {got:?}");
+
+    app.state.runtime.close_streams();
+    let got = read_all(&mut socket).await;
+    assert_eq!(
+        got.close,
+        Some((
+            CloseCode::from(CLOSE_GOING_AWAY),
+            "server shutting down".to_owned()
+        ))
+    );
+    let agent_close = tokio::time::timeout(Duration::from_secs(10), agent_close)
+        .await
+        .expect("the agent connection is closed in time")
+        .unwrap();
+    assert_eq!(agent_close, Some(CloseCode::Normal));
+    let session = ended_session(&app, &sid).await;
+    assert_eq!(
+        (session.end_reason.map(|r| r.as_str()), session.received_stop),
+        (Some("shutdown"), false)
+    );
+    let twiml = stream_ended(&app, &sid).await;
+    assert!(twiml.contains(FALLBACK), "{twiml}");
+    let ended = app.events("stream.ended").await;
+    let payload: serde_json::Value = serde_json::from_str(&ended[0].payload).unwrap();
+    assert_eq!(payload["data"]["end_reason"], "shutdown");
+
+    // A stream connecting after that is closed at once, before any `start` is taken: no
+    // session is opened.
+    let (sid, _) = answered_call(&app).await;
+    let mut late = connect(&app, "/media-stream").await;
+    let got = read_all(&mut late).await;
+    assert_eq!(got.close.map(|c| c.0), Some(CloseCode::from(CLOSE_GOING_AWAY)));
+    let call = app.call(&sid).await.unwrap();
+    assert!(db::calls::media_sessions(&app.state.db, &call.id)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(stream_ended(&app, &sid).await.contains(FALLBACK));
 }
 
 /// Closes as a WebSocket peer should: sends the close frame, then reads until the service

@@ -1,7 +1,9 @@
 //! Reliability tests over real server processes: the `stateset-voice` binary killed mid-load
-//! and restarted, two instances sharing one PostgreSQL schema, and what `serve` runs beside
-//! the HTTP server; CLI subcommands that write to the database.
+//! and restarted, drained by SIGTERM with live media streams, two instances sharing one
+//! PostgreSQL schema, and what `serve` runs beside the HTTP server; CLI subcommands that write
+//! to the database.
 mod crash;
+mod drain;
 mod multi_instance;
 mod outage;
 mod serve;

@@ -73,6 +73,11 @@ pub async fn cli(database_url: &str, args: &[&str]) -> String {
 /// Creates the standard tenant (with `webhook_url`, if given) and its route for [`NUMBER`]
 /// through the CLI; returns the tenant id.
 pub async fn seed(database_url: &str, webhook_url: Option<&str>) -> String {
+    seed_with(database_url, webhook_url, &[]).await
+}
+
+/// [`seed`], with more `route add` flags (e.g. `--fallback JSON`).
+pub async fn seed_with(database_url: &str, webhook_url: Option<&str>, route_flags: &[&str]) -> String {
     let mut args = vec![
         "tenant",
         "add",
@@ -88,11 +93,9 @@ pub async fn seed(database_url: &str, webhook_url: Option<&str>) -> String {
     }
     let tenant = cli(database_url, &args).await.trim().to_owned();
     assert!(!tenant.is_empty(), "tenant add prints the id");
-    cli(
-        database_url,
-        &["route", "add", "--tenant", &tenant, "--phone-number", NUMBER],
-    )
-    .await;
+    let mut route = vec!["route", "add", "--tenant", &tenant, "--phone-number", NUMBER];
+    route.extend_from_slice(route_flags);
+    cli(database_url, &route).await;
     tenant
 }
 
@@ -155,6 +158,36 @@ impl Server {
         server
     }
 
+    /// Sends the process the signal `name` (`TERM`, `INT`, ...) with `kill(1)`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{name} failed: {status}");
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `deadline` for the process to exit and returns its status; `None` if it
+    /// still runs then.
+    pub async fn exited_within(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let until = std::time::Instant::now() + deadline;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= until {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Kills the process with SIGKILL and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -203,7 +236,7 @@ fn strip_ansi(line: &str) -> String {
     out
 }
 
-/// A signed inbound-call webhook: the encoded form and its `X-Twilio-Signature`.
+/// A signed voice webhook: its path, the encoded form and its `X-Twilio-Signature`.
 #[derive(Debug, Clone)]
 pub struct Webhook {
     pub call_sid: String,
@@ -227,6 +260,12 @@ impl Webhook {
         Self::signed(call_sid, "/api/v1/incoming-call/fallback", form)
     }
 
+    /// The `<Connect action>` callback of `call_sid`'s stream, signed for [`PUBLIC_URL`].
+    pub fn stream_ended(call_sid: &str) -> Self {
+        Self::signed(call_sid, "/api/v1/stream-ended", incoming_form(call_sid))
+    }
+
+    /// `form` for `call_sid`, posted to `path`.
     fn signed(call_sid: &str, path: &'static str, form: stateset_voice::twilio::form::FormParams) -> Self {
         let url = format!("{PUBLIC_URL}{path}");
         Self {
