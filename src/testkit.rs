@@ -319,6 +319,12 @@ impl TestApp {
         }
     }
 
+    /// Stalls the connection to PostgreSQL: bytes are held in both directions and nothing is
+    /// closed, as on a network dropping packets, until [`TestApp::heal_database`].
+    pub fn stall_database(&self) {
+        self.proxy.as_ref().expect("a cuttable app on PostgreSQL").stall();
+    }
+
     /// Makes the database available again.
     pub async fn heal_database(&self) {
         match &self.proxy {

@@ -142,6 +142,29 @@ pub struct RenewedToken {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Replaces a stored answer by `answer`'s TwiML and token (none, for a fallback).
+pub async fn replace_answer<C: ConnectionTrait>(db: &C, answer: &call_webhook::Model) -> Result<(), DbErr> {
+    call_webhook::Entity::update_many()
+        .col_expr(call_webhook::Column::Twiml, Expr::value(answer.twiml.clone()))
+        .col_expr(
+            call_webhook::Column::StreamToken,
+            Expr::value(answer.stream_token.clone()),
+        )
+        .col_expr(
+            call_webhook::Column::TokenJti,
+            Expr::value(answer.token_jti.clone()),
+        )
+        .col_expr(
+            call_webhook::Column::TokenExpiresAt,
+            Expr::value(answer.token_expires_at),
+        )
+        .col_expr(call_webhook::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(call_webhook::Column::Id.eq(answer.id.clone()))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
 /// Counts a repeated delivery of a webhook and, when given, replaces its stream token (a
 /// fresh one after the stored one expired).
 pub async fn bump_webhook<C: ConnectionTrait>(

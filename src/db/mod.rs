@@ -26,6 +26,22 @@ use crate::config::{Config, SqliteSynchronous};
 /// never waits long, long enough to ride out a burst.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Runs a database operation of the webhook path under a deadline of [`ACQUIRE_TIMEOUT`]: a
+/// database that does not answer at all (packets dropped, not refused) counts as unavailable
+/// rather than holding the caller until TCP gives up.
+pub async fn within_deadline<T>(
+    operation: impl std::future::Future<Output = Result<T, DbErr>>,
+) -> Result<T, DbErr> {
+    tokio::time::timeout(ACQUIRE_TIMEOUT, operation)
+        .await
+        .unwrap_or_else(|_| Err(within_deadline_elapsed()))
+}
+
+/// The error of an operation that missed its deadline.
+pub fn within_deadline_elapsed() -> DbErr {
+    DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout)
+}
+
 /// Opens the pool. SQLite runs in WAL mode with a busy timeout and the configured sync;
 /// PostgreSQL as configured.
 pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {

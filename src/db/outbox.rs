@@ -56,6 +56,14 @@ pub fn event(tenant_id: &str, event_type: EventType, data: Value) -> outbox_even
     }
 }
 
+/// Inserts an event built earlier (with [`event`]).
+pub async fn insert<C: ConnectionTrait>(db: &C, event: outbox_event::Model) -> Result<(), DbErr> {
+    outbox_event::Entity::insert(event.into_active_model())
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
 /// Lists events, newest first, of one tenant or of all.
 pub async fn list<C: ConnectionTrait>(
     db: &C,

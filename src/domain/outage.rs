@@ -15,8 +15,8 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use entity::states::DiagnosticKind;
-use sea_orm::{DatabaseConnection, DbErr};
+use entity::states::{DiagnosticKind, FallbackReason};
+use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
 
 use super::{
     alerts::{Diagnostics, Occurrence},
@@ -244,9 +244,13 @@ async fn replay_file(
     Ok(replayed)
 }
 
-/// A spooled call whose CallSid the database knows: true when it is this very call (stored by
-/// an earlier replay of the file that stopped before removing it); otherwise the database's
-/// answer wins and the spooled delivery counts as one more attempt of the call.
+/// A spooled call whose CallSid the database knows: true when it is this very call; otherwise
+/// the database's answer wins and the spooled delivery counts as one more attempt of the call.
+///
+/// The same call is either stored by an earlier replay of the file (that stopped before
+/// removing it), or the write the caller could not wait for committed after all, with the
+/// answer the caller never heard: then the call is corrected to what the caller heard (its
+/// fallback), with the spooled `call.fallback` event.
 async fn merge_known(db: &DatabaseConnection, spooled: &NewCall) -> Result<bool, Error> {
     let Some(existing) = db::calls::by_sid(db, &spooled.call.call_sid).await? else {
         return Err(Error::Conflict(
@@ -254,6 +258,24 @@ async fn merge_known(db: &DatabaseConnection, spooled: &NewCall) -> Result<bool,
         ));
     };
     if existing.id == spooled.call.id {
+        if existing.fallback_reason != spooled.call.fallback_reason {
+            let txn = db.begin().await?;
+            db::calls::set_fallback(
+                &txn,
+                existing,
+                FallbackReason::DatabaseUnavailable,
+                spooled.call.error_code.clone(),
+                spooled.call.error_url.clone(),
+            )
+            .await?;
+            db::calls::replace_answer(&txn, &spooled.answer).await?;
+            db::outbox::insert(&txn, spooled.event.clone()).await?;
+            txn.commit().await?;
+            tracing::warn!(
+                call_sid = %spooled.call.call_sid,
+                "a write that missed its deadline committed later; the call is corrected to the fallback its caller heard"
+            );
+        }
         return Ok(true);
     }
     if existing.route_id == spooled.call.route_id {

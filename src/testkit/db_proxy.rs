@@ -1,6 +1,7 @@
 //! A TCP proxy in front of the test database that can be cut: every open connection dropped
 //! and new ones closed at once (what a failover or a network blip looks like to the service),
-//! then healed. No root needed.
+//! or stalled: bytes held, nothing closed (a network dropping packets); then healed. No root
+//! needed.
 use std::{
     net::SocketAddr,
     sync::{
@@ -18,6 +19,7 @@ use tokio::{
 pub struct DbProxy {
     addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    stalled: tokio::sync::watch::Sender<bool>,
     connections: Arc<Mutex<Vec<AbortHandle>>>,
     accept: JoinHandle<()>,
 }
@@ -28,9 +30,10 @@ impl DbProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
         let cut = Arc::new(AtomicBool::new(false));
+        let (stalled, _) = tokio::sync::watch::channel(false);
         let connections: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
         let accept = tokio::spawn({
-            let (cut, connections) = (cut.clone(), connections.clone());
+            let (cut, connections, stalled) = (cut.clone(), connections.clone(), stalled.clone());
             async move {
                 loop {
                     let Ok((client, _)) = listener.accept().await else {
@@ -40,7 +43,7 @@ impl DbProxy {
                         drop(client);
                         continue;
                     }
-                    let task = tokio::spawn(pipe(client, upstream));
+                    let task = tokio::spawn(pipe(client, upstream, stalled.subscribe()));
                     let mut open = connections.lock().unwrap_or_else(PoisonError::into_inner);
                     open.retain(|c| !c.is_finished());
                     open.push(task.abort_handle());
@@ -50,6 +53,7 @@ impl DbProxy {
         Self {
             addr,
             cut,
+            stalled,
             connections,
             accept,
         }
@@ -69,9 +73,16 @@ impl DbProxy {
         }
     }
 
-    /// Lets connections through again.
+    /// Holds every byte in both directions, closing nothing, until [`DbProxy::heal`]; then
+    /// the held bytes go through.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Lets connections (and held bytes) through again.
     pub fn heal(&self) {
         self.cut.store(false, Ordering::SeqCst);
+        self.stalled.send_replace(false);
     }
 }
 
@@ -82,9 +93,37 @@ impl Drop for DbProxy {
     }
 }
 
-async fn pipe(mut client: TcpStream, upstream: SocketAddr) {
-    let Ok(mut server) = TcpStream::connect(upstream).await else {
+async fn pipe(client: TcpStream, upstream: SocketAddr, stalled: tokio::sync::watch::Receiver<bool>) {
+    let Ok(server) = TcpStream::connect(upstream).await else {
         return;
     };
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    tokio::join!(
+        forward(client_read, server_write, stalled.clone()),
+        forward(server_read, client_write, stalled),
+    );
+}
+
+/// Copies `from` to `to`, holding what it read while stalled.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut stalled: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if stalled.wait_for(|stalled| !stalled).await.is_err() {
+            break;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }

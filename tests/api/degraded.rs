@@ -264,3 +264,103 @@ async fn a_retry_answered_from_the_database_meanwhile_wins_over_the_spooled_answ
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_stops_answering_costs_a_caller_one_deadline_at_most() {
+    let Some(app) = spawn_cuttable_app(Backend::Postgres, |_| {}).await else {
+        return;
+    };
+    seed_route_with_fallback(&app).await;
+    let mut watch = Watch::new();
+    watch.step(&app.state).await;
+    assert!(app
+        .incoming(&call_sid())
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("<Stream"));
+    app.stall_database();
+    let sid = call_sid();
+    let started = Instant::now();
+    let res = app.incoming(&sid).await;
+    let waited = started.elapsed();
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains(ROUTE_SAYS));
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+    // The circuit is open: the next caller does not wait at all.
+    let started = Instant::now();
+    assert!(app
+        .incoming(&call_sid())
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains(ROUTE_SAYS));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    app.heal_database().await;
+    replay_until_empty(&app, &mut watch).await;
+    let call = app.call(&sid).await.unwrap();
+    assert_eq!(call.fallback_reason, Some(FallbackReason::DatabaseUnavailable));
+    assert_eq!(app.count(entity::call::Entity).await, 3);
+}
+
+cuttable_test!(a_write_that_committed_after_its_caller_was_answered_is_corrected_to_what_was_heard);
+async fn a_write_that_committed_after_its_caller_was_answered_is_corrected_to_what_was_heard(app: TestApp) {
+    seed_route_with_fallback(&app).await;
+    // The write of a stream answer committed, but too late: the caller was answered with the
+    // fallback from the spool, under the same ids.
+    let sid = call_sid();
+    assert!(app.incoming(&sid).await.text().await.unwrap().contains("<Stream"));
+    let stored = app.call(&sid).await.unwrap();
+    let answer = db::calls::webhook(&app.state.db, &stored.id, entity::states::WebhookKind::Incoming)
+        .await
+        .unwrap()
+        .unwrap();
+    let heard = format!("<Response><Say>{ROUTE_SAYS}</Say><Hangup/></Response>");
+    let spooled = db::writer::NewCall {
+        call: entity::call::Model {
+            outcome: Outcome::Fallback,
+            fallback_reason: Some(FallbackReason::DatabaseUnavailable),
+            ..stored.clone()
+        },
+        answer: entity::call_webhook::Model {
+            twiml: heard.clone(),
+            stream_token: None,
+            token_jti: None,
+            token_expires_at: None,
+            ..answer
+        },
+        event: db::outbox::event(
+            &stored.tenant_id,
+            entity::states::EventType::CallFallback,
+            serde_json::json!({ "call_sid": sid }),
+        ),
+    };
+    app.state.spool.append(&spooled).await.unwrap();
+    replay_until_empty(&app, &mut Watch::new()).await;
+    let call = app.call(&sid).await.unwrap();
+    assert_eq!(call.outcome, Outcome::Fallback);
+    assert_eq!(call.fallback_reason, Some(FallbackReason::DatabaseUnavailable));
+    let corrected = db::calls::webhook(&app.state.db, &call.id, entity::states::WebhookKind::Incoming)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (corrected.twiml.as_str(), corrected.stream_token),
+        (heard.as_str(), None)
+    );
+    assert_eq!(
+        app.events("call.fallback")
+            .await
+            .iter()
+            .filter(|e| e.payload.contains(sid.as_str()))
+            .count(),
+        1
+    );
+    assert_eq!(app.count(entity::call::Entity).await, 1);
+    // A second replay of the same record changes nothing.
+    app.state.spool.append(&spooled).await.unwrap();
+    replay_until_empty(&app, &mut Watch::new()).await;
+    assert_eq!(app.events("call.fallback").await.len(), 1);
+}

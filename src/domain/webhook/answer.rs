@@ -309,17 +309,19 @@ fn render(ctx: WebhookContext<'_>, call: &Authenticated, decision: &Decision) ->
     }
 }
 
-/// The rows of a new call answered with `fresh`: the call, its answer and its event.
+/// The rows of a new call answered with `fresh`: the call, its answer and its event. The call
+/// and its answer take the ids of `attempted` when given (rows whose write may yet commit).
 fn new_call_rows(
     call: &Authenticated,
     kind: WebhookKind,
     fresh: &Fresh,
     reason: Option<FallbackReason>,
+    attempted: Option<&NewCall>,
 ) -> NewCall {
     let (route, tenant, form) = (call.route(), call.tenant(), &call.form);
     let now = Utc::now();
     let new_call = call::Model {
-        id: new_id(),
+        id: attempted.map_or_else(new_id, |a| a.call.id.clone()),
         call_sid: form.call_sid.as_str().to_owned(),
         tenant_id: tenant.id.clone(),
         route_id: route.id.clone(),
@@ -340,7 +342,10 @@ fn new_call_rows(
         updated_at: now,
         ended_at: None,
     };
-    let answer = answer_row(&new_call.id, kind, fresh);
+    let mut answer = answer_row(&new_call.id, kind, fresh);
+    if let Some(attempted) = attempted {
+        answer.id = attempted.answer.id.clone();
+    }
     let event_type = if reason.is_some() {
         EventType::CallFallback
     } else {
@@ -383,7 +388,7 @@ pub(super) async fn new_call(
         return Ok(twiml);
     }
     if call.offline || ctx.outage.circuit_open() {
-        return degraded(ctx, call, stored_kind).await;
+        return degraded(ctx, call, stored_kind, None).await;
     }
     let situation = match kind {
         VoiceKind::Fallback => Situation::ProviderFallback,
@@ -399,14 +404,16 @@ pub(super) async fn new_call(
         _ => None,
     };
     let fresh = render(ctx, call, &decision);
-    let rows = new_call_rows(call, stored_kind, &fresh, reason);
+    let rows = new_call_rows(call, stored_kind, &fresh, reason, None);
     let stored = Stored::fresh(&rows.answer, &fresh);
-    let claimed = match store.writer.claim(rows.clone()).await {
+    let claimed = match db::within_deadline(store.writer.claim(rows.clone())).await {
         Ok(claimed) => claimed,
-        // The token minted for this answer was never recorded nor sent: it cannot be used.
+        // The token minted for this answer is never sent. The write may still commit (it timed
+        // out, or the connection broke during the commit): the spooled call keeps its ids, so
+        // that the replay corrects it to what the caller heard.
         Err(e) if db::is_unavailable(&e) => {
             ctx.outage.failed(&e, ctx.diagnostics);
-            return degraded(ctx, call, stored_kind).await;
+            return degraded(ctx, call, stored_kind, Some(&rows)).await;
         }
         Err(e) => return Err(Error::from(e).into()),
     };
@@ -424,11 +431,16 @@ pub(super) async fn new_call(
         fresh,
         fallback: reason,
     };
-    let known = match store.known_call(call, None, delivery, ctx).await {
+    let known = tokio::time::timeout(db::ACQUIRE_TIMEOUT, store.known_call(call, None, delivery, ctx))
+        .await
+        .unwrap_or_else(|_| Err(db::within_deadline_elapsed().into()));
+    let known = match known {
         Ok(known) => known,
-        Err(Error::Db(e)) if db::is_unavailable(&e) => {
-            ctx.outage.failed(&e, ctx.diagnostics);
-            return degraded(ctx, call, stored_kind).await;
+        Err(e) if e.is_unavailable() => {
+            if let Error::Db(e) = &e {
+                ctx.outage.failed(e, ctx.diagnostics);
+            }
+            return degraded(ctx, call, stored_kind, None).await;
         }
         Err(e) => return Err(e.into()),
     };
@@ -442,6 +454,7 @@ async fn degraded(
     ctx: WebhookContext<'_>,
     call: &Authenticated,
     kind: WebhookKind,
+    attempted: Option<&NewCall>,
 ) -> Result<String, Rejection> {
     let (route, tenant) = (call.route(), call.tenant());
     let runtime = ctx
@@ -455,7 +468,13 @@ async fn degraded(
         &ctx.settings.fallback_message,
     );
     let fresh = render(ctx, call, &decision);
-    let rows = new_call_rows(call, kind, &fresh, Some(FallbackReason::DatabaseUnavailable));
+    let rows = new_call_rows(
+        call,
+        kind,
+        &fresh,
+        Some(FallbackReason::DatabaseUnavailable),
+        attempted,
+    );
     if let Err(e) = ctx.answers.spool.append(&rows).await {
         tracing::error!(error = %e, call_sid = %rows.call.call_sid, "spooling a call failed; answering 503");
         return Err(Error::from(e).into());

@@ -98,7 +98,7 @@ pub async fn authenticate(
     let found = if offline {
         key.known(ctx.routes)
     } else {
-        match key.load(ctx).await {
+        match db::within_deadline(key.load(ctx)).await {
             Ok(found) => found,
             Err(e) if db::is_unavailable(&e) => {
                 ctx.outage.failed(&e, ctx.diagnostics);
