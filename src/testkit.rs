@@ -16,7 +16,7 @@ use crate::{
     },
 };
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait};
+use sea_orm::{ConnectionTrait, Database, EntityTrait, PaginatorTrait};
 use serde_json::Value;
 
 mod admin_api;
@@ -66,7 +66,7 @@ fn may_skip_postgres() -> bool {
 pub struct FreshDatabase {
     /// The kind of database.
     pub backend: Backend,
-    pub db: DatabaseConnection,
+    pub db: db::Pool,
     pub url: String,
     /// The PostgreSQL schema holding it.
     pub schema: Option<String>,
