@@ -1,5 +1,6 @@
 //! Test harness shared by the integration tests and the conformance suite: the real service
-//! on port 0 over a fresh SQLite file or PostgreSQL schema, each test run once per backend
+//! on port 0 over a fresh SQLite file, PostgreSQL schema or database behind PgBouncer
+//! ([`pgbouncer`]), each test run once on SQLite and once on PostgreSQL
 //! ([`backend_test!`](crate::backend_test)), typed admin API calls and the recorded media
 //! session. Enabled by the `testkit` feature.
 use crate::{
@@ -21,9 +22,11 @@ use serde_json::Value;
 
 mod admin_api;
 mod backends;
+pub mod pgbouncer;
 mod recording;
 
 pub use backends::{run, TestInput};
+pub use pgbouncer::TestDatabase;
 pub use recording::{recorded_frame, recorded_session, RECORDED_CALL_SID, RECORDING, TOKEN_PLACEHOLDER};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
@@ -37,6 +40,8 @@ pub const NUMBER: &str = "+15555551234";
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// PostgreSQL through PgBouncer in transaction pooling mode, with `pgbouncer=true`.
+    PgBouncer,
 }
 
 /// A running service.
@@ -48,6 +53,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub schema: Option<String>,
     _dir: Option<tempfile::TempDir>,
+    /// Declared last: the database is dropped after the rest of the app.
+    _database: Option<TestDatabase>,
 }
 
 /// The PostgreSQL server tests use.
@@ -57,7 +64,7 @@ pub fn postgres_url() -> String {
 }
 
 /// Whether PostgreSQL tests may be skipped: only when explicitly asked, and never in CI.
-fn may_skip_postgres() -> bool {
+pub(crate) fn may_skip_postgres() -> bool {
     std::env::var("VOICE_TEST_SKIP_POSTGRES").is_ok_and(|v| v == "1")
         && !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
@@ -71,6 +78,8 @@ pub struct FreshDatabase {
     /// The PostgreSQL schema holding it.
     pub schema: Option<String>,
     pub dir: Option<tempfile::TempDir>,
+    /// The database holding it behind PgBouncer.
+    pub database: Option<TestDatabase>,
 }
 
 impl FreshDatabase {
@@ -87,8 +96,8 @@ impl FreshDatabase {
     }
 }
 
-/// Connects to a fresh database for `backend`; `None` only when PostgreSQL tests were
-/// explicitly skipped outside CI.
+/// Connects to a fresh database for `backend`; `None` only when PostgreSQL (or PgBouncer) tests
+/// were explicitly skipped outside CI.
 pub async fn fresh_database(backend: Backend, max_connections: u32) -> Option<FreshDatabase> {
     match backend {
         Backend::Sqlite => {
@@ -104,6 +113,7 @@ pub async fn fresh_database(backend: Backend, max_connections: u32) -> Option<Fr
                 url,
                 schema: None,
                 dir: Some(dir),
+                database: None,
             })
         }
         Backend::Postgres => {
@@ -136,6 +146,23 @@ pub async fn fresh_database(backend: Backend, max_connections: u32) -> Option<Fr
                 url,
                 schema: Some(schema),
                 dir: None,
+                database: None,
+            })
+        }
+        Backend::PgBouncer => {
+            let database = pgbouncer::create_database().await?;
+            let url = format!("{}?pgbouncer=true", database.url());
+            let db = db::connect_url(&url, max_connections, SqliteSynchronous::default(), None)
+                .await
+                .expect("connects through PgBouncer");
+            db::migrate(&db).await.expect("migrations run through PgBouncer");
+            Some(FreshDatabase {
+                backend,
+                db,
+                url,
+                schema: None,
+                dir: None,
+                database: Some(database),
             })
         }
     }
@@ -148,31 +175,49 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
 
 /// Spawns the service after `configure` adjusted its flags.
 pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut ConfigArgs)) -> Option<TestApp> {
+    let (acceptor, base, args) = app_args(configure).await;
+    let max_connections = args.database_max_connections.unwrap_or(match backend {
+        Backend::Sqlite => 1,
+        Backend::Postgres => 8,
+        // More than PgBouncer's pool, so that clients share its server connections.
+        Backend::PgBouncer => 16,
+    });
+    let fresh = fresh_database(backend, max_connections).await?;
+    Some(start_app(acceptor, base, args, fresh))
+}
+
+/// Spawns the service on `fresh`, its pool as it is, after `configure` adjusted its flags.
+pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut ConfigArgs)) -> TestApp {
+    let (acceptor, base, args) = app_args(configure).await;
+    start_app(acceptor, base, args, fresh)
+}
+
+/// A listener, its base URL and the test flags after `configure`.
+async fn app_args(configure: impl FnOnce(&mut ConfigArgs)) -> (TcpAcceptor, String, ConfigArgs) {
     let (acceptor, port) = bind_local().await;
     let base = format!("http://127.0.0.1:{port}");
-
     let mut args = ConfigArgs::defaults();
     args.public_url = base.clone();
     args.admin_token = Some(ADMIN_TOKEN.to_owned());
     args.token_secret = Some(TOKEN_SECRET.to_owned());
     configure(&mut args);
-    let max_connections = args.database_max_connections.unwrap_or(match backend {
-        Backend::Sqlite => 1,
-        Backend::Postgres => 8,
-    });
-    let fresh = fresh_database(backend, max_connections).await?;
+    (acceptor, base, args)
+}
+
+fn start_app(acceptor: TcpAcceptor, base: String, mut args: ConfigArgs, fresh: FreshDatabase) -> TestApp {
     args.database_url = fresh.url;
     let config = Config::from_args(args).expect("test config is valid");
     let state = AppState::new(fresh.db, config);
     serve_on(acceptor, state.clone());
-    Some(TestApp {
-        backend,
+    TestApp {
+        backend: fresh.backend,
         base,
         state,
         client: reqwest::Client::new(),
         schema: fresh.schema,
         _dir: fresh.dir,
-    })
+        _database: fresh.database,
+    }
 }
 
 /// A listener on a free loopback port.
