@@ -54,7 +54,8 @@ pub enum SqliteSynchronous {
 /// Flags of `stateset-voice`, each also read from its environment variable.
 #[derive(Args, Debug, Clone)]
 pub struct ConfigArgs {
-    /// Database URL: sqlite://FILE?mode=rwc or postgres://USER@HOST/DB.
+    /// Database URL: sqlite://FILE?mode=rwc or postgres://USER@HOST/DB; add ?pgbouncer=true
+    /// behind PgBouncer in transaction pooling mode.
     #[arg(
         long,
         global = true,

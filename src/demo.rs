@@ -1,11 +1,5 @@
 //! `serve --demo`: a demo tenant and route, a signed curl command to try them, and a
 //! `stateset-voice call` command for a whole test call.
-use entity::{
-    states::{RouteEnvironment, TenantEnvironment},
-    tenant,
-};
-use sea_orm::DatabaseConnection;
-
 use crate::{
     config::Config,
     db,
@@ -18,6 +12,10 @@ use crate::{
         signature::{self, Algorithm},
     },
 };
+use entity::{
+    states::{RouteEnvironment, TenantEnvironment},
+    tenant,
+};
 
 /// The demo tenant's account SID.
 pub const DEMO_ACCOUNT_SID: &str = "ACde000000000000000000000000000001";
@@ -25,7 +23,7 @@ pub const DEMO_ACCOUNT_SID: &str = "ACde000000000000000000000000000001";
 pub const DEMO_NUMBER: &str = "+15555551234";
 
 /// Creates the demo tenant and route unless they exist; returns the tenant.
-pub async fn seed(db: &DatabaseConnection) -> Result<tenant::Model, domain::Error> {
+pub async fn seed(db: &db::Pool) -> Result<tenant::Model, domain::Error> {
     let tenant = match db::tenants::by_account_sid(db, DEMO_ACCOUNT_SID).await? {
         Some(t) => t,
         None => {

@@ -57,7 +57,7 @@ pub fn app(state: AppState) -> impl Endpoint {
 /// The published OpenAPI document, as committed in `openapi.yaml`.
 pub fn openapi_yaml() -> String {
     // The spec depends on code only; a throwaway state with no database is enough.
-    let db = sea_orm::DatabaseConnection::Disconnected;
+    let db = sea_orm::DatabaseConnection::Disconnected.into();
     let config = Config::from_args(config::ConfigArgs::defaults()).expect("default config is valid");
     api::service(AppState::new(db, config)).spec_yaml()
 }

@@ -1,11 +1,9 @@
 //! Shared application state: the parts each edge (API, media, workers) hands to the domain.
 use std::sync::Arc;
 
-use sea_orm::DatabaseConnection;
-
 use crate::{
     config::Config,
-    db::{cache::RouteCache, spool::Spool, writer::Writer},
+    db::{cache::RouteCache, spool::Spool, writer::Writer, Pool},
     domain::{
         alerts::{AlertRule, Diagnostics},
         outage::Outage,
@@ -19,7 +17,7 @@ use crate::{
 /// Everything a request handler needs; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    pub db: DatabaseConnection,
+    pub db: Pool,
     pub config: Arc<Config>,
     pub tokens: TokenIssuer,
     pub runtime: Arc<Runtime>,
@@ -63,7 +61,7 @@ impl AppState {
     }
 
     /// Builds the state for a connected, migrated database.
-    pub fn new(db: DatabaseConnection, config: Config) -> Self {
+    pub fn new(db: Pool, config: Config) -> Self {
         let metrics = Arc::new(Metrics::default());
         let writer = Arc::new(Writer::new(
             db.clone(),

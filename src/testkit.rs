@@ -1,5 +1,6 @@
 //! Test harness shared by the integration tests and the conformance suite: the real service
-//! on port 0 over a fresh SQLite file or PostgreSQL schema, each test run once per backend
+//! on port 0 over a fresh SQLite file, PostgreSQL schema or database behind PgBouncer
+//! ([`pgbouncer`]), each test run once on SQLite and once on PostgreSQL
 //! ([`backend_test!`](crate::backend_test)), typed admin API calls and the recorded media
 //! session. Enabled by the `testkit` feature.
 use crate::{
@@ -16,16 +17,18 @@ use crate::{
     },
 };
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, EntityTrait, PaginatorTrait};
+use sea_orm::{ConnectionTrait, Database, EntityTrait, PaginatorTrait};
 use serde_json::Value;
 
 mod admin_api;
 mod backends;
 mod db_proxy;
+pub mod pgbouncer;
 mod recording;
 
 pub use backends::{run, TestInput};
 pub use db_proxy::DbProxy;
+pub use pgbouncer::TestDatabase;
 pub use recording::{recorded_frame, recorded_session, RECORDED_CALL_SID, RECORDING, TOKEN_PLACEHOLDER};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
@@ -39,6 +42,8 @@ pub const NUMBER: &str = "+15555551234";
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// PostgreSQL through PgBouncer in transaction pooling mode, with `pgbouncer=true`.
+    PgBouncer,
 }
 
 /// A running service.
@@ -53,6 +58,8 @@ pub struct TestApp {
     proxy: Option<DbProxy>,
     _dir: Option<tempfile::TempDir>,
     _spool: tempfile::TempDir,
+    /// Declared last: the database is dropped after the rest of the app.
+    _database: Option<TestDatabase>,
 }
 
 /// The PostgreSQL server tests use.
@@ -62,7 +69,7 @@ pub fn postgres_url() -> String {
 }
 
 /// Whether PostgreSQL tests may be skipped: only when explicitly asked, and never in CI.
-fn may_skip_postgres() -> bool {
+pub(crate) fn may_skip_postgres() -> bool {
     std::env::var("VOICE_TEST_SKIP_POSTGRES").is_ok_and(|v| v == "1")
         && !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
@@ -71,11 +78,13 @@ fn may_skip_postgres() -> bool {
 pub struct FreshDatabase {
     /// The kind of database.
     pub backend: Backend,
-    pub db: DatabaseConnection,
+    pub db: db::Pool,
     pub url: String,
     /// The PostgreSQL schema holding it.
     pub schema: Option<String>,
     pub dir: Option<tempfile::TempDir>,
+    /// The database holding it behind PgBouncer.
+    pub database: Option<TestDatabase>,
 }
 
 impl FreshDatabase {
@@ -92,8 +101,8 @@ impl FreshDatabase {
     }
 }
 
-/// Connects to a fresh database for `backend`; `None` only when PostgreSQL tests were
-/// explicitly skipped outside CI.
+/// Connects to a fresh database for `backend`; `None` only when PostgreSQL (or PgBouncer) tests
+/// were explicitly skipped outside CI.
 pub async fn fresh_database(backend: Backend, max_connections: u32) -> Option<FreshDatabase> {
     match backend {
         Backend::Sqlite => {
@@ -109,6 +118,7 @@ pub async fn fresh_database(backend: Backend, max_connections: u32) -> Option<Fr
                 url,
                 schema: None,
                 dir: Some(dir),
+                database: None,
             })
         }
         Backend::Postgres => {
@@ -141,6 +151,23 @@ pub async fn fresh_database(backend: Backend, max_connections: u32) -> Option<Fr
                 url,
                 schema: Some(schema),
                 dir: None,
+                database: None,
+            })
+        }
+        Backend::PgBouncer => {
+            let database = pgbouncer::create_database().await?;
+            let url = format!("{}?pgbouncer=true", database.url());
+            let db = db::connect_url(&url, max_connections, SqliteSynchronous::default(), None)
+                .await
+                .expect("connects through PgBouncer");
+            db::migrate(&db).await.expect("migrations run through PgBouncer");
+            Some(FreshDatabase {
+                backend,
+                db,
+                url,
+                schema: None,
+                dir: None,
+                database: Some(database),
             })
         }
     }
@@ -167,40 +194,62 @@ pub async fn spawn_cuttable_app(
 }
 
 async fn spawn(backend: Backend, configure: impl FnOnce(&mut ConfigArgs), cuttable: bool) -> Option<TestApp> {
-    let (acceptor, port) = bind_local().await;
-    let base = format!("http://127.0.0.1:{port}");
-
-    let spool = tempfile::tempdir().expect("spool dir");
-    let mut args = ConfigArgs::defaults();
-    args.public_url = base.clone();
-    args.admin_token = Some(ADMIN_TOKEN.to_owned());
-    args.token_secret = Some(TOKEN_SECRET.to_owned());
-    args.spool_dir = Some(spool.path().to_owned());
-    configure(&mut args);
+    let (acceptor, base, args) = app_args(configure).await;
     let max_connections = args.database_max_connections.unwrap_or(match backend {
         Backend::Sqlite => 1,
         Backend::Postgres => 8,
+        // More than PgBouncer's pool, so that clients share its server connections.
+        Backend::PgBouncer => 16,
     });
     let mut fresh = fresh_database(backend, max_connections).await?;
     let mut proxy = None;
-    if let (true, Some(schema)) = (cuttable, &fresh.schema) {
-        let upstream = postgres_addr(&fresh.url);
-        let through = DbProxy::start(upstream).await;
-        let url = fresh
-            .url
-            .replacen(&upstream.to_string(), &through.addr().to_string(), 1);
+    if let (true, Backend::Postgres, Some(schema)) = (cuttable, backend, &fresh.schema) {
+        let through = DbProxy::start(postgres_addr(&fresh.url)).await;
+        let url = postgres_url_via(&fresh.url, through.addr());
         fresh.db = db::connect_url(&url, max_connections, SqliteSynchronous::default(), Some(schema))
             .await
             .expect("postgres connects through the proxy");
         fresh.url = url;
         proxy = Some(through);
     }
+    Some(start_app(acceptor, base, args, fresh, proxy))
+}
+
+/// Spawns the service on `fresh`, its pool as it is, after `configure` adjusted its flags.
+pub async fn spawn_app_on(fresh: FreshDatabase, configure: impl FnOnce(&mut ConfigArgs)) -> TestApp {
+    let (acceptor, base, args) = app_args(configure).await;
+    start_app(acceptor, base, args, fresh, None)
+}
+
+/// A listener, its base URL and the test flags after `configure`.
+async fn app_args(configure: impl FnOnce(&mut ConfigArgs)) -> (TcpAcceptor, String, ConfigArgs) {
+    let (acceptor, port) = bind_local().await;
+    let base = format!("http://127.0.0.1:{port}");
+    let mut args = ConfigArgs::defaults();
+    args.public_url = base.clone();
+    args.admin_token = Some(ADMIN_TOKEN.to_owned());
+    args.token_secret = Some(TOKEN_SECRET.to_owned());
+    configure(&mut args);
+    (acceptor, base, args)
+}
+
+fn start_app(
+    acceptor: TcpAcceptor,
+    base: String,
+    mut args: ConfigArgs,
+    fresh: FreshDatabase,
+    proxy: Option<DbProxy>,
+) -> TestApp {
+    let spool = tempfile::tempdir().expect("spool dir");
+    if args.spool_dir.is_none() {
+        args.spool_dir = Some(spool.path().to_owned());
+    }
     args.database_url = fresh.url;
     let config = Config::from_args(args).expect("test config is valid");
     let state = AppState::new(fresh.db, config);
     serve_on(acceptor, state.clone());
-    Some(TestApp {
-        backend,
+    TestApp {
+        backend: fresh.backend,
         base,
         state,
         client: reqwest::Client::new(),
@@ -208,7 +257,8 @@ async fn spawn(backend: Backend, configure: impl FnOnce(&mut ConfigArgs), cuttab
         proxy,
         _dir: fresh.dir,
         _spool: spool,
-    })
+        _database: fresh.database,
+    }
 }
 
 /// The `HOST[:PORT]` of a `postgres://user@HOST:PORT/db...` URL.

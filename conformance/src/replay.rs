@@ -102,7 +102,7 @@ pub async fn replay(backend: Backend, fixture: &Fixture) -> Option<String> {
     let route_names = seeded.as_ref().map(|s| &s.route_ids);
     transcript.push_str(&transcript::stored_state(&app, route_names, streams).await);
     // The server task outlives the replay; its pool must not (PostgreSQL allows 100 clients).
-    let _ = app.state.db.close_by_ref().await;
+    let _ = app.state.db.close().await;
     Some(transcript)
 }
 

@@ -6,19 +6,25 @@ pub mod calls;
 pub mod diagnostics;
 pub mod media;
 pub mod outbox;
+mod pool;
 pub mod routes;
 pub mod spool;
 pub mod tenants;
+mod url;
 pub mod writer;
 
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    sea_query::IntoCondition, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select, SqlErr,
+    sea_query::IntoCondition, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, RuntimeErr, Select, SqlErr, TransactionTrait,
 };
 
+pub use self::{
+    pool::{Pool, PoolMode},
+    url::DatabaseUrl,
+};
 use crate::config::{Config, SqliteSynchronous};
 
 /// How long a query waits for a pooled connection before the database counts as unavailable
@@ -43,8 +49,9 @@ pub fn within_deadline_elapsed() -> DbErr {
 }
 
 /// Opens the pool. SQLite runs in WAL mode with a busy timeout and the configured sync;
-/// PostgreSQL as configured.
-pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
+/// PostgreSQL as configured, behind PgBouncer in transaction pooling mode when the URL says
+/// `pgbouncer=true` ([`PoolMode::TransactionPooled`]).
+pub async fn connect(config: &Config) -> Result<Pool, DbErr> {
     connect_url(
         config.database.url.expose(),
         config.database.max_connections,
@@ -54,18 +61,21 @@ pub async fn connect(config: &Config) -> Result<DatabaseConnection, DbErr> {
     .await
 }
 
-/// Opens a pool for `url`, optionally pinned to a PostgreSQL schema.
+/// Opens a pool for `url` ([`DatabaseUrl`]), optionally pinned to a PostgreSQL schema (with
+/// `SET search_path` at connect, so not behind a proxy in transaction pooling mode).
 pub async fn connect_url(
     url: &str,
     max_connections: u32,
     synchronous: SqliteSynchronous,
     pg_schema: Option<&str>,
-) -> Result<DatabaseConnection, DbErr> {
+) -> Result<Pool, DbErr> {
+    let DatabaseUrl { sqlx: url, mode } = DatabaseUrl::parse(url)?;
     let synchronous = match synchronous {
         SqliteSynchronous::Full => sea_orm::sqlx::sqlite::SqliteSynchronous::Full,
         SqliteSynchronous::Normal => sea_orm::sqlx::sqlite::SqliteSynchronous::Normal,
     };
-    let mut options = ConnectOptions::new(url.to_owned());
+    let sqlite = url.starts_with("sqlite:");
+    let mut options = ConnectOptions::new(url);
     options
         .max_connections(max_connections)
         .min_connections(1)
@@ -84,19 +94,37 @@ pub async fn connect_url(
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
         });
-    if url.starts_with("sqlite:") {
+    if sqlite {
         // A local file cannot drop the connection: no ping before each use.
         options.test_before_acquire(false);
+    }
+    if mode == PoolMode::TransactionPooled {
+        if pg_schema.is_some() {
+            return Err(DbErr::Conn(RuntimeErr::Internal(
+                "a search_path set at connect does not survive transaction pooling".to_owned(),
+            )));
+        }
+        // No statement cache, and only startup parameters PgBouncer knows: it refuses
+        // `extra_float_digits` (sqlx sends 2 for text output on PostgreSQL before 12; since 12
+        // the default prints floats exactly, and sqlx reads them in binary anyway).
+        options.map_sqlx_postgres_opts(|opts| opts.statement_cache_capacity(0).extra_float_digits(None));
     }
     if let Some(schema) = pg_schema {
         options.set_schema_search_path(schema.to_owned());
     }
-    Database::connect(options).await
+    Ok(Pool::new(Database::connect(options).await?, mode))
 }
 
-/// Applies pending migrations.
-pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
-    Migrator::up(db, None).await
+/// Applies pending migrations (on PostgreSQL in one transaction).
+pub async fn migrate(db: &Pool) -> Result<(), DbErr> {
+    match db.mode() {
+        PoolMode::Direct => Migrator::up(db.connection(), None).await,
+        PoolMode::TransactionPooled => {
+            let txn = db.begin().await?;
+            Migrator::up(&txn, None).await?;
+            txn.commit().await
+        }
+    }
 }
 
 /// Whether an error means the database cannot be reached or cannot take writes now, rather than
@@ -281,6 +309,15 @@ mod tests {
             .await
             .unwrap_err();
         assert!(!is_unavailable(&err), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn transaction_pooling_refuses_a_search_path_set_at_connect() {
+        let url = "postgres://u@127.0.0.1:9/voice?pgbouncer=true";
+        let err = connect_url(url, 1, SqliteSynchronous::Full, Some("s"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("search_path"), "{err}");
     }
 
     #[tokio::test]

@@ -12,11 +12,13 @@ use entity::{
 };
 use prometheus_client::metrics::histogram::Histogram;
 use sea_orm::{
-    sea_query::OnConflict, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, IntoActiveModel,
-    QueryTrait, TransactionTrait,
+    sea_query::OnConflict, ConnectionTrait, DbBackend, DbErr, EntityTrait, IntoActiveModel, QueryTrait,
+    TransactionTrait,
 };
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
+
+use super::Pool;
 
 /// Most requests written in one transaction.
 const MAX_BATCH: usize = 256;
@@ -43,7 +45,7 @@ enum Job {
 /// Batches hot-path writes. Its lanes (the tasks that write the batches) must be running for
 /// requests to be answered: start [`Writer::lanes`] of them, each as [`Writer::run_lane`].
 pub struct Writer {
-    db: DatabaseConnection,
+    db: Pool,
     max_connections: u32,
     batch_sizes: Histogram,
     queue: mpsc::Sender<Job>,
@@ -52,7 +54,7 @@ pub struct Writer {
 
 impl Writer {
     /// A writer on `db`. `batch_sizes` observes how many requests each transaction writes.
-    pub fn new(db: DatabaseConnection, max_connections: u32, batch_sizes: Histogram) -> Self {
+    pub fn new(db: Pool, max_connections: u32, batch_sizes: Histogram) -> Self {
         let (queue, jobs) = mpsc::channel(QUEUE);
         Self {
             db,
@@ -66,10 +68,8 @@ impl Writer {
     /// How many lanes write at once: one on SQLite (it serialises writes anyway); on
     /// PostgreSQL a quarter of its pool, between 1 and 8.
     pub fn lanes(&self) -> usize {
-        match self.db {
-            DatabaseConnection::SqlxPostgresPoolConnection(_) => {
-                (self.max_connections as usize / 4).clamp(1, 8)
-            }
+        match self.db.get_database_backend() {
+            DbBackend::Postgres => (self.max_connections as usize / 4).clamp(1, 8),
             _ => 1,
         }
     }
@@ -131,7 +131,7 @@ impl Writer {
 
 /// Writes a batch and answers each request. If the batch fails as a whole, each request is
 /// written alone, so one bad request cannot fail the others.
-async fn execute(db: &DatabaseConnection, jobs: Vec<Job>) {
+async fn execute(db: &Pool, jobs: Vec<Job>) {
     if jobs.len() > 1 {
         match write(db, &jobs).await {
             Ok(claimed) => {
@@ -166,7 +166,7 @@ fn answer(job: Job, result: Result<bool, DbErr>) {
 }
 
 /// Writes `jobs` in one transaction; for each job, whether it stored a new call.
-async fn write(db: &DatabaseConnection, jobs: &[Job]) -> Result<Vec<bool>, DbErr> {
+async fn write(db: &Pool, jobs: &[Job]) -> Result<Vec<bool>, DbErr> {
     // One candidate per CallSid (the first request), in CallSid order, so that concurrent
     // batches on PostgreSQL take the unique-index locks in the same order.
     let mut seen = HashSet::new();
@@ -261,7 +261,7 @@ mod tests {
 
     use super::*;
 
-    async fn database() -> DatabaseConnection {
+    async fn database() -> Pool {
         let db = crate::db::connect_url("sqlite::memory:", 1, Default::default(), None)
             .await
             .unwrap();
@@ -339,7 +339,7 @@ mod tests {
         NewCall { call, answer, event }
     }
 
-    fn start(db: &DatabaseConnection) -> (Arc<Writer>, CancellationToken, tokio::task::JoinHandle<()>) {
+    fn start(db: &Pool) -> (Arc<Writer>, CancellationToken, tokio::task::JoinHandle<()>) {
         let writer = Arc::new(Writer::new(db.clone(), 1, Histogram::new([1.0])));
         let stop = CancellationToken::new();
         let lane = tokio::spawn({

@@ -6,7 +6,7 @@
 use std::{collections::HashMap, sync::Arc, sync::Mutex, time::Duration};
 
 use entity::states::{DiagnosticKind, EventType, RouteEnvironment};
-use sea_orm::{DatabaseConnection, TransactionTrait};
+use sea_orm::TransactionTrait;
 use serde_json::json;
 
 use super::Error;
@@ -65,14 +65,14 @@ type Buffer = HashMap<(DiagnosticKind, String), Pending>;
 /// Diagnostics of one instance: counted in memory, written by [`Diagnostics::flush`].
 pub struct Diagnostics {
     pending: Mutex<Buffer>,
-    db: DatabaseConnection,
+    db: db::Pool,
     metrics: Arc<Metrics>,
     rule: AlertRule,
 }
 
 impl Diagnostics {
     /// Diagnostics written to `db`, alerting by `rule`.
-    pub fn new(db: DatabaseConnection, metrics: Arc<Metrics>, rule: AlertRule) -> Self {
+    pub fn new(db: db::Pool, metrics: Arc<Metrics>, rule: AlertRule) -> Self {
         Self {
             pending: Mutex::default(),
             db,
@@ -213,7 +213,7 @@ mod tests {
     use super::*;
     use crate::domain::webhook::fixtures::{route_with, tenant_with};
 
-    fn diagnostics(db: DatabaseConnection) -> Diagnostics {
+    fn diagnostics(db: db::Pool) -> Diagnostics {
         let rule = AlertRule {
             threshold: 3,
             window: Duration::from_secs(300),
@@ -243,7 +243,7 @@ mod tests {
 
     #[test]
     fn occurrences_of_a_key_are_merged_and_only_production_signature_failures_alert() {
-        let d = diagnostics(DatabaseConnection::Disconnected);
+        let d = diagnostics(sea_orm::DatabaseConnection::Disconnected.into());
         let (mut route, tenant) = (route_with(true, None), tenant_with(None));
         d.signature_failure(&route, &tenant);
         d.signature_failure(&route, &tenant);
@@ -263,7 +263,7 @@ mod tests {
 
     #[test]
     fn keys_beyond_the_buffer_bound_are_counted_under_one_overflow_key() {
-        let d = diagnostics(DatabaseConnection::Disconnected);
+        let d = diagnostics(sea_orm::DatabaseConnection::Disconnected.into());
         let keys: Vec<String> = (0..MAX_PENDING + 5).map(|i| format!("+1555{i:07}")).collect();
         for key in &keys {
             d.record(occurrence(DiagnosticKind::UnknownRoute, key));

@@ -16,7 +16,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use entity::states::{DiagnosticKind, FallbackReason};
-use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
+use sea_orm::{DbErr, TransactionTrait};
 
 use super::{
     alerts::{Diagnostics, Occurrence},
@@ -180,7 +180,7 @@ pub struct Replayed {
 pub async fn replay(
     spool: &Spool,
     writer: &Writer,
-    db: &DatabaseConnection,
+    db: &db::Pool,
     metrics: &Metrics,
 ) -> Result<Replayed, Error> {
     let mut total = Replayed::default();
@@ -205,12 +205,7 @@ pub async fn replay(
 /// Calls submitted to the writer at once (it writes them in batches).
 const REPLAY_CHUNK: usize = 256;
 
-async fn replay_file(
-    spool: &Spool,
-    writer: &Writer,
-    db: &DatabaseConnection,
-    file: &Taken,
-) -> Result<Replayed, Error> {
+async fn replay_file(spool: &Spool, writer: &Writer, db: &db::Pool, file: &Taken) -> Result<Replayed, Error> {
     let mut replayed = Replayed {
         rejected: file.unreadable,
         ..Replayed::default()
@@ -251,7 +246,7 @@ async fn replay_file(
 /// removing it), or the write the caller could not wait for committed after all, with the
 /// answer the caller never heard: then the call is corrected to what the caller heard (its
 /// fallback), with the spooled `call.fallback` event.
-async fn merge_known(db: &DatabaseConnection, spooled: &NewCall) -> Result<bool, Error> {
+async fn merge_known(db: &db::Pool, spooled: &NewCall) -> Result<bool, Error> {
     let Some(existing) = db::calls::by_sid(db, &spooled.call.call_sid).await? else {
         return Err(Error::Conflict(
             "a spooled call vanished while it was replayed".to_owned(),

@@ -146,7 +146,7 @@ async fn ended_outage(state: &AppState, ended: &Ended) {
 
 /// Every route with its tenant, up to [`MAX_ROUTES`].
 async fn snapshot(
-    db: &sea_orm::DatabaseConnection,
+    db: &db::Pool,
 ) -> Result<Vec<(entity::route::Model, entity::tenant::Model)>, sea_orm::DbErr> {
     let mut entries = Vec::new();
     let mut cursor: Option<String> = None;

@@ -390,7 +390,7 @@ async fn admin_api_sets_and_clears_agent_health_url(app: TestApp) {
 
 backend_test!(migration_adds_and_drops_the_column);
 async fn migration_adds_and_drops_the_column(app: TestApp) {
-    let db = &app.state.db;
+    let db = app.state.db.connection();
     Migrator::down(db, Some(1)).await.expect("down one step");
     assert_eq!(Migrator::get_pending_migrations(db).await.unwrap().len(), 1);
     Migrator::up(db, None).await.expect("up again");

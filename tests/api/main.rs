@@ -1,4 +1,5 @@
-//! Integration tests over real HTTP, each on SQLite and on PostgreSQL.
+//! Integration tests over real HTTP, each on SQLite and on PostgreSQL (and some through
+//! PgBouncer).
 mod admin;
 mod agent_health;
 mod agent_protocol;
@@ -12,6 +13,7 @@ mod hostile_input;
 mod idempotency;
 mod media;
 mod openapi;
+mod pgbouncer;
 mod signature_props;
 mod signature_rules;
 mod supervision;

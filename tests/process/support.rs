@@ -8,8 +8,9 @@ use std::{
 };
 
 use entity::{call, call_webhook, outbox_event};
-use sea_orm::{DatabaseConnection, EntityTrait};
+use sea_orm::EntityTrait;
 use stateset_voice::{
+    db::Pool,
     testkit::{incoming_form, ACCOUNT_SID, ADMIN_TOKEN, AUTH_TOKEN, NUMBER, TOKEN_SECRET},
     twilio::signature::{self, Algorithm},
 };
@@ -312,7 +313,7 @@ pub struct Stored {
 
 impl Stored {
     /// Reads every call, answer and event.
-    pub async fn load(db: &DatabaseConnection) -> Self {
+    pub async fn load(db: &Pool) -> Self {
         let mut calls: HashMap<String, Vec<call::Model>> = HashMap::new();
         for c in call::Entity::find().all(db).await.expect("calls") {
             calls.entry(c.call_sid.clone()).or_default().push(c);

@@ -1,5 +1,5 @@
 //! Project automation: `cargo xtask ci | conformance | openapi [--check] | bench | schemathesis |
-//! interop | fuzz`.
+//! interop | fuzz | pgbouncer`.
 mod bench;
 mod fuzz;
 mod interop;
@@ -7,6 +7,7 @@ mod schemathesis;
 mod support;
 
 use std::{
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Command, ExitCode},
 };
@@ -71,6 +72,25 @@ fn conformance() -> Result<(), String> {
     )
 }
 
+/// Starts the PgBouncer the integration tests go through (`.ci/pgbouncer`, on 127.0.0.1:6432),
+/// unless one answers there, `VOICE_TEST_PGBOUNCER_URL` names another or the tests through it
+/// are skipped (`VOICE_TEST_SKIP_PGBOUNCER=1`).
+fn pgbouncer() -> Result<(), String> {
+    if std::env::var_os("VOICE_TEST_PGBOUNCER_URL").is_some()
+        || std::env::var("VOICE_TEST_SKIP_PGBOUNCER").is_ok_and(|v| v == "1")
+    {
+        return Ok(());
+    }
+    if TcpStream::connect(("127.0.0.1", 6432)).is_ok() {
+        eprintln!("PgBouncer answers on 127.0.0.1:6432");
+        return Ok(());
+    }
+    run(
+        "pgbouncer (.ci/pgbouncer)",
+        &mut Command::new(root().join(".ci/pgbouncer")),
+    )
+}
+
 /// Everything CI checks, in order of cost.
 fn ci() -> Result<(), String> {
     run("format", cargo().args(["fmt", "--all", "--", "--check"]))?;
@@ -87,8 +107,9 @@ fn ci() -> Result<(), String> {
         ]),
     )?;
     openapi(true)?;
+    pgbouncer()?;
     run(
-        "tests (SQLite and PostgreSQL)",
+        "tests (SQLite, PostgreSQL, and PostgreSQL through PgBouncer)",
         cargo().args(["test", "--workspace", "--exclude", "conformance", "--locked"]),
     )?;
     schemathesis::schemathesis()?;
@@ -108,9 +129,10 @@ fn main() -> ExitCode {
         ["bench", rest @ ..] => bench::Options::parse(rest).and_then(|o| bench::bench(&o)),
         ["openapi"] => openapi(false),
         ["openapi", "--check"] => openapi(true),
+        ["pgbouncer"] => pgbouncer(),
         _ => Err(
             "usage: cargo xtask ci | conformance | openapi [--check] | bench [--postgres] [--quick] [--prefill N] [--rounds N] \
-             | schemathesis | interop | fuzz [--seconds N]"
+             | schemathesis | interop | fuzz [--seconds N] | pgbouncer"
                 .to_owned(),
         ),
     };

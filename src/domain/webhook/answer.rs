@@ -12,7 +12,7 @@ use entity::{
     id::{new_id, CallId, WebhookId},
     states::{CallStatus, EventType, FallbackReason, Outcome, WebhookKind},
 };
-use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use sea_orm::{DatabaseTransaction, TransactionTrait};
 use serde_json::json;
 
 use super::{
@@ -34,7 +34,7 @@ use crate::{
 
 /// Stored answers of the voice webhooks.
 pub struct AnswerStore {
-    db: DatabaseConnection,
+    db: db::Pool,
     cache: AnswerCache,
     writer: Arc<Writer>,
     /// Where new calls go while the database cannot be reached.
@@ -108,12 +108,7 @@ impl AnswerStore {
     /// A store on `db`, writing new calls through `writer` (to `spool` while the database
     /// cannot be reached) and caching answers for `token_ttl` (while their stream token stays
     /// valid).
-    pub fn new(
-        db: DatabaseConnection,
-        writer: Arc<Writer>,
-        spool: Arc<Spool>,
-        token_ttl: std::time::Duration,
-    ) -> Self {
+    pub fn new(db: db::Pool, writer: Arc<Writer>, spool: Arc<Spool>, token_ttl: std::time::Duration) -> Self {
         Self {
             db,
             cache: AnswerCache::new(token_ttl),

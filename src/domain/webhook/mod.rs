@@ -18,7 +18,7 @@ use entity::{
     id::{RouteId, TenantId},
     states::{DiagnosticKind, FallbackReason, WebhookKind},
 };
-use sea_orm::{DatabaseConnection, DbErr};
+use sea_orm::DbErr;
 
 pub use self::{
     answer::{stored_twiml, AnswerStore},
@@ -36,7 +36,7 @@ use super::{
 };
 use crate::{
     config::TokenPlacement,
-    db::cache::RouteCache,
+    db::{cache::RouteCache, Pool},
     metrics::Metrics,
     twilio::{
         form::FormParams,
@@ -121,7 +121,7 @@ pub struct VoiceSettings {
 /// What the voice webhooks need of the application, and nothing more.
 #[derive(Clone, Copy)]
 pub struct WebhookContext<'a> {
-    pub db: &'a DatabaseConnection,
+    pub db: &'a Pool,
     pub routes: &'a RouteCache,
     pub answers: &'a AnswerStore,
     pub tokens: &'a TokenIssuer,
