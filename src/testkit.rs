@@ -462,6 +462,18 @@ impl TestApp {
             .expect("route")
     }
 
+    /// What `GET /metrics` serves now.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// The URL the service reconstructs for `path_and_query`.
     pub fn public(&self, path_and_query: &str) -> String {
         format!("{}{path_and_query}", self.state.config.urls.public)

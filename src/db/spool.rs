@@ -107,12 +107,7 @@ impl Spool {
 
     /// Appends a call and syncs it to disk; when this returns `Ok`, the call survives a crash.
     pub async fn append(self: &Arc<Self>, new_call: &NewCall) -> Result<(), SpoolError> {
-        let mut line = serde_json::to_vec(&Record {
-            v: VERSION,
-            call: new_call.call.clone(),
-            answer: new_call.answer.clone(),
-            event: new_call.event.clone(),
-        })?;
+        let mut line = encode(new_call)?;
         line.push(b'\n');
         let spool = Arc::clone(self);
         tokio::task::spawn_blocking(move || spool.append_line(&line))
@@ -240,8 +235,7 @@ impl Spool {
             }
         }
         if !unreadable.is_empty() {
-            let lines: Vec<&[u8]> = unreadable.clone();
-            self.keep_rejected(&lines)?;
+            self.keep_rejected(&unreadable)?;
         }
         if found {
             self.depth.fetch_add(calls.len() as u64, Ordering::Relaxed);
@@ -256,13 +250,7 @@ impl Spool {
 
     /// Keeps a call that cannot be stored in the rejected file, synced.
     pub fn reject(&self, new_call: &NewCall) -> Result<(), SpoolError> {
-        let line = serde_json::to_vec(&Record {
-            v: VERSION,
-            call: new_call.call.clone(),
-            answer: new_call.answer.clone(),
-            event: new_call.event.clone(),
-        })?;
-        self.keep_rejected(&[&line])
+        self.keep_rejected(&[&encode(new_call)?])
     }
 
     fn keep_rejected(&self, lines: &[&[u8]]) -> Result<(), SpoolError> {
@@ -295,6 +283,16 @@ impl Spool {
             });
         Ok(())
     }
+}
+
+/// One record of the spool, without its newline.
+fn encode(new_call: &NewCall) -> Result<Vec<u8>, SpoolError> {
+    Ok(serde_json::to_vec(&Record {
+        v: VERSION,
+        call: new_call.call.clone(),
+        answer: new_call.answer.clone(),
+        event: new_call.event.clone(),
+    })?)
 }
 
 /// A spool file: being appended to (`.spool`) or set aside for replay (`.replay`).

@@ -48,17 +48,6 @@ async fn fallback_url(app: &TestApp, sid: &str) -> reqwest::Response {
         .await
 }
 
-async fn metrics(app: &TestApp) -> String {
-    app.client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
@@ -119,7 +108,7 @@ async fn calls_during_an_outage_hear_the_fallback_and_are_stored_once_it_ends(ap
         503,
         "an unknown number cannot be told from a new one without the database"
     );
-    let text = metrics(&app).await;
+    let text = app.metrics().await;
     assert_eq!(metric(&text, "voice_degraded_calls_total"), 2.0);
     assert_eq!(metric(&text, "voice_database_available"), 0.0);
     assert_eq!(metric(&text, "voice_spool_depth"), 2.0);
@@ -187,7 +176,7 @@ async fn calls_during_an_outage_hear_the_fallback_and_are_stored_once_it_ends(ap
     assert_eq!(outage[0].failure_count, 2);
     app.flush().await;
     assert_eq!(app.diagnostics("database_unavailable").await.len(), 1);
-    let text = metrics(&app).await;
+    let text = app.metrics().await;
     assert_eq!(metric(&text, "voice_database_available"), 1.0);
     assert_eq!(metric(&text, "voice_spool_depth"), 0.0);
     assert_eq!(
@@ -258,7 +247,7 @@ async fn a_retry_answered_from_the_database_meanwhile_wins_over_the_spooled_answ
     assert_eq!(call.outcome, Outcome::Streamed, "the database's answer wins");
     assert_eq!(call.attempts, 2, "the spooled delivery counts as an attempt");
     assert_eq!(app.count(entity::call::Entity).await, 1);
-    let text = metrics(&app).await;
+    let text = app.metrics().await;
     assert_eq!(
         metric(&text, "voice_spool_replayed_total{outcome=\"duplicate\"}"),
         1.0

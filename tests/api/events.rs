@@ -399,16 +399,7 @@ fn metric(text: &str, line_prefix: &str) -> f64 {
 backend_test!(metrics_scrape_shows_counters_moving);
 async fn metrics_scrape_shows_counters_moving(app: TestApp) {
     app.seed_with(NewTenant::default(), NewRoute::default()).await;
-    let scrape = || async {
-        app.client
-            .get(format!("{}/metrics", app.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let scrape = || app.metrics();
     let before = scrape().await;
     assert!(before.contains("# TYPE voice_calls counter"), "{before}");
     assert_eq!(app.incoming(&call_sid()).await.status(), 200);

@@ -26,16 +26,6 @@ async fn readyz(app: &TestApp) -> (u16, Value) {
     (res.status().as_u16(), res.json().await.unwrap())
 }
 
-async fn metrics(app: &TestApp) -> String {
-    let res = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap();
-    res.text().await.unwrap()
-}
-
 /// Polls `/readyz` (up to ten seconds) until it answers `status`.
 async fn readyz_until(app: &TestApp, status: u16) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -55,7 +45,7 @@ async fn readyz_until(app: &TestApp, status: u16) -> Value {
 backend_test!(a_panicking_task_is_restarted_and_readiness_follows);
 async fn a_panicking_task_is_restarted_and_readiness_follows(app: TestApp) {
     // The app's own tasks are supervised from the start, each series at zero.
-    let text = metrics(&app).await;
+    let text = app.metrics().await;
     for task in ["server", "writer-1"] {
         assert!(
             text.contains(&format!("voice_worker_restarts_total{{worker=\"{task}\"}} 0")),
@@ -89,7 +79,8 @@ async fn a_panicking_task_is_restarted_and_readiness_follows(app: TestApp) {
     let body = readyz_until(&app, 200).await;
     assert_eq!(body["status"], "ready");
     assert!(body.get("tasks_down").is_none(), "{body}");
-    assert!(metrics(&app)
+    assert!(app
+        .metrics()
         .await
         .contains("voice_worker_restarts_total{worker=\"flaky\"} 0"));
 
@@ -102,7 +93,7 @@ async fn a_panicking_task_is_restarted_and_readiness_follows(app: TestApp) {
     let body = readyz_until(&app, 200).await;
     assert!(body.get("tasks_down").is_none(), "{body}");
     assert_eq!(runs.load(Ordering::SeqCst), 2, "restarted once");
-    let text = metrics(&app).await;
+    let text = app.metrics().await;
     assert!(
         text.contains("voice_worker_restarts_total{worker=\"flaky\"} 1"),
         "{text}"

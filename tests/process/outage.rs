@@ -105,15 +105,21 @@ fn is_audible_fallback(body: &str) -> bool {
     body.contains("<Say>") && !body.contains("<Stream")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_database_cut_under_load_loses_no_call_and_recovers_within_a_second() {
-    let Some(fresh) = fresh_database(Backend::Postgres, 2).await else {
-        return;
-    };
+/// A seeded PostgreSQL schema, the proxy in front of it, the `VOICE_DATABASE_URL` through the
+/// proxy, and a spool directory; `None` only when PostgreSQL tests are skipped outside CI.
+async fn seeded_behind_a_proxy() -> Option<(FreshDatabase, DbProxy, String, tempfile::TempDir)> {
+    let fresh = fresh_database(Backend::Postgres, 2).await?;
     let proxy = DbProxy::start(postgres_addr(&fresh.url)).await;
     let url = postgres_url_via(&fresh.process_url(), proxy.addr());
     support::seed(&url, None).await;
-    let spool = tempfile::tempdir().unwrap();
+    Some((fresh, proxy, url, tempfile::tempdir().unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_cut_under_load_loses_no_call_and_recovers_within_a_second() {
+    let Some((fresh, proxy, url, spool)) = seeded_behind_a_proxy().await else {
+        return;
+    };
     let server = Server::start(&url, &[("VOICE_SPOOL_DIR", spool.path().to_str().unwrap())]).await;
     let (status, body) = Webhook::incoming(&call_sid())
         .send(&support::client(), &server.base)
@@ -212,13 +218,9 @@ async fn a_database_cut_under_load_loses_no_call_and_recovers_within_a_second() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_spooled_by_an_instance_killed_during_an_outage_are_stored_by_the_next() {
-    let Some(fresh) = fresh_database(Backend::Postgres, 2).await else {
+    let Some((fresh, proxy, url, spool)) = seeded_behind_a_proxy().await else {
         return;
     };
-    let proxy = DbProxy::start(postgres_addr(&fresh.url)).await;
-    let url = postgres_url_via(&fresh.process_url(), proxy.addr());
-    support::seed(&url, None).await;
-    let spool = tempfile::tempdir().unwrap();
     let settings = [("VOICE_SPOOL_DIR", spool.path().to_str().unwrap())];
     let mut first = Server::start(&url, &settings).await;
     let client = support::client();
