@@ -12,9 +12,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("twilio", &[]),
     ("config", &[]),
     ("net", &[]),
+    ("events", &[]),
     ("metrics", &["twilio"]),
-    ("db", &["config"]),
-    ("domain", &["config", "db", "metrics", "twilio"]),
+    ("db", &["config", "events"]),
+    ("domain", &["config", "db", "events", "metrics", "twilio"]),
     ("state", &["config", "db", "domain", "metrics"]),
 ];
 

@@ -9,6 +9,7 @@ pub mod payload;
 pub mod routes;
 pub mod tenants;
 pub mod voice;
+pub mod webhooks;
 
 use poem::Request;
 use poem_openapi::{auth::Bearer, OpenApiService, SecurityScheme, Tags};
@@ -80,7 +81,7 @@ pub type Service = OpenApiService<
         ops::OpsApi,
         health::HealthApi,
     ),
-    (),
+    webhooks::Events,
 >;
 
 /// Builds the OpenAPI service. The published spec depends on code only, never on config.
@@ -97,6 +98,7 @@ pub fn service(state: AppState) -> Service {
         "stateset-voice",
         env!("CARGO_PKG_VERSION"),
     )
+    .webhooks::<webhooks::Events>()
     .description(
         "Answers Twilio Voice webhooks for many tenants: validates X-Twilio-Signature, routes the \
          called number, mints a single-use media stream token and returns TwiML, with a fallback \

@@ -6,46 +6,33 @@
 //! lease (the attempt count it claimed), so a late result cannot overwrite a newer one.
 use std::collections::BTreeMap;
 
+use super::Page;
+use crate::events::Event;
 use chrono::{DateTime, Utc};
-use entity::{
-    id::new_id,
-    outbox_event,
-    states::{EventType, OutboxStatus},
-};
+use entity::{id::new_id, outbox_event, states::OutboxStatus};
 use sea_orm::{
     sea_query::Expr, ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait,
     IntoActiveModel, QueryFilter, Statement,
 };
-use serde_json::{json, Value};
 
-use super::Page;
-
-/// Records an event of `event_type` for a tenant.
+/// Records an event for a tenant.
 pub async fn record<C: ConnectionTrait>(
     db: &C,
     tenant_id: &str,
-    event_type: EventType,
-    data: Value,
+    event: &Event,
 ) -> Result<outbox_event::Model, DbErr> {
-    event(tenant_id, event_type, data)
-        .into_active_model()
-        .insert(db)
-        .await
+    pending(tenant_id, event).into_active_model().insert(db).await
 }
 
-/// A pending event of `event_type` for a tenant, not yet stored. The delivered body follows
-/// the Standard Webhooks shape: `{"type", "timestamp", "data"}`.
-pub fn event(tenant_id: &str, event_type: EventType, data: Value) -> outbox_event::Model {
+/// A pending event for a tenant, not yet stored. The delivered body follows the Standard
+/// Webhooks shape: `{"type", "timestamp", "data"}` ([`Event::body`]).
+pub fn pending(tenant_id: &str, event: &Event) -> outbox_event::Model {
     let now = Utc::now();
-    let payload = json!({
-        "type": event_type,
-        "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "data": data,
-    });
+    let payload = event.body(now);
     outbox_event::Model {
         id: new_id(),
         tenant_id: tenant_id.to_owned(),
-        event_type,
+        event_type: event.event_type(),
         payload: payload.to_string(),
         status: OutboxStatus::Pending,
         attempts: 0,
@@ -56,7 +43,7 @@ pub fn event(tenant_id: &str, event_type: EventType, data: Value) -> outbox_even
     }
 }
 
-/// Inserts an event built earlier (with [`event`]).
+/// Inserts an event built earlier (with [`pending`]).
 pub async fn insert<C: ConnectionTrait>(db: &C, event: outbox_event::Model) -> Result<(), DbErr> {
     outbox_event::Entity::insert(event.into_active_model())
         .exec_without_returning(db)

@@ -253,7 +253,7 @@ mod tests {
     use entity::{
         id::new_id,
         route,
-        states::{CallStatus, EventType, Outcome, RouteEnvironment, TenantEnvironment, WebhookKind},
+        states::{CallStatus, Outcome, RouteEnvironment, TenantEnvironment, WebhookKind},
         tenant,
     };
     use sea_orm::{EntityTrait, IntoActiveModel};
@@ -335,7 +335,7 @@ mod tests {
             created_at: now,
             updated_at: now,
         };
-        let event = crate::db::outbox::event("t1", EventType::CallReceived, serde_json::json!({}));
+        let event = crate::db::outbox::pending("t1", &crate::events::Event::CallReceived((&call).into()));
         NewCall { call, answer, event }
     }
 

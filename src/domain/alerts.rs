@@ -5,12 +5,15 @@
 //! flush whose counts cross the threshold within the window: one per window.
 use std::{collections::HashMap, sync::Arc, sync::Mutex, time::Duration};
 
-use entity::states::{DiagnosticKind, EventType, RouteEnvironment};
+use entity::states::{DiagnosticKind, RouteEnvironment};
 use sea_orm::TransactionTrait;
-use serde_json::json;
 
 use super::Error;
-use crate::{db, metrics::Metrics};
+use crate::{
+    db,
+    events::{AlertRaisedData, Event},
+    metrics::Metrics,
+};
 
 /// One occurrence to count: what happened (`kind`) to what (`key`: a number, route id or
 /// CallSid), with the ids it concerns.
@@ -182,15 +185,15 @@ impl Diagnostics {
             )
             .await?;
             if let Some(tenant_id) = &p.tenant_id {
-                let data = json!({
-                    "alert_id": alert.id,
-                    "kind": alert.kind,
-                    "route_id": key,
-                    "failure_count": counts.in_window,
-                    "window_seconds": rule.window.as_secs(),
-                    "message": message,
+                let event = Event::AlertRaised(AlertRaisedData {
+                    alert_id: alert.id.clone(),
+                    kind: alert.kind,
+                    route_id: key.to_owned(),
+                    failure_count: counts.in_window,
+                    window_seconds: i64::try_from(rule.window.as_secs()).unwrap_or(i64::MAX),
+                    message: message.clone(),
                 });
-                db::outbox::record(&txn, tenant_id, EventType::AlertRaised, data).await?;
+                db::outbox::record(&txn, tenant_id, &event).await?;
             }
             tracing::error!(alert_id = %alert.id, route_id = %key, "{message}");
             self.metrics.alerts.inc();
@@ -330,6 +333,6 @@ mod tests {
         assert_eq!(d.metrics.alerts.get(), 1);
         let events = db::outbox::list(&db, Some("t1"), None, 10).await.unwrap().items;
         assert_eq!(events.len(), 1);
-        assert_eq!(events[0].event_type, EventType::AlertRaised);
+        assert_eq!(events[0].event_type, entity::states::EventType::AlertRaised);
     }
 }

@@ -2,16 +2,16 @@
 //! replies go out through a channel, which the WebSocket handler connects to the socket.
 use std::time::Duration;
 
-use entity::states::{DiagnosticKind, EndReason, EventType};
+use entity::states::{DiagnosticKind, EndReason};
 use futures::{Stream, StreamExt};
 use sea_orm::TransactionTrait;
-use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::agent::{self, AgentEvent, AgentHandle, Relayed, RemoteAgent};
 use crate::{
     db::{self, media::Counts},
     domain::{agent_token, alerts::Occurrence, runtime::StreamGuard, token::StreamClaims},
+    events::{Event, StreamEndedData, StreamStartedData},
     state::AppState,
     twilio::media::{self as proto, Inbound, Outbound},
 };
@@ -463,14 +463,14 @@ async fn open(
     let Some(session) = db::media::open(&txn, &call.id, &claims.jti, stream_sid).await? else {
         return Ok(Err(Refusal::TokenReused));
     };
-    let data = json!({
-        "call_sid": call.call_sid,
-        "stream_sid": stream_sid,
-        "media_session_id": session.id,
-        "route_id": call.route_id,
-        "agent": route.agent_url.as_deref().unwrap_or("echo"),
+    let event = Event::StreamStarted(StreamStartedData {
+        call_sid: call.call_sid.clone(),
+        stream_sid: stream_sid.to_owned(),
+        media_session_id: session.id.clone(),
+        route_id: call.route_id.clone(),
+        agent: route.agent_url.as_deref().unwrap_or("echo").to_owned(),
     });
-    db::outbox::record(&txn, &call.tenant_id, EventType::StreamStarted, data).await?;
+    db::outbox::record(&txn, &call.tenant_id, &event).await?;
     txn.commit().await?;
     tracing::info!(call_sid = %call.call_sid, stream_sid, "media stream started");
     Ok(Ok(Opened {
@@ -493,19 +493,19 @@ async fn finish(
     let received_stop = end == EndReason::Stop;
     let txn = state.db.begin().await?;
     let session = db::media::close(&txn, session, counts, end, received_stop).await?;
-    let data = json!({
-        "call_sid": call.call_sid,
-        "stream_sid": session.stream_sid,
-        "media_session_id": session.id,
-        "route_id": call.route_id,
-        "agent": agent,
-        "end_reason": end_reason,
-        "received_stop": received_stop,
-        "inbound_frames": counts.inbound,
-        "outbound_frames": counts.outbound,
-        "malformed_frames": counts.malformed,
+    let event = Event::StreamEnded(StreamEndedData {
+        call_sid: call.call_sid.clone(),
+        stream_sid: session.stream_sid.clone(),
+        media_session_id: session.id.clone(),
+        route_id: call.route_id.clone(),
+        agent: agent.to_owned(),
+        end_reason: end,
+        received_stop,
+        inbound_frames: counts.inbound,
+        outbound_frames: counts.outbound,
+        malformed_frames: counts.malformed,
     });
-    db::outbox::record(&txn, &call.tenant_id, EventType::StreamEnded, data).await?;
+    db::outbox::record(&txn, &call.tenant_id, &event).await?;
     txn.commit().await?;
     tracing::info!(call_sid = %call.call_sid, end_reason, inbound = counts.inbound, outbound = counts.outbound, "media stream ended");
     Ok(())

@@ -320,10 +320,9 @@ async fn a_write_that_committed_after_its_caller_was_answered_is_corrected_to_wh
             token_expires_at: None,
             ..answer
         },
-        event: db::outbox::event(
+        event: db::outbox::pending(
             &stored.tenant_id,
-            entity::states::EventType::CallFallback,
-            serde_json::json!({ "call_sid": sid }),
+            &stateset_voice::events::Event::CallFallback((&stored).into()),
         ),
     };
     app.state.spool.append(&spooled).await.unwrap();

@@ -247,14 +247,9 @@ async fn one_round_records_mixed_results_per_event(app: TestApp) {
         let db = app.state.db.clone();
         async move {
             for i in 0..n {
-                stateset_voice::db::outbox::record(
-                    &db,
-                    &tenant_id,
-                    entity::states::EventType::CallReceived,
-                    serde_json::json!({ "i": i }),
-                )
-                .await
-                .unwrap();
+                stateset_voice::db::outbox::record(&db, &tenant_id, &alert_event(i))
+                    .await
+                    .unwrap();
             }
         }
     };
@@ -434,4 +429,16 @@ async fn metrics_scrape_shows_counters_moving(app: TestApp) {
     );
     let webhook_count = "voice_http_request_duration_seconds_count{method=\"POST\",path=\"/api/v1/incoming-call\",status=\"200\"}";
     assert_eq!(metric(&after, webhook_count), 3.0, "{after}");
+}
+
+/// An `alert.raised` event numbered `i`, for tests that only need some event.
+fn alert_event(i: usize) -> stateset_voice::events::Event {
+    stateset_voice::events::Event::AlertRaised(stateset_voice::events::AlertRaisedData {
+        alert_id: format!("alert-{i}"),
+        kind: entity::states::DiagnosticKind::SignatureFailure,
+        route_id: "route".to_owned(),
+        failure_count: 5,
+        window_seconds: 300,
+        message: format!("test alert {i}"),
+    })
 }

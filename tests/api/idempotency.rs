@@ -226,10 +226,9 @@ async fn one_failing_write_does_not_fail_the_others_in_its_batch(app: TestApp) {
             created_at: now,
             updated_at: now,
         };
-        let event = stateset_voice::db::outbox::event(
+        let event = stateset_voice::db::outbox::pending(
             &tenant.id,
-            entity::states::EventType::CallReceived,
-            serde_json::json!({}),
+            &stateset_voice::events::Event::CallReceived((&call).into()),
         );
         stateset_voice::db::writer::NewCall { call, answer, event }
     };

@@ -18,3 +18,4 @@ mod signature_props;
 mod signature_rules;
 mod supervision;
 mod webhook;
+mod webhook_events;

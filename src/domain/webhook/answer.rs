@@ -10,10 +10,9 @@ use chrono::Utc;
 use entity::{
     call, call_webhook,
     id::{new_id, CallId, WebhookId},
-    states::{CallStatus, EventType, FallbackReason, Outcome, WebhookKind},
+    states::{CallStatus, FallbackReason, Outcome, WebhookKind},
 };
 use sea_orm::{DatabaseTransaction, TransactionTrait};
-use serde_json::json;
 
 use super::{
     count_fallback, decide, stream_twiml, Authenticated, Decision, Rejection, Situation, VoiceKind,
@@ -28,6 +27,7 @@ use crate::{
         writer::{NewCall, Writer},
     },
     domain::{token::MintedToken, Error},
+    events::{CallData, Event},
     metrics::Metrics,
     twilio::twiml::{self, Verb},
 };
@@ -225,8 +225,7 @@ impl AnswerStore {
                 db::outbox::record(
                     txn,
                     &call.tenant().id,
-                    EventType::CallFallback,
-                    event_data(&updated),
+                    &Event::CallFallback(CallData::from(&updated)),
                 )
                 .await?;
             }
@@ -268,21 +267,6 @@ fn answer_row(call_id: &str, kind: WebhookKind, fresh: &Fresh) -> call_webhook::
 }
 
 /// The data of a call's events.
-pub(super) fn event_data(call: &call::Model) -> serde_json::Value {
-    json!({
-        "call_id": call.id,
-        "call_sid": call.call_sid,
-        "tenant_id": call.tenant_id,
-        "route_id": call.route_id,
-        "from": call.from_number,
-        "to": call.to_number,
-        "status": call.status,
-        "outcome": call.outcome,
-        "fallback_reason": call.fallback_reason,
-        "error_code": call.error_code,
-    })
-}
-
 /// Renders a decision; a stream gets a fresh token.
 fn render(ctx: WebhookContext<'_>, call: &Authenticated, decision: &Decision) -> Fresh {
     match decision {
@@ -341,12 +325,13 @@ fn new_call_rows(
     if let Some(attempted) = attempted {
         answer.id = attempted.answer.id.clone();
     }
-    let event_type = if reason.is_some() {
-        EventType::CallFallback
+    let data = CallData::from(&new_call);
+    let event = if reason.is_some() {
+        Event::CallFallback(data)
     } else {
-        EventType::CallReceived
+        Event::CallReceived(data)
     };
-    let event = db::outbox::event(&tenant.id, event_type, event_data(&new_call));
+    let event = db::outbox::pending(&tenant.id, &event);
     NewCall {
         call: new_call,
         answer,

@@ -2,16 +2,14 @@
 //! duration and the end time; `call.completed` once at the final status. Each status is
 //! processed once per call; repeats are counted and ignored.
 use chrono::Utc;
-use entity::{
-    call_webhook,
-    id::new_id,
-    states::{EventType, WebhookKind},
-};
+use entity::{call_webhook, id::new_id, states::WebhookKind};
 use sea_orm::TransactionTrait;
-use serde_json::json;
 
-use super::{answer::event_data, Authenticated, Rejection, WebhookContext};
-use crate::db;
+use super::{Authenticated, Rejection, WebhookContext};
+use crate::{
+    db,
+    events::{CallCompletedData, Event},
+};
 
 /// What a status callback did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,9 +60,8 @@ pub(super) async fn record(ctx: WebhookContext<'_>, call: &Authenticated) -> Res
         let updated =
             db::calls::set_status(&txn, existing, status, form.call_duration, status.is_final()).await?;
         if status.is_final() {
-            let mut data = event_data(&updated);
-            data["duration_secs"] = json!(updated.duration_secs);
-            db::outbox::record(&txn, &call.tenant().id, EventType::CallCompleted, data).await?;
+            let event = Event::CallCompleted(CallCompletedData::from(&updated));
+            db::outbox::record(&txn, &call.tenant().id, &event).await?;
         }
     }
     txn.commit().await?;
