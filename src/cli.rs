@@ -51,6 +51,15 @@ pub enum Command {
     /// Print the OpenAPI document (YAML).
     #[command(hide = true)]
     Openapi,
+    /// Print the AsyncAPI document of the media streams (YAML).
+    #[command(hide = true)]
+    Asyncapi,
+    /// Write the docs portal (the pages /docs serves, and the documents) into DIR.
+    Docs {
+        /// The directory to write (created if missing; existing pages are replaced).
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
 }
 
 /// `tenant` subcommands.
@@ -291,11 +300,27 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             print!("{}", crate::openapi_yaml());
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Asyncapi => {
+            print!("{}", crate::asyncapi_yaml());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Docs { dir } => {
+            let portal = crate::portal::Portal::from_code();
+            portal
+                .write_to(dir)
+                .map_err(|e| CliError::Usage(format!("writing the docs portal to {}: {e}", dir.display())))?;
+            for file in portal.files() {
+                println!("{}", dir.join(file.name).display());
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
     let config = Config::from_args(cli.config)?;
     match cli.command {
-        Command::Sign(_) | Command::Call(_) | Command::Openapi => unreachable!("handled above"),
+        Command::Sign(_) | Command::Call(_) | Command::Openapi | Command::Asyncapi | Command::Docs { .. } => {
+            unreachable!("handled above")
+        }
         Command::Serve { demo } => {
             if config.stream_tokens.secret_generated {
                 tracing::warn!(

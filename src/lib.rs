@@ -14,6 +14,7 @@ pub mod events;
 pub mod media;
 pub mod metrics;
 pub mod net;
+pub mod portal;
 pub mod server;
 pub mod state;
 #[cfg(feature = "testkit")]
@@ -25,19 +26,18 @@ use poem::{middleware::Tracing, Endpoint, EndpointExt, Route};
 
 use crate::{config::Config, state::AppState};
 
-/// The whole HTTP surface: the API, its published spec and docs.
+/// The whole HTTP surface: the API, its published documents and the docs portal.
 pub fn app(state: AppState) -> impl Endpoint {
     let api = api::service(state.clone());
-    let spec_json = api.spec_endpoint();
-    let spec_yaml = api.spec_endpoint_yaml();
-    let docs = api.swagger_ui();
+    let portal = std::sync::Arc::new(portal::Portal::new(&api));
     Route::new()
         .nest("/", api)
-        .at("/openapi.json", spec_json)
-        .at("/openapi.yaml", spec_yaml)
+        .at("/openapi.json", portal.serve_file("openapi.json"))
+        .at("/openapi.yaml", portal.serve_file("openapi.yaml"))
+        .at("/asyncapi.yaml", portal.serve_file("asyncapi.yaml"))
         .at("/media-stream", poem::get(api::media::media_stream))
         .at("/media-stream/:token", poem::get(api::media::media_stream_path))
-        .nest("/docs", docs)
+        .nest("/docs", portal.endpoint())
         .data(state.clone())
         .before(api::reject_nul_in_url)
         .catch_all_error(error::problem_for)
@@ -57,10 +57,13 @@ pub fn app(state: AppState) -> impl Endpoint {
 
 /// The published OpenAPI document, as committed in `openapi.yaml`.
 pub fn openapi_yaml() -> String {
-    // The spec depends on code only; a throwaway state with no database is enough.
-    let db = sea_orm::DatabaseConnection::Disconnected.into();
-    let config = Config::from_args(config::ConfigArgs::defaults()).expect("default config is valid");
-    api::service(AppState::new(db, config)).spec_yaml()
+    serde_yaml::to_string(&portal::openapi::document(&portal::spec_service()))
+        .expect("the OpenAPI document serialises")
+}
+
+/// The published AsyncAPI document, as committed in `asyncapi.yaml`.
+pub fn asyncapi_yaml() -> String {
+    portal::asyncapi::asyncapi_yaml()
 }
 
 /// Connects to the database and applies migrations.

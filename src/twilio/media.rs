@@ -1,10 +1,11 @@
 //! Twilio Media Streams messages (JSON text frames over the `<Connect><Stream>` WebSocket).
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A message Twilio sends.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum Inbound {
     /// First message of every stream.
@@ -48,7 +49,7 @@ pub enum Inbound {
 }
 
 /// The `start` payload.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Start {
     #[serde(default)]
@@ -63,7 +64,7 @@ pub struct Start {
 }
 
 /// Audio format of a stream.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MediaFormat {
     pub encoding: String,
@@ -72,7 +73,7 @@ pub struct MediaFormat {
 }
 
 /// A media chunk from Twilio.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 pub struct Media {
     #[serde(default)]
     pub track: Option<String>,
@@ -84,7 +85,7 @@ pub struct Media {
 }
 
 /// A DTMF digit.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 pub struct Dtmf {
     #[serde(default)]
     pub track: Option<String>,
@@ -92,13 +93,13 @@ pub struct Dtmf {
 }
 
 /// A named mark.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 pub struct Mark {
     pub name: String,
 }
 
 /// The `stop` payload.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Stop {
     #[serde(default)]
@@ -108,7 +109,7 @@ pub struct Stop {
 }
 
 /// A message to Twilio. Agents may omit `streamSid`; the session fills it in.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum Outbound {
     /// Audio to play to the caller (base64 mu-law, 8 kHz).
@@ -131,7 +132,7 @@ pub enum Outbound {
 }
 
 /// Audio in an outbound `media` message.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 pub struct OutboundMedia {
     pub payload: String,
 }
