@@ -1,6 +1,7 @@
-//! Project automation: `cargo xtask ci | conformance | openapi [--check] | bench | schemathesis |
-//! interop | fuzz | pgbouncer`.
+//! Project automation: `cargo xtask ci | conformance | openapi [--check] | docs | bench |
+//! schemathesis | interop | fuzz | pgbouncer`.
 mod bench;
+mod docs;
 mod fuzz;
 mod interop;
 mod schemathesis;
@@ -107,6 +108,7 @@ fn ci() -> Result<(), String> {
         ]),
     )?;
     openapi(true)?;
+    docs::docs()?;
     pgbouncer()?;
     run(
         "tests (SQLite, PostgreSQL, and PostgreSQL through PgBouncer)",
@@ -129,9 +131,10 @@ fn main() -> ExitCode {
         ["bench", rest @ ..] => bench::Options::parse(rest).and_then(|o| bench::bench(&o)),
         ["openapi"] => openapi(false),
         ["openapi", "--check"] => openapi(true),
+        ["docs"] => docs::docs(),
         ["pgbouncer"] => pgbouncer(),
         _ => Err(
-            "usage: cargo xtask ci | conformance | openapi [--check] | bench [--postgres] [--quick] [--prefill N] [--rounds N] \
+            "usage: cargo xtask ci | conformance | openapi [--check] | docs | bench [--postgres] [--quick] [--prefill N] [--rounds N] \
              | schemathesis | interop | fuzz [--seconds N] | pgbouncer"
                 .to_owned(),
         ),
