@@ -557,7 +557,10 @@ mod tests {
         let nullable_ref =
             serde_json::json!({"allOf": [{"$ref": "#/components/schemas/X"}], "nullable": true});
         assert_eq!(type_of(&nullable_ref), "<a href=\"#schema-X\">X</a> | null");
-        assert_eq!(type_of(&serde_json::json!({"enum": ["a"]})), "<code>&quot;a&quot;</code>");
+        assert_eq!(
+            type_of(&serde_json::json!({"enum": ["a"]})),
+            "<code>&quot;a&quot;</code>"
+        );
         assert_eq!(
             type_of(&serde_json::json!({"type": "array", "items": {"type": "string"}})),
             "array of string"
