@@ -449,10 +449,14 @@ impl TestApp {
 
     /// Creates a tenant in the database, with the standard values where `tenant` is empty.
     pub async fn seed_tenant(&self, tenant: NewTenant) -> entity::tenant::Model {
-        admin::create_tenant(&self.state.db, standard_tenant(tenant))
-            .await
-            .expect("tenant")
-            .tenant
+        admin::create_tenant(
+            &self.state.db,
+            &self.state.config.secrets,
+            standard_tenant(tenant),
+        )
+        .await
+        .expect("tenant")
+        .tenant
     }
 
     /// Creates a route of `tenant_id` in the database, for [`NUMBER`] unless `route` names one.
