@@ -25,11 +25,15 @@ mod backends;
 mod db_proxy;
 pub mod pgbouncer;
 mod recording;
+mod stored_secrets;
 
 pub use backends::{run, TestInput};
 pub use db_proxy::DbProxy;
 pub use pgbouncer::TestDatabase;
 pub use recording::{recorded_frame, recorded_session, RECORDED_CALL_SID, RECORDING, TOKEN_PLACEHOLDER};
+pub use stored_secrets::{
+    key_id, stored_secrets_of, stored_tenant_secrets, StoredTenantSecrets, NEXT_SECRETS_KEY, SECRETS_KEY,
+};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const TOKEN_SECRET: &str = "test-stream-token-secret-0123456789abcdef";
