@@ -353,8 +353,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             db::migrate(&db).await?;
             let rotation = secrets_at_rest::rotate(&db, &config.secrets).await?;
             println!(
-                "{} tenants re-encrypted under key {}",
-                rotation.rows_changed, rotation.key_id
+                "tenants re-encrypted under key {}: {}",
+                rotation.key_id, rotation.rows_changed
             );
         }
         Command::Tenant(cmd) => {

@@ -86,7 +86,7 @@ async fn rotate_re_encrypts_every_row_under_the_current_key(fresh: FreshDatabase
     );
     assert_eq!(
         String::from_utf8_lossy(&rotated.stdout),
-        format!("1 tenants re-encrypted under key {}\n", key_id(SECRETS_KEY))
+        format!("tenants re-encrypted under key {}: 1\n", key_id(SECRETS_KEY))
     );
     assert_all_under(&fresh.db, SECRETS_KEY).await;
 
@@ -123,7 +123,7 @@ async fn rotate_re_encrypts_every_row_under_the_current_key(fresh: FreshDatabase
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
             format!(
-                "{expected} tenants re-encrypted under key {}\n",
+                "tenants re-encrypted under key {}: {expected}\n",
                 key_id(NEXT_SECRETS_KEY)
             )
         );
