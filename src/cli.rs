@@ -10,6 +10,7 @@ use crate::{
     domain::{
         admin::{self, NewRoute, NewTenant},
         fallback::FallbackAction,
+        secrets_at_rest::{self, AtStart},
     },
     twilio::{
         form::FormParams,
@@ -46,6 +47,9 @@ pub enum Command {
     Route(RouteCommand),
     /// Print the X-Twilio-Signature of a form, or check one with --check.
     Sign(SignArgs),
+    /// Manage the encryption of tenant secrets at rest.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// Place a test call without a phone: play Twilio's part against a deployment.
     Call(CallArgs),
     /// Print the OpenAPI document (YAML).
@@ -79,6 +83,14 @@ pub enum TenantCommand {
     },
     /// List tenants.
     List,
+}
+
+/// `secrets` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum SecretsCommand {
+    /// Re-encrypt every tenant secret under VOICE_SECRETS_KEY (values in clear or under
+    /// VOICE_SECRETS_KEY_PREVIOUS), in batches; prints how many tenants changed.
+    Rotate,
 }
 
 /// `route` subcommands.
@@ -306,9 +318,19 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             if config.admin.token.is_none() {
                 tracing::info!("VOICE_ADMIN_TOKEN is not set: the admin API is disabled");
             }
-            let state = crate::prepare(config).await?;
+            let (state, at_start) = crate::prepare(config).await?;
+            match at_start {
+                AtStart::InClear => tracing::warn!(
+                    "VOICE_SECRETS_KEY is not set: tenant secrets are stored in clear in the database"
+                ),
+                AtStart::Encrypted { key_id, sealed_now } => tracing::info!(
+                    key_id = %key_id,
+                    tenants_encrypted_now = sealed_now,
+                    "tenant secrets are encrypted at rest"
+                ),
+            }
             if demo {
-                let tenant = crate::demo::seed(&state.db).await?;
+                let tenant = crate::demo::seed(&state.db, &state.config.secrets).await?;
                 tracing::info!(tenant_id = %tenant.id, number = crate::demo::DEMO_NUMBER, "demo tenant ready");
                 println!("{}", crate::demo::curl_command(&state.config, &tenant));
                 // stdout stays the one curl command; the whole-call command goes to stderr.
@@ -326,8 +348,17 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             db::migrate(&db).await?;
             println!("migrations applied");
         }
+        Command::Secrets(SecretsCommand::Rotate) => {
+            let db = db::connect(&config).await?;
+            db::migrate(&db).await?;
+            let rotation = secrets_at_rest::rotate(&db, &config.secrets).await?;
+            println!(
+                "tenants re-encrypted under key {}: {}",
+                rotation.key_id, rotation.rows_changed
+            );
+        }
         Command::Tenant(cmd) => {
-            let state = crate::prepare(config).await?;
+            let (state, _) = crate::prepare(config).await?;
             match cmd {
                 TenantCommand::Add {
                     name,
@@ -340,6 +371,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 } => {
                     let created = admin::create_tenant(
                         &state.db,
+                        &state.config.secrets,
                         NewTenant {
                             name,
                             account_sid,
@@ -360,7 +392,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 TenantCommand::List => {
                     let mut cursor = None;
                     loop {
-                        let page = db::tenants::list(&state.db, cursor.as_deref(), 100).await?;
+                        let page =
+                            db::tenants::list(&state.db, &state.config.secrets, cursor.as_deref(), 100)
+                                .await?;
                         for t in &page.items {
                             println!("{}\t{}\t{}\t{}", t.id, t.account_sid, t.environment, t.name);
                         }
@@ -373,7 +407,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             }
         }
         Command::Route(cmd) => {
-            let state = crate::prepare(config).await?;
+            let (state, _) = crate::prepare(config).await?;
             match cmd {
                 RouteCommand::Add {
                     tenant,

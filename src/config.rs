@@ -2,9 +2,11 @@
 //!
 //! Every bounded setting has one allowed range, checked in [`check_ranges`]: a value outside it
 //! is rejected with the variable, the flag, the value and the range, never raised or clamped.
-use std::{fmt, ops::RangeInclusive, path::PathBuf, time::Duration};
+use std::{fmt, ops::RangeInclusive, path::PathBuf, sync::Arc, time::Duration};
 
 use clap::{builder::BoolishValueParser, ArgAction, Args, ValueEnum};
+
+use crate::secrets::{Key, Keyring};
 
 /// A secret string whose `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -106,6 +108,19 @@ pub struct ConfigArgs {
     /// Stream token lifetime (seconds, or a number with s/m suffix).
     #[arg(long, global = true, env = "VOICE_STREAM_TOKEN_TTL", default_value = "60", value_parser = parse_duration)]
     pub stream_token_ttl: Duration,
+    /// Key tenant secrets are stored under: base64 of 32 bytes (`openssl rand -base64 32`).
+    /// Without it they are stored in clear.
+    #[arg(long, global = true, env = "VOICE_SECRETS_KEY", hide_env_values = true)]
+    pub secrets_key: Option<String>,
+    /// The key before the current one, while `secrets rotate` moves values off it: it still
+    /// decrypts, nothing is encrypted under it.
+    #[arg(
+        long,
+        global = true,
+        env = "VOICE_SECRETS_KEY_PREVIOUS",
+        hide_env_values = true
+    )]
+    pub secrets_key_previous: Option<String>,
     /// Bearer token of the admin API; the admin API is disabled when unset.
     #[arg(long, global = true, env = "VOICE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -203,6 +218,9 @@ pub struct Config {
     pub outbox: Outbox,
     /// The admin API.
     pub admin: Admin,
+    /// `VOICE_SECRETS_KEY` and `VOICE_SECRETS_KEY_PREVIOUS`: the keys tenant secrets are
+    /// stored under (in clear when there is no current key).
+    pub secrets: Arc<Keyring>,
     /// What callers hear when no agent takes the call.
     pub messages: CallerMessages,
 }
@@ -402,6 +420,16 @@ impl Config {
             Some(t) => Some(Secret::new(t)),
             None => None,
         };
+        let secrets = Keyring::new(
+            secrets_key("VOICE_SECRETS_KEY", args.secrets_key.as_deref())?,
+            secrets_key("VOICE_SECRETS_KEY_PREVIOUS", args.secrets_key_previous.as_deref())?,
+        );
+        if secrets.current_id().is_none() && args.secrets_key_previous.is_some() {
+            return Err(invalid(
+                "VOICE_SECRETS_KEY_PREVIOUS",
+                "needs VOICE_SECRETS_KEY: the previous key only decrypts",
+            ));
+        }
         for (name, message) in [
             ("VOICE_UNKNOWN_ROUTE_MESSAGE", &args.unknown_route_message),
             ("VOICE_FALLBACK_MESSAGE", &args.fallback_message),
@@ -461,12 +489,20 @@ impl Config {
                 deny_private: args.webhook_deny_private,
             },
             admin: Admin { token: admin_token },
+            secrets: Arc::new(secrets),
             messages: CallerMessages {
                 unknown_route: args.unknown_route_message,
                 fallback: args.fallback_message,
             },
         })
     }
+}
+
+/// A key of encryption at rest from its variable; the error names the variable, never the value.
+fn secrets_key(name: &'static str, value: Option<&str>) -> Result<Option<Key>, ConfigError> {
+    value
+        .map(|v| Key::from_base64(v).map_err(|e| invalid(name, e.to_string())))
+        .transpose()
 }
 
 const ONE_MS: Duration = Duration::from_millis(1);
@@ -908,7 +944,7 @@ mod tests {
             assert_eq!(flag_of(&env.to_string_lossy()), format!("--{long}"));
             checked += 1;
         }
-        assert_eq!(checked, 30);
+        assert_eq!(checked, 32);
     }
 
     #[test]
@@ -939,6 +975,47 @@ mod tests {
         }
         let c = parse(&["--spool-dir", "/srv/spool"]).unwrap();
         assert_eq!(c.database.spool_dir, PathBuf::from("/srv/spool"));
+    }
+
+    #[test]
+    fn secrets_keys_are_base64_of_32_bytes_and_errors_never_show_them() {
+        use base64::{engine::general_purpose::STANDARD, Engine as _};
+        let key = STANDARD.encode([3u8; 32]);
+        let previous = STANDARD.encode([4u8; 32]);
+        let c = parse(&["--secrets-key", &key, "--secrets-key-previous", &previous]).unwrap();
+        let id = c.secrets.current_id().expect("a current key").to_string();
+        assert!(!format!("{c:?}").contains(&key) && !format!("{c:?}").contains(&previous));
+        assert!(format!("{c:?}").contains(&id));
+        assert!(parse(&[]).unwrap().secrets.current_id().is_none());
+        let short = STANDARD.encode([3u8; 31]);
+        for (args, name, reason) in [
+            (
+                vec!["--secrets-key", short.as_str()],
+                "VOICE_SECRETS_KEY",
+                "must encode 32 bytes, not 31",
+            ),
+            (
+                vec!["--secrets-key", "not-base64!"],
+                "VOICE_SECRETS_KEY",
+                "must be standard base64",
+            ),
+            (
+                vec!["--secrets-key", &key, "--secrets-key-previous", &short],
+                "VOICE_SECRETS_KEY_PREVIOUS",
+                "must encode 32 bytes",
+            ),
+            (
+                vec!["--secrets-key-previous", &previous],
+                "VOICE_SECRETS_KEY_PREVIOUS",
+                "needs VOICE_SECRETS_KEY",
+            ),
+        ] {
+            let e = parse(&args).unwrap_err();
+            assert!(e.contains(name) && e.contains(reason), "{e}");
+            for value in [&key, &previous, &short] {
+                assert!(!e.contains(value.as_str()), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod outbox;
 mod pool;
 pub mod routes;
 pub mod spool;
+pub mod tenant_secrets;
 pub mod tenants;
 mod url;
 pub mod writer;

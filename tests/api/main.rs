@@ -14,6 +14,7 @@ mod idempotency;
 mod media;
 mod openapi;
 mod pgbouncer;
+mod secrets_at_rest;
 mod signature_props;
 mod signature_rules;
 mod supervision;

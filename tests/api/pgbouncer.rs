@@ -261,10 +261,14 @@ async fn without_the_setting_the_same_load_fails_on_prepared_statements() {
     );
     // Seeded with the setting; then served without it (but without that parameter, so that
     // it connects).
-    let tenant = admin::create_tenant(&fresh.db, standard_tenant(NewTenant::default()))
-        .await
-        .unwrap()
-        .tenant;
+    let tenant = admin::create_tenant(
+        &fresh.db,
+        &Default::default(),
+        standard_tenant(NewTenant::default()),
+    )
+    .await
+    .unwrap()
+    .tenant;
     admin::create_route(&fresh.db, &tenant.id, standard_route(NewRoute::default()))
         .await
         .unwrap();

@@ -6,6 +6,7 @@ mod crash;
 mod drain;
 mod multi_instance;
 mod outage;
+mod secrets;
 mod serve;
 mod support;
 mod tenant_cli;

@@ -78,11 +78,12 @@ pub async fn deliver_due(state: &AppState, client: &reqwest::Client) -> Result<u
         return Ok(0);
     }
     let tenant_ids: BTreeSet<&str> = events.iter().map(|e| e.tenant_id.as_str()).collect();
-    let tenants: HashMap<String, tenant::Model> = db::tenants::by_ids(&state.db, tenant_ids)
-        .await?
-        .into_iter()
-        .map(|t| (t.id.clone(), t))
-        .collect();
+    let tenants: HashMap<String, tenant::Model> =
+        db::tenants::by_ids(&state.db, &state.config.secrets, tenant_ids)
+            .await?
+            .into_iter()
+            .map(|t| (t.id.clone(), t))
+            .collect();
     let results = futures::future::join_all(
         events
             .iter()
