@@ -402,7 +402,10 @@ impl Config {
             Some(url) => base_url(url, &["ws", "wss"]).map_err(|r| invalid("VOICE_STREAM_URL", r))?,
             None => {
                 let rest = public_url.split_once("://").map_or("", |(_, rest)| rest);
-                let scheme = if public_url.starts_with("https://") {
+                let scheme = if public_url
+                    .get(..8)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+                {
                     "wss"
                 } else {
                     "ws"
@@ -679,6 +682,9 @@ mod tests {
         );
         let c = parse(&["--public-url", "http://127.0.0.1:9000"]).unwrap();
         assert_eq!(c.urls.stream, "ws://127.0.0.1:9000/media-stream");
+        // The scheme's case does not matter.
+        let c = parse(&["--public-url", "HTTPS://voice.example.com"]).unwrap();
+        assert_eq!(c.urls.stream, "wss://voice.example.com/media-stream");
     }
 
     #[test]

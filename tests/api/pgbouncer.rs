@@ -213,7 +213,7 @@ async fn an_event_is_delivered_from_the_outbox(app: TestApp) {
     let sid = call_sid();
     assert_eq!(app.incoming(&sid).await.status(), 200);
 
-    let client = outbox::http_client().unwrap();
+    let client = outbox::DeliveryClient::new(&app.state.config.outbox).unwrap();
     assert_eq!(outbox::deliver_due(&app.state, &client).await.unwrap(), 1);
     assert_eq!(
         outbox::deliver_due(&app.state, &client).await.unwrap(),
