@@ -1,5 +1,5 @@
-//! Indexes the retention purge deletes by: calls by creation time, finished outbox events by
-//! status and creation time, diagnostics by when they were last seen, alerts by creation time.
+//! Indexes the retention purge deletes by: calls by creation time, finished (not pending)
+//! outbox events by creation time, diagnostics by when they were last seen, alerts by creation time.
 //! Without them each purge batch would scan its whole table.
 use sea_orm_migration::prelude::*;
 
@@ -15,11 +15,13 @@ impl MigrationTrait for Migration {
                 .table(Calls::Table)
                 .col(Calls::CreatedAt)
                 .to_owned(),
+            // Partial: only finished events, the ones the purge may delete, so the oldest of
+            // them are found in index order however many events are pending.
             Index::create()
-                .name("idx_outbox_status_created")
+                .name("idx_outbox_finished_created")
                 .table(OutboxEvents::Table)
-                .col(OutboxEvents::Status)
                 .col(OutboxEvents::CreatedAt)
+                .and_where(Expr::col(OutboxEvents::Status).ne("pending"))
                 .to_owned(),
             Index::create()
                 .name("idx_diagnostics_last_seen")
@@ -45,7 +47,7 @@ impl MigrationTrait for Migration {
                 .table(Calls::Table)
                 .to_owned(),
             Index::drop()
-                .name("idx_outbox_status_created")
+                .name("idx_outbox_finished_created")
                 .table(OutboxEvents::Table)
                 .to_owned(),
             Index::drop()

@@ -12,7 +12,9 @@ use sea_orm::{
 pub enum Selection {
     /// Calls created before the cutoff, oldest first (`idx_calls_created`).
     Calls,
-    /// Finished events created before the cutoff (`idx_outbox_status_created`).
+    /// Finished events (delivered, dead, skipped: any status but pending) created before the
+    /// cutoff, oldest first (`idx_outbox_finished_created`). Pending events (waiting for a
+    /// delivery or a retry) are never deleted, however old.
     FinishedEvents,
     /// Diagnostics last seen before the cutoff (`idx_diagnostics_last_seen`).
     Diagnostics,
@@ -38,7 +40,7 @@ impl Selection {
     pub fn index(self) -> &'static str {
         match self {
             Self::Calls => "idx_calls_created",
-            Self::FinishedEvents => "idx_outbox_status_created",
+            Self::FinishedEvents => "idx_outbox_finished_created",
             Self::Diagnostics => "idx_diagnostics_last_seen",
             Self::Alerts => "idx_alerts_created",
         }
@@ -48,25 +50,16 @@ impl Selection {
     pub fn sql(self, limit: u64) -> String {
         let condition = match self {
             Self::Calls => "created_at < $1 ORDER BY created_at".to_owned(),
-            Self::FinishedEvents => {
-                let statuses = FINISHED_EVENTS
-                    .iter()
-                    .map(|s| format!("'{}'", s.as_str()))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                format!("status IN ({statuses}) AND created_at < $1")
-            }
+            Self::FinishedEvents => format!(
+                "status <> '{}' AND created_at < $1 ORDER BY created_at",
+                OutboxStatus::Pending.as_str()
+            ),
             Self::Diagnostics => "last_seen < $1".to_owned(),
             Self::Alerts => "created_at < $1".to_owned(),
         };
         format!("SELECT id FROM {} WHERE {condition} LIMIT {limit}", self.table())
     }
 }
-
-/// The outbox statuses the purge may delete: every final one. Pending events (waiting for a
-/// delivery or a retry) are never deleted, however old.
-pub const FINISHED_EVENTS: [OutboxStatus; 3] =
-    [OutboxStatus::Delivered, OutboxStatus::Dead, OutboxStatus::Skipped];
 
 /// What one batch of old calls deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -14,6 +14,7 @@ mod idempotency;
 mod media;
 mod openapi;
 mod pgbouncer;
+mod retention;
 mod signature_props;
 mod signature_rules;
 mod supervision;
