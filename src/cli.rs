@@ -39,6 +39,12 @@ pub enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Write a consistent copy of the live SQLite database to FILE (which must not exist);
+    /// the service keeps serving. On PostgreSQL use pg_dump.
+    Backup {
+        /// Where the copy goes; refused when it already exists.
+        file: std::path::PathBuf,
+    },
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -239,6 +245,73 @@ pub async fn call(args: &CallArgs) -> Result<ExitCode, CliError> {
     })
 }
 
+/// Runs `backup`: copies the SQLite database to `file` with `VACUUM INTO`, into a temporary
+/// file beside it that is synced and then linked to `file` (which fails if `file` appeared
+/// meanwhile), so `file` is never overwritten and never holds a partial copy.
+pub async fn backup(config: &Config, file: &std::path::Path) -> Result<(), CliError> {
+    let url = config.database.url.expose();
+    let Some(source) = db::backup::sqlite_file(url) else {
+        return Err(CliError::Usage(if url.starts_with("postgres") {
+            "backup copies SQLite databases; back up PostgreSQL with pg_dump \
+             (e.g. `pg_dump --format=custom --file=voice.dump DATABASE_URL`, restored with \
+             pg_restore; see README, Backups and restore)"
+                .to_owned()
+        } else {
+            "backup needs a database file (VOICE_DATABASE_URL=sqlite://FILE)".to_owned()
+        }));
+    };
+    if std::fs::symlink_metadata(file).is_ok() {
+        return Err(CliError::Usage(format!(
+            "{} already exists; refusing to overwrite it (choose a new file name)",
+            file.display()
+        )));
+    }
+    if !source.is_file() {
+        return Err(CliError::Usage(format!(
+            "the database file {} does not exist",
+            source.display()
+        )));
+    }
+    let dir = match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = file
+        .file_name()
+        .ok_or_else(|| CliError::Usage(format!("{} is not a file name", file.display())))?;
+    let partial = dir.join(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&partial);
+    let pool = db::connect_url(url, 1, config.database.sqlite_synchronous, None).await?;
+    let copied = db::backup::vacuum_into(&pool, &partial).await;
+    let _ = pool.close().await;
+    let writing = |e: std::io::Error| CliError::Usage(format!("writing {}: {e}", file.display()));
+    let linked = copied.map_err(CliError::from).and_then(|()| {
+        std::fs::File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .map_err(writing)?;
+        std::fs::hard_link(&partial, file).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => CliError::Usage(format!(
+                "{} already exists; refusing to overwrite it (choose a new file name)",
+                file.display()
+            )),
+            _ => writing(e),
+        })?;
+        if let Ok(dir) = std::fs::File::open(&dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    });
+    let _ = std::fs::remove_file(&partial);
+    linked?;
+    let bytes = std::fs::metadata(file).map(|m| m.len()).unwrap_or_default();
+    println!("backup written to {} ({bytes} bytes)", file.display());
+    Ok(())
+}
+
 /// Errors of the command line.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -343,6 +416,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let runtime = state.runtime.clone();
             crate::server::serve(state, stop_signals(runtime)?).await?;
         }
+        Command::Backup { file } => backup(&config, &file).await?,
         Command::Migrate => {
             let db = db::connect(&config).await?;
             db::migrate(&db).await?;

@@ -197,6 +197,10 @@ pub struct ConfigArgs {
     /// Refuse to deliver events to loopback and private addresses.
     #[arg(long, global = true, env = "VOICE_WEBHOOK_DENY_PRIVATE", default_value = "false", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub webhook_deny_private: bool,
+    /// Days calls (with their answers, media sessions and events), finished events,
+    /// diagnostics and alerts are kept before they are deleted; 0 keeps everything.
+    #[arg(long, global = true, env = "VOICE_RETENTION_DAYS", default_value = "90", value_name = "DAYS", allow_hyphen_values = true, value_parser = parse_days)]
+    pub retention_days: u32,
 }
 
 /// Validated configuration, grouped by concern. Each field names the variable it comes from.
@@ -223,6 +227,8 @@ pub struct Config {
     pub secrets: Arc<Keyring>,
     /// What callers hear when no agent takes the call.
     pub messages: CallerMessages,
+    /// How long stored records are kept.
+    pub retention: Retention,
 }
 
 /// Where records are stored.
@@ -337,6 +343,33 @@ pub struct CallerMessages {
     pub unknown_route: String,
     /// `VOICE_FALLBACK_MESSAGE`.
     pub fallback: String,
+}
+
+/// How long stored records are kept, and how the purge deletes them.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// `VOICE_RETENTION_DAYS`; 0 keeps everything.
+    pub days: u32,
+    /// Calls (or other rows) deleted per transaction.
+    pub batch_size: u64,
+    /// Pause between two batches, so the writes of new calls are never queued behind a purge.
+    pub pause: Duration,
+    /// Time between two purge runs (the first runs at start).
+    pub interval: Duration,
+}
+
+impl Retention {
+    /// Calls deleted per transaction by default: a few milliseconds of database time.
+    pub const BATCH_SIZE: u64 = 250;
+    /// The default pause between batches.
+    pub const PAUSE: Duration = Duration::from_millis(50);
+    /// The default time between runs.
+    pub const INTERVAL: Duration = Duration::from_secs(3600);
+
+    /// How old a record may get, or `None` when everything is kept.
+    pub fn max_age(&self) -> Option<Duration> {
+        (self.days > 0).then(|| DAY * self.days)
+    }
 }
 
 /// A configuration value that cannot work.
@@ -497,6 +530,12 @@ impl Config {
                 unknown_route: args.unknown_route_message,
                 fallback: args.fallback_message,
             },
+            retention: Retention {
+                days: args.retention_days,
+                batch_size: Retention::BATCH_SIZE,
+                pause: Retention::PAUSE,
+                interval: Retention::INTERVAL,
+            },
         })
     }
 }
@@ -514,6 +553,10 @@ const SECOND: Duration = Duration::from_secs(1);
 const FIVE_MIN: Duration = Duration::from_secs(300);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
+
+/// The longest retention accepted: ten years. Anything longer is a typo (or means "keep
+/// everything", which is 0).
+const MAX_RETENTION_DAYS: u32 = 3650;
 
 /// The allowed range of every bounded setting. Upper bounds keep deadlines and intervals within
 /// what timers and caches accept; lower bounds keep loops and timeouts meaningful.
@@ -535,6 +578,7 @@ fn check_ranges(args: &ConfigArgs, database_max_connections: u32) -> Result<(), 
     within("VOICE_WEBHOOK_TIMEOUT",            args.webhook_timeout,            TEN_MS..=FIVE_MIN)?;
     within("VOICE_WEBHOOK_RETRY_BASE",         args.webhook_retry_base,         ONE_MS..=HOUR)?;
     within("VOICE_OUTBOX_POLL_INTERVAL",       args.outbox_poll_interval,       TEN_MS..=DAY)?;
+    within("VOICE_RETENTION_DAYS",             args.retention_days,             0..=MAX_RETENTION_DAYS)?;
     Ok(())
 }
 
@@ -630,6 +674,22 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
         .parse::<u64>()
         .map(|n| Duration::from_millis(n.saturating_mul(millis_per_unit)))
         .map_err(|_| format!("{input:?} is not a duration (e.g. 60, 60s, 5m, 250ms)"))
+}
+
+/// Parses a whole number of days (`90`; `0` keeps everything).
+pub fn parse_days(input: &str) -> Result<u32, String> {
+    let input = input.trim();
+    let problem = match input.parse::<i64>() {
+        Ok(days) if days < 0 => format!("{input:?} is negative"),
+        Ok(days) => match u32::try_from(days) {
+            Ok(days) => return Ok(days),
+            Err(_) => format!("{input:?} is out of range (allowed: 0 to {MAX_RETENTION_DAYS})"),
+        },
+        Err(_) => format!("{input:?} is not a whole number"),
+    };
+    Err(format!(
+        "VOICE_RETENTION_DAYS takes a whole number of days, e.g. 90 (0 keeps everything): {problem}"
+    ))
 }
 
 /// A random URL-safe token of `bytes` random bytes.
@@ -849,6 +909,11 @@ mod tests {
             "86401",
             "86401 s is out of range (allowed: 10 ms to 24 h)",
         ),
+        (
+            "--retention-days",
+            "3651",
+            "3651 is out of range (allowed: 0 to 3650)",
+        ),
     ];
 
     #[test]
@@ -893,6 +958,8 @@ mod tests {
             ("--webhook-retry-base", "60m"),
             ("--outbox-poll-interval", "10ms"),
             ("--outbox-poll-interval", "1440m"),
+            ("--retention-days", "0"),
+            ("--retention-days", "3650"),
         ] {
             if let Err(e) = parse(&[flag, value]) {
                 panic!("{flag} {value}: {e}");
@@ -935,6 +1002,9 @@ mod tests {
         assert_eq!(c.outbox.poll_interval, Duration::from_secs(1));
         assert!(!c.outbox.deny_private);
         assert!(c.admin.token.is_none());
+        assert_eq!(c.retention.days, 90);
+        assert_eq!(c.retention.max_age(), Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(c.retention.interval, Duration::from_secs(3600));
         let postgres = parse(&["--database-url", "postgres://u@h/db"]).unwrap();
         assert_eq!(postgres.database.max_connections, 16);
     }
@@ -950,7 +1020,34 @@ mod tests {
             assert_eq!(flag_of(&env.to_string_lossy()), format!("--{long}"));
             checked += 1;
         }
-        assert_eq!(checked, 32);
+        assert_eq!(checked, 33);
+    }
+
+    #[test]
+    fn retention_is_a_whole_number_of_days() {
+        assert_eq!(
+            parse(&["--retention-days", "0"]).unwrap().retention.max_age(),
+            None
+        );
+        assert_eq!(parse(&["--retention-days", "7"]).unwrap().retention.days, 7);
+        for (value, expected) in [
+            ("-1", "\"-1\" is negative"),
+            ("1.5", "\"1.5\" is not a whole number"),
+            ("90d", "\"90d\" is not a whole number"),
+            ("", "\"\" is not a whole number"),
+            (
+                "99999999999",
+                "\"99999999999\" is out of range (allowed: 0 to 3650)",
+            ),
+        ] {
+            let e = parse(&["--retention-days", value]).expect_err(value);
+            assert!(
+                e.contains("--retention-days")
+                    && e.contains("VOICE_RETENTION_DAYS takes a whole number of days")
+                    && e.ends_with(&format!(": {expected}\n\nFor more information, try '--help'.\n")),
+                "{value}: {e}"
+            );
+        }
     }
 
     #[test]

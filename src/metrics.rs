@@ -64,6 +64,22 @@ pub struct Worker {
     pub worker: String,
 }
 
+/// The label of a table the retention purge deletes from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Table {
+    pub table: &'static str,
+}
+
+/// The tables the retention purge deletes from, as `voice_retention_deleted_total` labels them.
+pub const RETENTION_TABLES: [&str; 6] = [
+    "calls",
+    "call_webhooks",
+    "media_sessions",
+    "outbox_events",
+    "diagnostics",
+    "alerts",
+];
+
 /// Agent health check labels: the kind of check (`http`, `tcp`) and its outcome (`healthy`,
 /// `unhealthy`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -127,6 +143,10 @@ pub struct Metrics {
     pub spool_replayed: Family<Outcome, Counter>,
     /// Routes in the last known configuration (set at scrape time).
     pub last_known_routes: Gauge,
+    /// Rows deleted by the retention purge, by table.
+    pub retention_deleted: Family<Table, Counter>,
+    /// When the last retention purge run finished, in seconds since the Unix epoch (0: none yet).
+    pub retention_last_run: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -158,8 +178,13 @@ impl Default for Metrics {
             spool_depth: Gauge::default(),
             spool_replayed: Family::default(),
             last_known_routes: Gauge::default(),
+            retention_deleted: Family::default(),
+            retention_last_run: Gauge::default(),
             registry: Registry::default(),
         };
+        for table in RETENTION_TABLES {
+            let _ = m.retention_deleted.get_or_create(&Table { table });
+        }
         for outcome in SPOOL_REPLAYED {
             let _ = m.spool_replayed.get_or_create(&Outcome {
                 outcome: outcome.to_owned(),
@@ -288,6 +313,16 @@ impl Default for Metrics {
             "Routes in the last known configuration (answered from while the database is unreachable)",
             m.last_known_routes.clone(),
         );
+        registry.register(
+            "retention_deleted",
+            "Rows deleted by the retention purge (VOICE_RETENTION_DAYS), by table",
+            m.retention_deleted.clone(),
+        );
+        registry.register(
+            "retention_last_run_timestamp_seconds",
+            "When the last retention purge run finished, in seconds since the Unix epoch",
+            m.retention_last_run.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -332,6 +367,11 @@ impl Metrics {
                 worker: name.to_owned(),
             })
             .clone()
+    }
+
+    /// Counts `n` rows the retention purge deleted from `table` (one of [`RETENTION_TABLES`]).
+    pub fn retention_deleted(&self, table: &'static str, n: u64) {
+        self.retention_deleted.get_or_create(&Table { table }).inc_by(n);
     }
 
     /// Records one HTTP request.

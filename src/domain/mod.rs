@@ -5,6 +5,7 @@ pub mod alerts;
 pub mod fallback;
 pub mod outage;
 pub mod phone;
+pub mod retention;
 pub mod runtime;
 pub mod secrets_at_rest;
 pub mod shutdown;

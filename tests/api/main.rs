@@ -15,6 +15,7 @@ mod media;
 mod openapi;
 mod pgbouncer;
 mod secrets_at_rest;
+mod retention;
 mod signature_props;
 mod signature_rules;
 mod supervision;

@@ -2,6 +2,7 @@
 //! and restarted, drained by SIGTERM with live media streams, two instances sharing one
 //! PostgreSQL schema, and what `serve` runs beside the HTTP server; CLI subcommands that write
 //! to the database.
+mod backup;
 mod crash;
 mod drain;
 mod multi_instance;
