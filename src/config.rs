@@ -352,15 +352,17 @@ pub struct Retention {
     pub days: u32,
     /// Calls (or other rows) deleted per transaction.
     pub batch_size: u64,
-    /// Pause between two batches, so the writes of new calls are never queued behind a purge.
+    /// Least pause between two batches, so the writes of new calls are never queued behind a
+    /// purge; a slow batch is followed by a longer one (see `domain::retention`).
     pub pause: Duration,
     /// Time between two purge runs (the first runs at start).
     pub interval: Duration,
 }
 
 impl Retention {
-    /// Calls deleted per transaction by default: a few milliseconds of database time.
-    pub const BATCH_SIZE: u64 = 250;
+    /// Calls deleted per transaction by default: about a millisecond of database time, so a
+    /// new call's commit waits behind at most one short batch.
+    pub const BATCH_SIZE: u64 = 100;
     /// The default pause between batches.
     pub const PAUSE: Duration = Duration::from_millis(50);
     /// The default time between runs.

@@ -5,7 +5,7 @@
 //! finished outbox events (delivered, dead, skipped) created before it; diagnostics last seen
 //! before it; alerts raised before it. Pending events are never deleted. On SQLite the freed
 //! pages are given back to the file system after each batch.
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
@@ -19,6 +19,11 @@ use crate::{
 
 /// How often a purge waiting for the database (circuit open) looks again.
 const OUTAGE_RECHECK: Duration = Duration::from_secs(1);
+
+/// A batch is followed by a pause of at least this many times its own duration, so the purge
+/// holds the database (SQLite's one writer) at most a fifth of the time, however slow a batch
+/// turns out on a loaded machine.
+const PAUSE_PER_BATCH_TIME: u32 = 4;
 
 /// What one purge run deletes and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +109,7 @@ pub async fn purge(
         if !ready(outage, stop).await {
             return Ok(purged);
         }
+        let started = Instant::now();
         let batch = db::retention::delete_calls_before(db, cutoff, limit).await?;
         if batch.calls == 0 {
             break;
@@ -114,7 +120,7 @@ pub async fn purge(
         metrics.retention_deleted("calls", batch.calls);
         metrics.retention_deleted("call_webhooks", batch.call_webhooks);
         metrics.retention_deleted("media_sessions", batch.media_sessions);
-        if !after_batch(db, policy, &mut purged, stop).await? {
+        if !after_batch(db, policy, started, &mut purged, stop).await? {
             return Ok(purged);
         }
         if batch.calls < limit {
@@ -135,13 +141,14 @@ pub async fn purge(
                 Kind::Diagnostics => (Selection::Diagnostics, "diagnostics", &mut purged.diagnostics),
                 Kind::Alerts => (Selection::Alerts, "alerts", &mut purged.alerts),
             };
+            let started = Instant::now();
             let deleted = db::retention::delete_before(db, selection, cutoff, limit).await?;
             if deleted == 0 {
                 break;
             }
             *total += deleted;
             metrics.retention_deleted(table, deleted);
-            if !after_batch(db, policy, &mut purged, stop).await? {
+            if !after_batch(db, policy, started, &mut purged, stop).await? {
                 return Ok(purged);
             }
             if deleted < limit {
@@ -164,11 +171,12 @@ async fn ready(outage: &Outage, stop: &CancellationToken) -> bool {
     !stop.is_cancelled()
 }
 
-/// After a batch that deleted rows: counts it, gives the freed pages back (SQLite) and
-/// pauses; false when `stop` was cancelled during the pause.
+/// After a batch that deleted rows (begun at `started`): counts it, gives the freed pages back
+/// (SQLite) and pauses (`pause_after`); false when `stop` was cancelled during the pause.
 async fn after_batch(
     db: &Pool,
     policy: &Policy,
+    started: Instant,
     purged: &mut Purged,
     stop: &CancellationToken,
 ) -> Result<bool, Error> {
@@ -176,13 +184,38 @@ async fn after_batch(
     db::retention::release_free_pages(db).await?;
     tokio::select! {
         () = stop.cancelled() => Ok(false),
-        () = tokio::time::sleep(policy.pause) => Ok(true),
+        () = tokio::time::sleep(pause_after(policy, started.elapsed())) => Ok(true),
     }
+}
+
+/// The pause after a batch that took `took` (its deletes and the page release): the policy's
+/// pause, or `PAUSE_PER_BATCH_TIME` times the batch's time when that is longer.
+fn pause_after(policy: &Policy, took: Duration) -> Duration {
+    policy.pause.max(took * PAUSE_PER_BATCH_TIME)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slow_batch_is_followed_by_a_longer_pause() {
+        let policy = Policy {
+            max_age: DAY,
+            batch_size: 100,
+            pause: Duration::from_millis(50),
+        };
+        assert_eq!(
+            pause_after(&policy, Duration::from_millis(2)),
+            Duration::from_millis(50)
+        );
+        assert_eq!(
+            pause_after(&policy, Duration::from_millis(30)),
+            Duration::from_millis(120)
+        );
+    }
+
+    const DAY: Duration = Duration::from_secs(86_400);
 
     #[test]
     fn keeping_everything_is_no_policy() {
