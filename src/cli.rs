@@ -387,6 +387,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 } => {
                     let route = admin::create_route(
                         &state.db,
+                        &db::Scope::Platform,
                         &tenant,
                         NewRoute {
                             phone_number,
@@ -402,10 +403,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     println!("{}\t{}", route.id, route.phone_number);
                 }
                 RouteCommand::List { tenant } => {
+                    let scope = match tenant {
+                        Some(id) => db::Scope::Tenant(entity::id::TenantId(id)),
+                        None => db::Scope::Platform,
+                    };
                     let mut cursor = None;
                     loop {
-                        let page =
-                            db::routes::list(&state.db, tenant.as_deref(), cursor.as_deref(), 100).await?;
+                        let page = db::routes::list(&state.db, &scope, cursor.as_deref(), 100).await?;
                         for r in &page.items {
                             let state = if r.enabled { "enabled" } else { "disabled" };
                             println!(

@@ -49,6 +49,7 @@ pub async fn seed(db: &db::Pool) -> Result<tenant::Model, domain::Error> {
     {
         admin::create_route(
             db,
+            &db::Scope::Platform,
             &tenant.id,
             NewRoute {
                 phone_number: DEMO_NUMBER.to_owned(),

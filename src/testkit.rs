@@ -457,9 +457,14 @@ impl TestApp {
 
     /// Creates a route of `tenant_id` in the database, for [`NUMBER`] unless `route` names one.
     pub async fn seed_route(&self, tenant_id: &str, route: NewRoute) -> entity::route::Model {
-        admin::create_route(&self.state.db, tenant_id, standard_route(route))
-            .await
-            .expect("route")
+        admin::create_route(
+            &self.state.db,
+            &db::Scope::Platform,
+            tenant_id,
+            standard_route(route),
+        )
+        .await
+        .expect("route")
     }
 
     /// What `GET /metrics` serves now.
@@ -563,7 +568,7 @@ impl TestApp {
     pub async fn diagnostics(&self, kind: &str) -> Vec<entity::diagnostic::Model> {
         self.flush().await;
         let kind = entity::states::DiagnosticKind::parse(kind).expect("a diagnostic kind");
-        db::diagnostics::list(&self.state.db, Some(kind), None, 100)
+        db::diagnostics::list(&self.state.db, &db::Scope::Platform, Some(kind), None, 100)
             .await
             .expect("diagnostics")
             .items

@@ -1,6 +1,8 @@
 //! Query functions. Each takes a connection or a transaction; lookups of tenant-owned rows
-//! start from the tenant id. Errors are sea-orm's `DbErr`.
+//! start from the tenant id, and the admin API's queries take a [`Scope`]. Errors are sea-orm's
+//! `DbErr`.
 pub mod alerts;
+pub mod api_keys;
 pub mod cache;
 pub mod calls;
 pub mod diagnostics;
@@ -8,6 +10,7 @@ pub mod media;
 pub mod outbox;
 mod pool;
 pub mod routes;
+mod scope;
 pub mod spool;
 pub mod tenants;
 mod url;
@@ -23,6 +26,7 @@ use sea_orm::{
 
 pub use self::{
     pool::{Pool, PoolMode},
+    scope::Scope,
     url::DatabaseUrl,
 };
 use crate::config::{Config, SqliteSynchronous};

@@ -3,7 +3,7 @@ use chrono::Utc;
 use entity::tenant;
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 
-use super::Page;
+use super::{Page, Scope};
 
 /// Inserts a tenant.
 pub async fn insert<C: ConnectionTrait>(db: &C, model: tenant::ActiveModel) -> Result<tenant::Model, DbErr> {
@@ -71,4 +71,37 @@ pub async fn delete<C: ConnectionTrait>(db: &C, id: &str) -> Result<bool, DbErr>
         .await?
         .rows_affected
         > 0)
+}
+
+/// A tenant in `scope` by id: through [`get`], so it reads the record as `get` does.
+pub async fn get_in<C: ConnectionTrait>(
+    db: &C,
+    scope: &Scope,
+    id: &str,
+) -> Result<Option<tenant::Model>, DbErr> {
+    if !scope.includes(id) {
+        return Ok(None);
+    }
+    get(db, id).await
+}
+
+/// Lists the tenants in `scope`, oldest first: through [`list`] for the platform, the one
+/// tenant through [`get`].
+pub async fn list_in<C: ConnectionTrait>(
+    db: &C,
+    scope: &Scope,
+    cursor: Option<&str>,
+    limit: u64,
+) -> Result<Page<tenant::Model>, DbErr> {
+    let Some(id) = scope.tenant() else {
+        return list(db, cursor, limit).await;
+    };
+    let items = match cursor {
+        Some(after) if after >= id.as_str() => Vec::new(),
+        _ => get(db, id.as_str()).await?.into_iter().collect(),
+    };
+    Ok(Page {
+        items,
+        next_cursor: None,
+    })
 }
