@@ -304,7 +304,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 );
             }
             if config.admin.token.is_none() {
-                tracing::info!("VOICE_ADMIN_TOKEN is not set: the admin API is disabled");
+                tracing::info!("VOICE_ADMIN_TOKEN is not set: the admin API accepts only tenant API keys");
             }
             let state = crate::prepare(config).await?;
             if demo {

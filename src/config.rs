@@ -106,7 +106,7 @@ pub struct ConfigArgs {
     /// Stream token lifetime (seconds, or a number with s/m suffix).
     #[arg(long, global = true, env = "VOICE_STREAM_TOKEN_TTL", default_value = "60", value_parser = parse_duration)]
     pub stream_token_ttl: Duration,
-    /// Bearer token of the admin API; the admin API is disabled when unset.
+    /// Bearer token of the admin API; when unset, only tenant API keys are accepted.
     #[arg(long, global = true, env = "VOICE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Take scheme and host from X-Forwarded-Proto / X-Forwarded-Host.
@@ -308,7 +308,7 @@ pub struct Outbox {
 /// The admin API.
 #[derive(Debug, Clone)]
 pub struct Admin {
-    /// `VOICE_ADMIN_TOKEN`; the admin API is disabled when `None`.
+    /// `VOICE_ADMIN_TOKEN`; when `None`, only tenant API keys are accepted.
     pub token: Option<Secret>,
 }
 

@@ -536,6 +536,13 @@ impl TestApp {
             .bearer_auth(ADMIN_TOKEN)
     }
 
+    /// An admin API request builder authenticated with `bearer` (a tenant API key, say).
+    pub fn with_bearer(&self, method: reqwest::Method, path: &str, bearer: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(bearer)
+    }
+
     /// Rows in a table.
     pub async fn count<E: EntityTrait>(&self, _entity: E) -> u64
     where

@@ -219,7 +219,7 @@ mod tests {
         let cases = [
             body.to_owned(),                      // no prefix
             format!("pk_{body}"),                 // another prefix
-            format!("{}", &key[..key.len() - 1]), // one character short
+            key[..key.len() - 1].to_owned(),      // one character short
             format!("{key}A"),                    // one too many
             format!("sk_{}+", &body[..42]),       // standard base64 alphabet
             format!("sk_{}=", &body[..42]),       // padding
