@@ -389,7 +389,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 );
             }
             if config.admin.token.is_none() {
-                tracing::info!("VOICE_ADMIN_TOKEN is not set: the admin API is disabled");
+                tracing::info!("VOICE_ADMIN_TOKEN is not set: the admin API accepts only tenant API keys");
             }
             let (state, at_start) = crate::prepare(config).await?;
             match at_start {
@@ -495,6 +495,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 } => {
                     let route = admin::create_route(
                         &state.db,
+                        &db::Scope::Platform,
                         &tenant,
                         NewRoute {
                             phone_number,
@@ -510,10 +511,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     println!("{}\t{}", route.id, route.phone_number);
                 }
                 RouteCommand::List { tenant } => {
+                    let scope = match tenant {
+                        Some(id) => db::Scope::Tenant(entity::id::TenantId(id)),
+                        None => db::Scope::Platform,
+                    };
                     let mut cursor = None;
                     loop {
-                        let page =
-                            db::routes::list(&state.db, tenant.as_deref(), cursor.as_deref(), 100).await?;
+                        let page = db::routes::list(&state.db, &scope, cursor.as_deref(), 100).await?;
                         for r in &page.items {
                             let state = if r.enabled { "enabled" } else { "disabled" };
                             println!(

@@ -121,7 +121,7 @@ pub struct ConfigArgs {
         hide_env_values = true
     )]
     pub secrets_key_previous: Option<String>,
-    /// Bearer token of the admin API; the admin API is disabled when unset.
+    /// Bearer token of the admin API; when unset, only tenant API keys are accepted.
     #[arg(long, global = true, env = "VOICE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Take scheme and host from X-Forwarded-Proto / X-Forwarded-Host.
@@ -332,7 +332,7 @@ pub struct Outbox {
 /// The admin API.
 #[derive(Debug, Clone)]
 pub struct Admin {
-    /// `VOICE_ADMIN_TOKEN`; the admin API is disabled when `None`.
+    /// `VOICE_ADMIN_TOKEN`; when `None`, only tenant API keys are accepted.
     pub token: Option<Secret>,
 }
 

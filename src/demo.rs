@@ -51,6 +51,7 @@ pub async fn seed(db: &db::Pool, keys: &Keyring) -> Result<tenant::Model, domain
     {
         admin::create_route(
             db,
+            &db::Scope::Platform,
             &tenant.id,
             NewRoute {
                 phone_number: DEMO_NUMBER.to_owned(),

@@ -465,9 +465,14 @@ impl TestApp {
 
     /// Creates a route of `tenant_id` in the database, for [`NUMBER`] unless `route` names one.
     pub async fn seed_route(&self, tenant_id: &str, route: NewRoute) -> entity::route::Model {
-        admin::create_route(&self.state.db, tenant_id, standard_route(route))
-            .await
-            .expect("route")
+        admin::create_route(
+            &self.state.db,
+            &db::Scope::Platform,
+            tenant_id,
+            standard_route(route),
+        )
+        .await
+        .expect("route")
     }
 
     /// What `GET /metrics` serves now.
@@ -539,6 +544,13 @@ impl TestApp {
             .bearer_auth(ADMIN_TOKEN)
     }
 
+    /// An admin API request builder authenticated with `bearer` (a tenant API key, say).
+    pub fn with_bearer(&self, method: reqwest::Method, path: &str, bearer: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(bearer)
+    }
+
     /// Rows in a table.
     pub async fn count<E: EntityTrait>(&self, _entity: E) -> u64
     where
@@ -571,7 +583,7 @@ impl TestApp {
     pub async fn diagnostics(&self, kind: &str) -> Vec<entity::diagnostic::Model> {
         self.flush().await;
         let kind = entity::states::DiagnosticKind::parse(kind).expect("a diagnostic kind");
-        db::diagnostics::list(&self.state.db, Some(kind), None, 100)
+        db::diagnostics::list(&self.state.db, &db::Scope::Platform, Some(kind), None, 100)
             .await
             .expect("diagnostics")
             .items

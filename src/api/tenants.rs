@@ -10,7 +10,7 @@ use poem_openapi::{
 
 use super::{
     common::{optional, paging, Created, Deleted, Fallback, List, Resource},
-    AdminAuth, ApiTags,
+    AdminAuth, AdminOrTenantKey, ApiTags,
 };
 use crate::{
     domain::admin::{self, NewTenant, TenantChanges},
@@ -39,16 +39,21 @@ impl TenantsApi {
         Ok(Created(tenant))
     }
 
-    /// List tenants
+    /// List tenants (a tenant API key sees its own)
     #[oai(path = "/api/v1/tenants", method = "get", operation_id = "listTenants")]
     async fn list(
         &self,
-        _auth: AdminAuth,
+        auth: AdminOrTenantKey,
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))] limit: Query<Option<u64>>,
         cursor: Query<Option<String>>,
     ) -> Result<Json<List<Tenant>>, AdminError> {
-        let page =
-            admin::list_tenants(&self.state.db, &self.state.config.secrets, &paging(limit, cursor)).await?;
+        let page = admin::list_tenants(
+            &self.state.db,
+            &self.state.config.secrets,
+            &auth.caller().scope(),
+            &paging(limit, cursor),
+        )
+        .await?;
         Ok(Json(List::from_page(page)))
     }
 
@@ -58,9 +63,10 @@ impl TenantsApi {
         method = "get",
         operation_id = "getTenant"
     )]
-    async fn get(&self, _auth: AdminAuth, tenant_id: Path<String>) -> Result<Json<Tenant>, AdminError> {
+    async fn get(&self, auth: AdminOrTenantKey, tenant_id: Path<String>) -> Result<Json<Tenant>, AdminError> {
+        let scope = auth.caller().scope();
         Ok(Json(
-            admin::tenant(&self.state.db, &self.state.config.secrets, &tenant_id.0)
+            admin::tenant(&self.state.db, &self.state.config.secrets, &scope, &tenant_id.0)
                 .await?
                 .into(),
         ))

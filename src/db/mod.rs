@@ -1,6 +1,8 @@
 //! Query functions. Each takes a connection or a transaction; lookups of tenant-owned rows
-//! start from the tenant id. Errors are sea-orm's `DbErr`.
+//! start from the tenant id, and the admin API's queries take a [`Scope`]. Errors are sea-orm's
+//! `DbErr`.
 pub mod alerts;
+pub mod api_keys;
 pub mod backup;
 pub mod cache;
 pub mod calls;
@@ -10,6 +12,7 @@ pub mod outbox;
 mod pool;
 pub mod retention;
 pub mod routes;
+mod scope;
 pub mod spool;
 pub mod tenant_secrets;
 pub mod tenants;
@@ -26,6 +29,7 @@ use sea_orm::{
 
 pub use self::{
     pool::{Pool, PoolMode},
+    scope::Scope,
     url::DatabaseUrl,
 };
 use crate::config::{Config, SqliteSynchronous};

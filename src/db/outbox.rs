@@ -18,7 +18,7 @@ use sea_orm::{
 };
 use serde_json::{json, Value};
 
-use super::Page;
+use super::{Page, Scope};
 
 /// Records an event of `event_type` for a tenant.
 pub async fn record<C: ConnectionTrait>(
@@ -64,17 +64,14 @@ pub async fn insert<C: ConnectionTrait>(db: &C, event: outbox_event::Model) -> R
     Ok(())
 }
 
-/// Lists events, newest first, of one tenant or of all.
+/// Lists the events in `scope`, newest first.
 pub async fn list<C: ConnectionTrait>(
     db: &C,
-    tenant_id: Option<&str>,
+    scope: &Scope,
     cursor: Option<&str>,
     limit: u64,
 ) -> Result<Page<outbox_event::Model>, DbErr> {
-    let mut select = outbox_event::Entity::find();
-    if let Some(tenant_id) = tenant_id {
-        select = select.filter(outbox_event::Column::TenantId.eq(tenant_id));
-    }
+    let select = scope.filter(outbox_event::Entity::find(), outbox_event::Column::TenantId);
     super::page(db, select, outbox_event::Column::Id, cursor, limit, true, |m| {
         &m.id
     })

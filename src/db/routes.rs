@@ -5,7 +5,7 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::{tenant_secrets::open, Page};
+use super::{tenant_secrets::open, Page, Scope};
 use crate::secrets::Keyring;
 
 /// Inserts a route.
@@ -85,17 +85,24 @@ pub async fn with_tenants_after<C: ConnectionTrait>(
     Ok(Page { items, next_cursor })
 }
 
-/// Lists routes, oldest first, of one tenant or of all.
+/// A route in `scope` by id.
+pub async fn get_in<C: ConnectionTrait>(
+    db: &C,
+    scope: &Scope,
+    id: &str,
+) -> Result<Option<route::Model>, DbErr> {
+    let select = route::Entity::find_by_id(id.to_owned());
+    scope.filter(select, route::Column::TenantId).one(db).await
+}
+
+/// Lists the routes in `scope`, oldest first.
 pub async fn list<C: ConnectionTrait>(
     db: &C,
-    tenant_id: Option<&str>,
+    scope: &Scope,
     cursor: Option<&str>,
     limit: u64,
 ) -> Result<Page<route::Model>, DbErr> {
-    let mut select = route::Entity::find();
-    if let Some(tenant_id) = tenant_id {
-        select = select.filter(route::Column::TenantId.eq(tenant_id));
-    }
+    let select = scope.filter(route::Entity::find(), route::Column::TenantId);
     super::page(db, select, route::Column::Id, cursor, limit, false, |m| &m.id).await
 }
 
@@ -108,9 +115,11 @@ pub async fn update<C: ConnectionTrait>(
     model.update(db).await
 }
 
-/// Deletes a route; false when there was none.
-pub async fn delete<C: ConnectionTrait>(db: &C, id: &str) -> Result<bool, DbErr> {
-    Ok(route::Entity::delete_by_id(id.to_owned())
+/// Deletes a route in `scope`; false when there was none.
+pub async fn delete<C: ConnectionTrait>(db: &C, scope: &Scope, id: &str) -> Result<bool, DbErr> {
+    let delete = route::Entity::delete_by_id(id.to_owned());
+    Ok(scope
+        .filter(delete, route::Column::TenantId)
         .exec(db)
         .await?
         .rows_affected

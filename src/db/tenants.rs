@@ -9,7 +9,7 @@ use sea_orm::{
 
 use super::{
     tenant_secrets::{open, seal},
-    Page,
+    Page, Scope,
 };
 use crate::secrets::Keyring;
 
@@ -115,4 +115,39 @@ pub async fn delete<C: ConnectionTrait>(db: &C, id: &str) -> Result<bool, DbErr>
         .await?
         .rows_affected
         > 0)
+}
+
+/// A tenant in `scope` by id: through [`get`], so it reads the record as `get` does.
+pub async fn get_in<C: ConnectionTrait>(
+    db: &C,
+    keys: &Keyring,
+    scope: &Scope,
+    id: &str,
+) -> Result<Option<tenant::Model>, DbErr> {
+    if !scope.includes(id) {
+        return Ok(None);
+    }
+    get(db, keys, id).await
+}
+
+/// Lists the tenants in `scope`, oldest first: through [`list`] for the platform, the one
+/// tenant through [`get`].
+pub async fn list_in<C: ConnectionTrait>(
+    db: &C,
+    keys: &Keyring,
+    scope: &Scope,
+    cursor: Option<&str>,
+    limit: u64,
+) -> Result<Page<tenant::Model>, DbErr> {
+    let Some(id) = scope.tenant() else {
+        return list(db, keys, cursor, limit).await;
+    };
+    let items = match cursor {
+        Some(after) if after >= id.as_str() => Vec::new(),
+        _ => get(db, keys, id.as_str()).await?.into_iter().collect(),
+    };
+    Ok(Page {
+        items,
+        next_cursor: None,
+    })
 }

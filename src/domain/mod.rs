@@ -1,7 +1,9 @@
 //! Decisions and workflows, testable without HTTP.
+pub mod access;
 pub mod admin;
 pub mod agent_token;
 pub mod alerts;
+pub mod api_keys;
 pub mod fallback;
 pub mod outage;
 pub mod phone;
@@ -26,6 +28,12 @@ pub enum Error {
     /// A uniqueness rule would be broken (409).
     #[error("{0}")]
     Conflict(String),
+    /// The credential authenticates no one (401).
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The caller may not perform the operation (403).
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// The database failed.
     #[error("database error: {0}")]
     Db(#[from] DbErr),

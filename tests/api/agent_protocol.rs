@@ -478,6 +478,7 @@ async fn second_route_call(app: &TestApp, agent_url: String, number: &str) -> (S
         .unwrap();
     stateset_voice::domain::admin::create_route(
         &app.state.db,
+        &stateset_voice::db::Scope::Platform,
         &tenant.id,
         NewRoute {
             phone_number: number.to_owned(),

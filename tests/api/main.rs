@@ -3,6 +3,7 @@
 mod admin;
 mod agent_health;
 mod agent_protocol;
+mod api_keys;
 mod call_command;
 mod cli;
 mod contract;

@@ -269,9 +269,14 @@ async fn without_the_setting_the_same_load_fails_on_prepared_statements() {
     .await
     .unwrap()
     .tenant;
-    admin::create_route(&fresh.db, &tenant.id, standard_route(NewRoute::default()))
-        .await
-        .unwrap();
+    admin::create_route(
+        &fresh.db,
+        &stateset_voice::db::Scope::Platform,
+        &tenant.id,
+        standard_route(NewRoute::default()),
+    )
+    .await
+    .unwrap();
     fresh.db.close().await.unwrap();
     fresh.db = connect_without_the_setting(&url, 16, None).await.unwrap();
     assert_eq!(fresh.db.mode(), PoolMode::Direct);

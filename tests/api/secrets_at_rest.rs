@@ -207,9 +207,14 @@ async fn rows_stored_in_clear_are_encrypted_at_start_once(fresh: FreshDatabase) 
     .await
     .unwrap()
     .tenant;
-    admin::create_route(&fresh.db, &tenant.id, standard_route(NewRoute::default()))
-        .await
-        .unwrap();
+    admin::create_route(
+        &fresh.db,
+        &stateset_voice::db::Scope::Platform,
+        &tenant.id,
+        standard_route(NewRoute::default()),
+    )
+    .await
+    .unwrap();
     let before = stored_secrets_of(&fresh.db, &tenant.id).await;
     assert_eq!(
         before.values(),
@@ -272,9 +277,14 @@ async fn rotation_moves_every_row_to_the_current_key_in_batches(fresh: FreshData
     }
     txn.commit().await.unwrap();
     let standard = standard_tenant_id(&fresh).await;
-    admin::create_route(&fresh.db, &standard, standard_route(NewRoute::default()))
-        .await
-        .unwrap();
+    admin::create_route(
+        &fresh.db,
+        &stateset_voice::db::Scope::Platform,
+        &standard,
+        standard_route(NewRoute::default()),
+    )
+    .await
+    .unwrap();
     let in_clear = stored_tenant_secrets(&fresh.db).await;
     assert_eq!(
         in_clear
