@@ -51,6 +51,17 @@ pub enum SqliteSynchronous {
     Normal,
 }
 
+/// How log lines are written (`VOICE_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines, the spans' fields in front of the message.
+    #[default]
+    Text,
+    /// One JSON object per line, with the fields of the open spans (`call_sid`, `tenant_id`,
+    /// `route_id` on the lines about a call).
+    Json,
+}
+
 /// Flags of `stateset-voice`, each also read from its environment variable.
 #[derive(Args, Debug, Clone)]
 pub struct ConfigArgs {
@@ -182,6 +193,15 @@ pub struct ConfigArgs {
     /// Refuse to deliver events to loopback and private addresses.
     #[arg(long, global = true, env = "VOICE_WEBHOOK_DENY_PRIVATE", default_value = "false", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub webhook_deny_private: bool,
+    /// Log format: `text` (human-readable) or `json` (one object per line, for log queries).
+    #[arg(
+        long,
+        global = true,
+        env = "VOICE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
 }
 
 /// Validated configuration, grouped by concern. Each field names the variable it comes from.
@@ -205,6 +225,8 @@ pub struct Config {
     pub admin: Admin,
     /// What callers hear when no agent takes the call.
     pub messages: CallerMessages,
+    /// How the service logs.
+    pub logging: Logging,
 }
 
 /// Where records are stored.
@@ -319,6 +341,13 @@ pub struct CallerMessages {
     pub unknown_route: String,
     /// `VOICE_FALLBACK_MESSAGE`.
     pub fallback: String,
+}
+
+/// How the service logs (the filter is `VOICE_LOG`, read when logging starts).
+#[derive(Debug, Clone)]
+pub struct Logging {
+    /// `VOICE_LOG_FORMAT`.
+    pub format: LogFormat,
 }
 
 /// A configuration value that cannot work.
@@ -464,6 +493,9 @@ impl Config {
             messages: CallerMessages {
                 unknown_route: args.unknown_route_message,
                 fallback: args.fallback_message,
+            },
+            logging: Logging {
+                format: args.log_format,
             },
         })
     }
@@ -859,6 +891,21 @@ mod tests {
     }
 
     #[test]
+    fn log_format_is_text_or_json() {
+        assert_eq!(
+            Config::from_args(ConfigArgs::defaults()).unwrap().logging.format,
+            LogFormat::Text
+        );
+        let json = parse(&["--log-format", "json"]).unwrap();
+        assert_eq!(json.logging.format, LogFormat::Json);
+        let e = parse(&["--log-format", "xml"]).unwrap_err();
+        assert!(
+            e.contains("invalid value 'xml'") && e.contains("possible values: text, json"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn sqlite_synchronous_is_full_or_normal() {
         let normal = parse(&["--sqlite-synchronous", "normal"]).unwrap();
         assert_eq!(normal.database.sqlite_synchronous, SqliteSynchronous::Normal);
@@ -908,7 +955,7 @@ mod tests {
             assert_eq!(flag_of(&env.to_string_lossy()), format!("--{long}"));
             checked += 1;
         }
-        assert_eq!(checked, 30);
+        assert_eq!(checked, 31);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::{
 const ALLOWED: &[(&str, &[&str])] = &[
     ("twilio", &[]),
     ("config", &[]),
+    ("logging", &["config"]),
     ("net", &[]),
     ("metrics", &["twilio"]),
     ("db", &["config"]),

@@ -4,6 +4,7 @@
 //! to the database.
 mod crash;
 mod drain;
+mod json_logs;
 mod multi_instance;
 mod outage;
 mod serve;
