@@ -193,7 +193,7 @@ impl Diagnostics {
                 db::outbox::record(&txn, tenant_id, EventType::AlertRaised, data).await?;
             }
             tracing::error!(alert_id = %alert.id, route_id = %key, "{message}");
-            self.metrics.alerts.inc();
+            self.metrics.alert_raised(kind);
         }
         txn.commit().await?;
         Ok(())
@@ -327,7 +327,8 @@ mod tests {
             .unwrap()
             .items;
         assert_eq!(stored[0].count, 4);
-        assert_eq!(d.metrics.alerts.get(), 1);
+        assert_eq!(d.metrics.alerts_raised(DiagnosticKind::SignatureFailure), 1);
+        assert_eq!(d.metrics.alerts_raised(DiagnosticKind::DatabaseUnavailable), 0);
         let events = db::outbox::list(&db, Some("t1"), None, 10).await.unwrap().items;
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].event_type, EventType::AlertRaised);
