@@ -13,6 +13,7 @@ mod hostile_input;
 mod idempotency;
 mod media;
 mod openapi;
+mod ops_pack;
 mod pgbouncer;
 mod signature_props;
 mod signature_rules;
