@@ -1,4 +1,4 @@
-//! The span of each HTTP request, and its one `response` line.
+//! The span of each HTTP request, and its one `response` line (target [`ACCESS_TARGET`]).
 //!
 //! The span names the method and the path, never the query string or a stream token in the
 //! path (`/media-stream/{token}`): stream tokens are credentials. It declares `call_sid`,
@@ -18,6 +18,10 @@ pub fn logged_path(path: &str) -> &str {
         path
     }
 }
+
+/// The target of the per-request lines: an access log, filtered on its own
+/// (`VOICE_LOG=info,access=warn` leaves it out), and not by `stateset_voice=...`.
+pub const ACCESS_TARGET: &str = "access";
 
 /// Opens a span per request and logs its status and duration at the end.
 pub struct RequestSpan;
@@ -55,11 +59,11 @@ impl<E: Endpoint> Endpoint for RequestSpanEndpoint<E> {
             match result {
                 Ok(response) => {
                     let response = response.into_response();
-                    tracing::info!(status = response.status().as_u16(), ?duration, "response");
+                    tracing::info!(target: ACCESS_TARGET, status = response.status().as_u16(), ?duration, "response");
                     Ok(response)
                 }
                 Err(err) => {
-                    tracing::info!(status = err.status().as_u16(), error = %err, ?duration, "error");
+                    tracing::info!(target: ACCESS_TARGET, status = err.status().as_u16(), error = %err, ?duration, "error");
                     Err(err)
                 }
             }
