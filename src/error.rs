@@ -156,7 +156,10 @@ macro_rules! admin_errors {
                     domain::Error::Conflict(m) => {
                         Self::Conflict(ProblemJson::new(StatusCode::CONFLICT, m))
                     }
-                    domain::Error::Db(_) | domain::Error::Spool(_) | domain::Error::Unavailable => {
+                    domain::Error::Db(_)
+                    | domain::Error::Spool(_)
+                    | domain::Error::Unavailable
+                    | domain::Error::KeysMissing(_) => {
                         tracing::error!(error = %err_text, "admin request failed");
                         Self::Internal(ProblemJson::new(
                             StatusCode::INTERNAL_SERVER_ERROR,

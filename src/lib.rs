@@ -14,6 +14,7 @@ pub mod logging;
 pub mod media;
 pub mod metrics;
 pub mod net;
+pub mod secrets;
 pub mod server;
 pub mod state;
 #[cfg(feature = "testkit")]
@@ -23,7 +24,7 @@ pub mod worker;
 
 use poem::{Endpoint, EndpointExt, Route};
 
-use crate::{config::Config, state::AppState};
+use crate::{config::Config, domain::secrets_at_rest::AtStart, state::AppState};
 
 /// The whole HTTP surface: the API, its published spec and docs.
 pub fn app(state: AppState) -> impl Endpoint {
@@ -63,9 +64,12 @@ pub fn openapi_yaml() -> String {
     api::service(AppState::new(db, config)).spec_yaml()
 }
 
-/// Connects to the database and applies migrations.
-pub async fn prepare(config: Config) -> Result<AppState, sea_orm::DbErr> {
+/// Connects to the database, applies migrations and checks the stored tenant secrets against
+/// the configured keys, encrypting those still in clear when there is a key
+/// ([`domain::secrets_at_rest::at_start`]).
+pub async fn prepare(config: Config) -> Result<(AppState, AtStart), domain::Error> {
     let db = db::connect(&config).await?;
     db::migrate(&db).await?;
-    Ok(AppState::new(db, config))
+    let at_start = domain::secrets_at_rest::at_start(&db, &config.secrets).await?;
+    Ok((AppState::new(db, config), at_start))
 }

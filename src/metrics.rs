@@ -76,6 +76,22 @@ pub struct Worker {
     pub worker: String,
 }
 
+/// The label of a table the retention purge deletes from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Table {
+    pub table: &'static str,
+}
+
+/// The tables the retention purge deletes from, as `voice_retention_deleted_total` labels them.
+pub const RETENTION_TABLES: [&str; 6] = [
+    "calls",
+    "call_webhooks",
+    "media_sessions",
+    "outbox_events",
+    "diagnostics",
+    "alerts",
+];
+
 /// Agent health check labels: the kind of check (`http`, `tcp`) and its outcome (`healthy`,
 /// `unhealthy`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -141,6 +157,10 @@ pub struct Metrics {
     pub last_known_routes: Gauge,
     /// Agent runtimes whose circuit is open: calls to them get the fallback (set at scrape time).
     pub agent_circuits_open: Gauge,
+    /// Rows deleted by the retention purge, by table.
+    pub retention_deleted: Family<Table, Counter>,
+    /// When the last retention purge run finished, in seconds since the Unix epoch (0: none yet).
+    pub retention_last_run: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -173,10 +193,15 @@ impl Default for Metrics {
             spool_replayed: Family::default(),
             last_known_routes: Gauge::default(),
             agent_circuits_open: Gauge::default(),
+            retention_deleted: Family::default(),
+            retention_last_run: Gauge::default(),
             registry: Registry::default(),
         };
         for kind in ALERT_KINDS {
             let _ = m.alerts.get_or_create(&AlertKind { kind: kind.as_str() });
+        }
+        for table in RETENTION_TABLES {
+            let _ = m.retention_deleted.get_or_create(&Table { table });
         }
         for outcome in SPOOL_REPLAYED {
             let _ = m.spool_replayed.get_or_create(&Outcome {
@@ -311,6 +336,16 @@ impl Default for Metrics {
             "Agent runtimes whose circuit is open after failed health checks (their calls get the fallback)",
             m.agent_circuits_open.clone(),
         );
+        registry.register(
+            "retention_deleted",
+            "Rows deleted by the retention purge (VOICE_RETENTION_DAYS), by table",
+            m.retention_deleted.clone(),
+        );
+        registry.register(
+            "retention_last_run_timestamp_seconds",
+            "When the last retention purge run finished, in seconds since the Unix epoch",
+            m.retention_last_run.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -369,6 +404,11 @@ impl Metrics {
                 worker: name.to_owned(),
             })
             .clone()
+    }
+
+    /// Counts `n` rows the retention purge deleted from `table` (one of [`RETENTION_TABLES`]).
+    pub fn retention_deleted(&self, table: &'static str, n: u64) {
+        self.retention_deleted.get_or_create(&Table { table }).inc_by(n);
     }
 
     /// Records one HTTP request.

@@ -25,11 +25,15 @@ mod backends;
 mod db_proxy;
 pub mod pgbouncer;
 mod recording;
+mod stored_secrets;
 
 pub use backends::{run, TestInput};
 pub use db_proxy::DbProxy;
 pub use pgbouncer::TestDatabase;
 pub use recording::{recorded_frame, recorded_session, RECORDED_CALL_SID, RECORDING, TOKEN_PLACEHOLDER};
+pub use stored_secrets::{
+    key_id, stored_secrets_of, stored_tenant_secrets, StoredTenantSecrets, NEXT_SECRETS_KEY, SECRETS_KEY,
+};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const TOKEN_SECRET: &str = "test-stream-token-secret-0123456789abcdef";
@@ -449,10 +453,14 @@ impl TestApp {
 
     /// Creates a tenant in the database, with the standard values where `tenant` is empty.
     pub async fn seed_tenant(&self, tenant: NewTenant) -> entity::tenant::Model {
-        admin::create_tenant(&self.state.db, standard_tenant(tenant))
-            .await
-            .expect("tenant")
-            .tenant
+        admin::create_tenant(
+            &self.state.db,
+            &self.state.config.secrets,
+            standard_tenant(tenant),
+        )
+        .await
+        .expect("tenant")
+        .tenant
     }
 
     /// Creates a route of `tenant_id` in the database, for [`NUMBER`] unless `route` names one.

@@ -32,7 +32,7 @@ impl TenantsApi {
         _auth: AdminAuth,
         body: Json<TenantCreate>,
     ) -> Result<Created<Tenant>, AdminBodyError> {
-        let created = admin::create_tenant(&self.state.db, body.0.into()).await?;
+        let created = admin::create_tenant(&self.state.db, &self.state.config.secrets, body.0.into()).await?;
         self.state.admin_changed();
         let mut tenant = Tenant::from(created.tenant);
         tenant.webhook_secret = created.generated_webhook_secret;
@@ -47,7 +47,8 @@ impl TenantsApi {
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))] limit: Query<Option<u64>>,
         cursor: Query<Option<String>>,
     ) -> Result<Json<List<Tenant>>, AdminError> {
-        let page = admin::list_tenants(&self.state.db, &paging(limit, cursor)).await?;
+        let page =
+            admin::list_tenants(&self.state.db, &self.state.config.secrets, &paging(limit, cursor)).await?;
         Ok(Json(List::from_page(page)))
     }
 
@@ -58,7 +59,11 @@ impl TenantsApi {
         operation_id = "getTenant"
     )]
     async fn get(&self, _auth: AdminAuth, tenant_id: Path<String>) -> Result<Json<Tenant>, AdminError> {
-        Ok(Json(admin::tenant(&self.state.db, &tenant_id.0).await?.into()))
+        Ok(Json(
+            admin::tenant(&self.state.db, &self.state.config.secrets, &tenant_id.0)
+                .await?
+                .into(),
+        ))
     }
 
     /// Update a tenant
@@ -76,7 +81,13 @@ impl TenantsApi {
         tenant_id: Path<String>,
         body: Json<TenantPatch>,
     ) -> Result<Json<Tenant>, AdminBodyError> {
-        let updated = admin::update_tenant(&self.state.db, &tenant_id.0, body.0.into()).await?;
+        let updated = admin::update_tenant(
+            &self.state.db,
+            &self.state.config.secrets,
+            &tenant_id.0,
+            body.0.into(),
+        )
+        .await?;
         self.state.admin_changed();
         Ok(Json(updated.into()))
     }

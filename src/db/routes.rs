@@ -5,7 +5,8 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::Page;
+use super::{tenant_secrets::open, Page};
+use crate::secrets::Keyring;
 
 /// Inserts a route.
 pub async fn insert<C: ConnectionTrait>(db: &C, model: route::ActiveModel) -> Result<route::Model, DbErr> {
@@ -17,9 +18,22 @@ pub async fn get<C: ConnectionTrait>(db: &C, id: &str) -> Result<Option<route::M
     route::Entity::find_by_id(id.to_owned()).one(db).await
 }
 
-/// The route for a normalised called number, with its tenant: the hot-path lookup.
+/// A route and its tenant as read, the tenant's secrets decrypted.
+fn opened(
+    keys: &Keyring,
+    found: Option<(route::Model, Option<tenant::Model>)>,
+) -> Result<Option<(route::Model, tenant::Model)>, DbErr> {
+    match found {
+        Some((r, Some(t))) => Ok(Some((r, open(keys, t)?))),
+        _ => Ok(None),
+    }
+}
+
+/// The route for a normalised called number, with its tenant: the hot-path lookup (on a miss
+/// of the route cache).
 pub async fn with_tenant_by_number<C: ConnectionTrait>(
     db: &C,
+    keys: &Keyring,
     phone_number: &str,
 ) -> Result<Option<(route::Model, tenant::Model)>, DbErr> {
     let found = route::Entity::find()
@@ -27,25 +41,27 @@ pub async fn with_tenant_by_number<C: ConnectionTrait>(
         .find_also_related(tenant::Entity)
         .one(db)
         .await?;
-    Ok(found.and_then(|(r, t)| Some((r, t?))))
+    opened(keys, found)
 }
 
 /// A route by id, with its tenant.
 pub async fn with_tenant_by_id<C: ConnectionTrait>(
     db: &C,
+    keys: &Keyring,
     id: &str,
 ) -> Result<Option<(route::Model, tenant::Model)>, DbErr> {
     let found = route::Entity::find_by_id(id.to_owned())
         .find_also_related(tenant::Entity)
         .one(db)
         .await?;
-    Ok(found.and_then(|(r, t)| Some((r, t?))))
+    opened(keys, found)
 }
 
 /// A page of routes with their tenants, by id after `after`, and the cursor of the next page:
 /// the last known configuration is read this way.
 pub async fn with_tenants_after<C: ConnectionTrait>(
     db: &C,
+    keys: &Keyring,
     after: Option<&str>,
     limit: u64,
 ) -> Result<Page<(route::Model, tenant::Model)>, DbErr> {
@@ -61,7 +77,11 @@ pub async fn with_tenants_after<C: ConnectionTrait>(
     let next_cursor = (rows.len() as u64 == limit)
         .then(|| rows.last().map(|(r, _)| r.id.clone()))
         .flatten();
-    let items = rows.into_iter().filter_map(|(r, t)| Some((r, t?))).collect();
+    let items = rows
+        .into_iter()
+        .filter_map(|(r, t)| Some((r, open(keys, t?))))
+        .map(|(r, t)| Ok((r, t?)))
+        .collect::<Result<_, DbErr>>()?;
     Ok(Page { items, next_cursor })
 }
 

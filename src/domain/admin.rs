@@ -16,7 +16,10 @@ use super::{
     phone::{is_sid, E164},
     Error,
 };
-use crate::db::{self, Page};
+use crate::{
+    db::{self, Page},
+    secrets::{self, Keyring},
+};
 
 /// Input of a new tenant.
 #[derive(Debug, Default)]
@@ -96,6 +99,12 @@ fn secret(field: &str, value: String) -> Result<String, Error> {
             "{field} must be 1 to 256 characters without spaces"
         )));
     }
+    if value.starts_with(secrets::PREFIX) {
+        return Err(invalid(format!(
+            "{field} must not start with {}, the stored form of encrypted values",
+            secrets::PREFIX
+        )));
+    }
     Ok(value)
 }
 
@@ -155,8 +164,12 @@ fn conflict_or(err: DbErr, message: &str) -> Error {
     }
 }
 
-/// Validates and stores a tenant.
-pub async fn create_tenant<C: ConnectionTrait>(db: &C, new: NewTenant) -> Result<CreatedTenant, Error> {
+/// Validates and stores a tenant (its secrets encrypted with `keys`).
+pub async fn create_tenant<C: ConnectionTrait>(
+    db: &C,
+    keys: &Keyring,
+    new: NewTenant,
+) -> Result<CreatedTenant, Error> {
     if !is_sid(&new.account_sid, "AC") {
         return Err(invalid("account_sid must be AC followed by 32 hex digits"));
     }
@@ -191,7 +204,7 @@ pub async fn create_tenant<C: ConnectionTrait>(db: &C, new: NewTenant) -> Result
         created_at: Set(now),
         updated_at: Set(now),
     };
-    let tenant = db::tenants::insert(db, model)
+    let tenant = db::tenants::insert(db, keys, model)
         .await
         .map_err(|e| conflict_or(e, "a tenant with this account_sid exists"))?;
     Ok(CreatedTenant {
@@ -200,13 +213,16 @@ pub async fn create_tenant<C: ConnectionTrait>(db: &C, new: NewTenant) -> Result
     })
 }
 
-/// Applies changes to a tenant.
+/// Applies changes to a tenant (changed secrets encrypted with `keys`).
 pub async fn update_tenant<C: ConnectionTrait>(
     db: &C,
+    keys: &Keyring,
     id: &str,
     changes: TenantChanges,
 ) -> Result<tenant::Model, Error> {
-    let existing = db::tenants::get(db, id).await?.ok_or(Error::NotFound("tenant"))?;
+    let existing = db::tenants::get(db, keys, id)
+        .await?
+        .ok_or(Error::NotFound("tenant"))?;
     let mut model = existing.into_active_model();
     if let Some(name) = changes.name {
         model.name = Set(text("name", name, 200)?);
@@ -235,7 +251,7 @@ pub async fn update_tenant<C: ConnectionTrait>(
     if let Some(action) = changes.default_fallback {
         model.default_fallback = Set(action.map(fallback).transpose()?);
     }
-    Ok(db::tenants::update(db, model).await?)
+    Ok(db::tenants::update(db, keys, model).await?)
 }
 
 /// Validates and stores a route of a tenant.
@@ -245,9 +261,9 @@ pub async fn create_route<C: ConnectionTrait>(
     new: NewRoute,
 ) -> Result<route::Model, Error> {
     let phone_number = E164::parse(&new.phone_number).map_err(Error::Invalid)?;
-    db::tenants::get(db, tenant_id)
-        .await?
-        .ok_or(Error::NotFound("tenant"))?;
+    if !db::tenants::exists(db, tenant_id).await? {
+        return Err(Error::NotFound("tenant"));
+    }
     let now = Utc::now();
     let model = route::ActiveModel {
         id: Set(new_id()),
@@ -327,13 +343,19 @@ pub struct CallRecord {
 }
 
 /// Lists tenants, oldest first.
-pub async fn list_tenants<C: ConnectionTrait>(db: &C, paging: &Paging) -> Result<Page<tenant::Model>, Error> {
-    Ok(db::tenants::list(db, paging.cursor.as_deref(), paging.limit).await?)
+pub async fn list_tenants<C: ConnectionTrait>(
+    db: &C,
+    keys: &Keyring,
+    paging: &Paging,
+) -> Result<Page<tenant::Model>, Error> {
+    Ok(db::tenants::list(db, keys, paging.cursor.as_deref(), paging.limit).await?)
 }
 
 /// One tenant.
-pub async fn tenant<C: ConnectionTrait>(db: &C, id: &str) -> Result<tenant::Model, Error> {
-    db::tenants::get(db, id).await?.ok_or(Error::NotFound("tenant"))
+pub async fn tenant<C: ConnectionTrait>(db: &C, keys: &Keyring, id: &str) -> Result<tenant::Model, Error> {
+    db::tenants::get(db, keys, id)
+        .await?
+        .ok_or(Error::NotFound("tenant"))
 }
 
 /// Deletes a tenant with its routes and calls.

@@ -300,9 +300,13 @@ mod tests {
         db::migrate(&db).await.unwrap();
         let d = diagnostics(db.clone());
         let (route, tenant) = (route_with(true, None), tenant_with(None));
-        db::tenants::insert(&db, sea_orm::IntoActiveModel::into_active_model(tenant.clone()))
-            .await
-            .unwrap();
+        db::tenants::insert(
+            &db,
+            &Default::default(),
+            sea_orm::IntoActiveModel::into_active_model(tenant.clone()),
+        )
+        .await
+        .unwrap();
         for _ in 0..2 {
             d.signature_failure(&route, &tenant);
         }

@@ -5,7 +5,9 @@ pub mod alerts;
 pub mod fallback;
 pub mod outage;
 pub mod phone;
+pub mod retention;
 pub mod runtime;
+pub mod secrets_at_rest;
 pub mod shutdown;
 pub mod token;
 pub mod webhook;
@@ -30,6 +32,14 @@ pub enum Error {
     /// The database cannot be reached and the request needs it (503).
     #[error("the database is unreachable")]
     Unavailable,
+    /// Stored tenant secrets are encrypted with keys that are not configured: the service
+    /// does not start rather than serve without them.
+    #[error(
+        "tenant secrets are stored encrypted with key {}, which is not configured: set \
+         VOICE_SECRETS_KEY (or, during a rotation, VOICE_SECRETS_KEY_PREVIOUS) to it",
+        .0.join(" and ")
+    )]
+    KeysMissing(Vec<String>),
     /// The local spool failed.
     #[error(transparent)]
     Spool(#[from] crate::db::spool::SpoolError),

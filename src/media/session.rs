@@ -484,7 +484,9 @@ async fn open(
     if call.route_id != claims.rid || call.tenant_id != claims.tid {
         return Ok(Err(Refusal::CallMismatch));
     }
-    let Some((route, tenant)) = db::routes::with_tenant_by_id(&txn, &call.route_id).await? else {
+    let Some((route, tenant)) =
+        db::routes::with_tenant_by_id(&txn, &state.config.secrets, &call.route_id).await?
+    else {
         return Ok(Err(Refusal::UnknownCall));
     };
     let Some(session) = db::media::open(&txn, &call.id, &claims.jti, stream_sid).await? else {

@@ -15,6 +15,8 @@ mod media;
 mod openapi;
 mod ops_pack;
 mod pgbouncer;
+mod retention;
+mod secrets_at_rest;
 mod signature_props;
 mod signature_rules;
 mod supervision;

@@ -184,7 +184,13 @@ async fn json_log_lines_carry_the_call_they_are_about(fresh: FreshDatabase) {
 
 #[tokio::test]
 async fn an_unknown_log_format_is_refused() {
-    let out = support::cli_output_with("sqlite::memory:", &[("VOICE_LOG_FORMAT", "xml")], &["migrate"]).await;
+    let out = support::cli_output_with(
+        "sqlite::memory:",
+        &["migrate"],
+        &[("VOICE_LOG_FORMAT", "xml")],
+        DEADLINE,
+    )
+    .await;
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -57,18 +57,30 @@ pub async fn cli_output(database_url: &str, args: &[&str]) -> std::process::Outp
         .expect("the binary runs")
 }
 
-/// [`cli_output`] with more environment variables.
+/// Runs a subcommand with extra `VOICE_*` settings until it exits, at most `deadline` (then it
+/// is killed and the test fails), and returns what it exited with and printed.
 pub async fn cli_output_with(
     database_url: &str,
-    env: &[(&str, &str)],
     args: &[&str],
+    settings: &[(&str, &str)],
+    deadline: Duration,
 ) -> std::process::Output {
     let mut cmd = command(database_url);
-    cmd.envs(env.iter().copied()).args(args);
-    tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .expect("join")
-        .expect("the binary runs")
+    cmd.args(args)
+        .env("VOICE_BIND", "127.0.0.1:0")
+        .envs(settings.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("the binary runs");
+    let pid = child.id();
+    let waited = tokio::task::spawn_blocking(move || child.wait_with_output());
+    match tokio::time::timeout(deadline, waited).await {
+        Ok(output) => output.expect("join").expect("output read"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            panic!("`{}` still ran after {deadline:?}", args.join(" "));
+        }
+    }
 }
 
 /// Runs a subcommand to completion and returns its standard output.
