@@ -53,6 +53,17 @@ pub enum SqliteSynchronous {
     Normal,
 }
 
+/// How log lines are written (`VOICE_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines, the spans' fields in front of the message.
+    #[default]
+    Text,
+    /// One JSON object per line, with the fields of the open spans (`call_sid`, `tenant_id`,
+    /// `route_id` on the lines about a call).
+    Json,
+}
+
 /// Flags of `stateset-voice`, each also read from its environment variable.
 #[derive(Args, Debug, Clone)]
 pub struct ConfigArgs {
@@ -201,6 +212,15 @@ pub struct ConfigArgs {
     /// diagnostics and alerts are kept before they are deleted; 0 keeps everything.
     #[arg(long, global = true, env = "VOICE_RETENTION_DAYS", default_value = "90", value_name = "DAYS", allow_hyphen_values = true, value_parser = parse_days)]
     pub retention_days: u32,
+    /// Log format: `text` (human-readable) or `json` (one object per line, for log queries).
+    #[arg(
+        long,
+        global = true,
+        env = "VOICE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
 }
 
 /// Validated configuration, grouped by concern. Each field names the variable it comes from.
@@ -229,6 +249,8 @@ pub struct Config {
     pub messages: CallerMessages,
     /// How long stored records are kept.
     pub retention: Retention,
+    /// How the service logs.
+    pub logging: Logging,
 }
 
 /// Where records are stored.
@@ -343,6 +365,13 @@ pub struct CallerMessages {
     pub unknown_route: String,
     /// `VOICE_FALLBACK_MESSAGE`.
     pub fallback: String,
+}
+
+/// How the service logs (the filter is `VOICE_LOG`, read when logging starts).
+#[derive(Debug, Clone)]
+pub struct Logging {
+    /// `VOICE_LOG_FORMAT`.
+    pub format: LogFormat,
 }
 
 /// How long stored records are kept, and how the purge deletes them.
@@ -537,6 +566,9 @@ impl Config {
                 batch_size: Retention::BATCH_SIZE,
                 pause: Retention::PAUSE,
                 interval: Retention::INTERVAL,
+            },
+            logging: Logging {
+                format: args.log_format,
             },
         })
     }
@@ -970,6 +1002,21 @@ mod tests {
     }
 
     #[test]
+    fn log_format_is_text_or_json() {
+        assert_eq!(
+            Config::from_args(ConfigArgs::defaults()).unwrap().logging.format,
+            LogFormat::Text
+        );
+        let json = parse(&["--log-format", "json"]).unwrap();
+        assert_eq!(json.logging.format, LogFormat::Json);
+        let e = parse(&["--log-format", "xml"]).unwrap_err();
+        assert!(
+            e.contains("invalid value 'xml'") && e.contains("possible values: text, json"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn sqlite_synchronous_is_full_or_normal() {
         let normal = parse(&["--sqlite-synchronous", "normal"]).unwrap();
         assert_eq!(normal.database.sqlite_synchronous, SqliteSynchronous::Normal);
@@ -1022,7 +1069,7 @@ mod tests {
             assert_eq!(flag_of(&env.to_string_lossy()), format!("--{long}"));
             checked += 1;
         }
-        assert_eq!(checked, 33);
+        assert_eq!(checked, 34);
     }
 
     #[test]

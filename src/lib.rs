@@ -10,6 +10,7 @@ pub mod db;
 pub mod demo;
 pub mod domain;
 pub mod error;
+pub mod logging;
 pub mod media;
 pub mod metrics;
 pub mod net;
@@ -21,7 +22,7 @@ pub mod testkit;
 pub mod twilio;
 pub mod worker;
 
-use poem::{middleware::Tracing, Endpoint, EndpointExt, Route};
+use poem::{Endpoint, EndpointExt, Route};
 
 use crate::{config::Config, domain::secrets_at_rest::AtStart, state::AppState};
 
@@ -52,7 +53,7 @@ pub fn app(state: AppState) -> impl Endpoint {
                 Ok(response)
             }
         })
-        .with(Tracing)
+        .with(api::request_span::RequestSpan)
 }
 
 /// The published OpenAPI document, as committed in `openapi.yaml`.

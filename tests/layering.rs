@@ -12,6 +12,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("twilio", &[]),
     ("secrets", &[]),
     ("config", &["secrets"]),
+    ("logging", &["config"]),
     ("net", &[]),
     ("metrics", &["twilio"]),
     ("db", &["config", "secrets"]),

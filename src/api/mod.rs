@@ -7,6 +7,7 @@ pub mod health;
 pub mod media;
 pub mod ops;
 pub mod payload;
+pub mod request_span;
 pub mod routes;
 pub mod tenants;
 pub mod voice;

@@ -193,7 +193,7 @@ impl Diagnostics {
                 db::outbox::record(&txn, tenant_id, EventType::AlertRaised, data).await?;
             }
             tracing::error!(alert_id = %alert.id, route_id = %key, "{message}");
-            self.metrics.alerts.inc();
+            self.metrics.alert_raised(kind);
         }
         txn.commit().await?;
         Ok(())
@@ -340,7 +340,8 @@ mod tests {
         .unwrap()
         .items;
         assert_eq!(stored[0].count, 4);
-        assert_eq!(d.metrics.alerts.get(), 1);
+        assert_eq!(d.metrics.alerts_raised(DiagnosticKind::SignatureFailure), 1);
+        assert_eq!(d.metrics.alerts_raised(DiagnosticKind::DatabaseUnavailable), 0);
         let events = db::outbox::list(
             &db,
             &db::Scope::Tenant(entity::id::TenantId("t1".to_owned())),

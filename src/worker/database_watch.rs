@@ -138,7 +138,7 @@ async fn ended_outage(state: &AppState, ended: &Ended) {
     };
     match db::alerts::insert(&state.db, alert).await {
         Ok(_) => {
-            state.metrics.alerts.inc();
+            state.metrics.alert_raised(DiagnosticKind::DatabaseUnavailable);
         }
         Err(e) => tracing::warn!(error = %e, "recording the outage alert failed"),
     }

@@ -14,6 +14,7 @@ mod hostile_input;
 mod idempotency;
 mod media;
 mod openapi;
+mod ops_pack;
 mod pgbouncer;
 mod retention;
 mod secrets_at_rest;

@@ -5,6 +5,7 @@
 mod backup;
 mod crash;
 mod drain;
+mod json_logs;
 mod multi_instance;
 mod outage;
 mod secrets;

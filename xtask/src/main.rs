@@ -1,8 +1,9 @@
 //! Project automation: `cargo xtask ci | conformance | openapi [--check] | bench | schemathesis |
-//! interop | fuzz | pgbouncer`.
+//! interop | fuzz | pgbouncer | ops`.
 mod bench;
 mod fuzz;
 mod interop;
+mod ops;
 mod schemathesis;
 mod support;
 
@@ -107,6 +108,7 @@ fn ci() -> Result<(), String> {
         ]),
     )?;
     openapi(true)?;
+    ops::ops()?;
     pgbouncer()?;
     run(
         "tests (SQLite, PostgreSQL, and PostgreSQL through PgBouncer)",
@@ -130,9 +132,10 @@ fn main() -> ExitCode {
         ["openapi"] => openapi(false),
         ["openapi", "--check"] => openapi(true),
         ["pgbouncer"] => pgbouncer(),
+        ["ops"] => ops::ops(),
         _ => Err(
             "usage: cargo xtask ci | conformance | openapi [--check] | bench [--postgres] [--quick] [--prefill N] [--rounds N] \
-             | schemathesis | interop | fuzz [--seconds N] | pgbouncer"
+             | schemathesis | interop | fuzz [--seconds N] | pgbouncer | ops"
                 .to_owned(),
         ),
     };

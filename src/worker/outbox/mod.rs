@@ -17,6 +17,7 @@ use chrono::Utc;
 use entity::{outbox_event, states::OutboxStatus, tenant};
 use sea_orm::DbErr;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{
     config::Outbox,
@@ -117,13 +118,15 @@ pub async fn deliver_due(state: &AppState, client: &DeliveryClient) -> Result<us
             .into_iter()
             .map(|t| (t.id.clone(), t))
             .collect();
+    let spans: Vec<tracing::Span> = events.iter().map(delivery_span).collect();
     let results = futures::future::join_all(
         events
             .iter()
-            .map(|e| attempt(state, client, tenants.get(&e.tenant_id), e)),
+            .zip(&spans)
+            .map(|(e, span)| attempt(state, client, tenants.get(&e.tenant_id), e).instrument(span.clone())),
     )
     .await;
-    record(state, &events, results).await;
+    record(state, &events, &spans, results).await;
     Ok(events.len())
 }
 
@@ -165,6 +168,27 @@ fn outcome(
     }
 }
 
+/// The span of one event's delivery: the event, its tenant, and for an event about a call the
+/// `call_sid` and `route_id` in its data, so the lines about a call's events carry them.
+fn delivery_span(event: &outbox_event::Model) -> tracing::Span {
+    let payload: Option<serde_json::Value> = serde_json::from_str(&event.payload).ok();
+    let data = |key: &str| {
+        payload
+            .as_ref()
+            .and_then(|p| p["data"].get(key))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    tracing::info_span!(
+        "event_delivery",
+        event_id = %event.id,
+        event_type = event.event_type.as_str(),
+        tenant_id = %event.tenant_id,
+        call_sid = data("call_sid"),
+        route_id = data("route_id"),
+    )
+}
+
 /// The `voice_webhook_deliveries_total` label of an outcome.
 fn outcome_label(outcome: Option<OutboxStatus>) -> &'static str {
     outcome.map_or(crate::metrics::DELIVERY_RETRIED, OutboxStatus::as_str)
@@ -172,10 +196,16 @@ fn outcome_label(outcome: Option<OutboxStatus>) -> &'static str {
 
 /// Records the results of a round: counts and logs each, and stores them (a failure to
 /// retry gets its backoff).
-async fn record(state: &AppState, events: &[outbox_event::Model], results: Vec<Result<(), Failure>>) {
+async fn record(
+    state: &AppState,
+    events: &[outbox_event::Model],
+    spans: &[tracing::Span],
+    results: Vec<Result<(), Failure>>,
+) {
     let now = Utc::now();
     let mut attempts = Vec::with_capacity(events.len());
-    for (event, result) in events.iter().zip(results) {
+    for ((event, span), result) in events.iter().zip(spans).zip(results) {
+        let _in_span = span.enter();
         let outcome = outcome(state, event, &result);
         Metrics::outcome(&state.metrics.deliveries, outcome_label(outcome));
         let error = match result {
