@@ -10,6 +10,7 @@ use crate::{
     domain::{
         admin::{self, NewRoute, NewTenant},
         fallback::FallbackAction,
+        secrets_at_rest::{self, AtStart},
     },
     twilio::{
         form::FormParams,
@@ -38,6 +39,12 @@ pub enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Write a consistent copy of the live SQLite database to FILE (which must not exist);
+    /// the service keeps serving. On PostgreSQL use pg_dump.
+    Backup {
+        /// Where the copy goes; refused when it already exists.
+        file: std::path::PathBuf,
+    },
     /// Manage tenants.
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -46,6 +53,9 @@ pub enum Command {
     Route(RouteCommand),
     /// Print the X-Twilio-Signature of a form, or check one with --check.
     Sign(SignArgs),
+    /// Manage the encryption of tenant secrets at rest.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
     /// Place a test call without a phone: play Twilio's part against a deployment.
     Call(CallArgs),
     /// Print the OpenAPI document (YAML).
@@ -88,6 +98,14 @@ pub enum TenantCommand {
     },
     /// List tenants.
     List,
+}
+
+/// `secrets` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum SecretsCommand {
+    /// Re-encrypt every tenant secret under VOICE_SECRETS_KEY (values in clear or under
+    /// VOICE_SECRETS_KEY_PREVIOUS), in batches; prints how many tenants changed.
+    Rotate,
 }
 
 /// `route` subcommands.
@@ -236,6 +254,73 @@ pub async fn call(args: &CallArgs) -> Result<ExitCode, CliError> {
     })
 }
 
+/// Runs `backup`: copies the SQLite database to `file` with `VACUUM INTO`, into a temporary
+/// file beside it that is synced and then linked to `file` (which fails if `file` appeared
+/// meanwhile), so `file` is never overwritten and never holds a partial copy.
+pub async fn backup(config: &Config, file: &std::path::Path) -> Result<(), CliError> {
+    let url = config.database.url.expose();
+    let Some(source) = db::backup::sqlite_file(url) else {
+        return Err(CliError::Usage(if url.starts_with("postgres") {
+            "backup copies SQLite databases; back up PostgreSQL with pg_dump \
+             (e.g. `pg_dump --format=custom --file=voice.dump DATABASE_URL`, restored with \
+             pg_restore; see README, Backups and restore)"
+                .to_owned()
+        } else {
+            "backup needs a database file (VOICE_DATABASE_URL=sqlite://FILE)".to_owned()
+        }));
+    };
+    if std::fs::symlink_metadata(file).is_ok() {
+        return Err(CliError::Usage(format!(
+            "{} already exists; refusing to overwrite it (choose a new file name)",
+            file.display()
+        )));
+    }
+    if !source.is_file() {
+        return Err(CliError::Usage(format!(
+            "the database file {} does not exist",
+            source.display()
+        )));
+    }
+    let dir = match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = file
+        .file_name()
+        .ok_or_else(|| CliError::Usage(format!("{} is not a file name", file.display())))?;
+    let partial = dir.join(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&partial);
+    let pool = db::connect_url(url, 1, config.database.sqlite_synchronous, None).await?;
+    let copied = db::backup::vacuum_into(&pool, &partial).await;
+    let _ = pool.close().await;
+    let writing = |e: std::io::Error| CliError::Usage(format!("writing {}: {e}", file.display()));
+    let linked = copied.map_err(CliError::from).and_then(|()| {
+        std::fs::File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .map_err(writing)?;
+        std::fs::hard_link(&partial, file).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => CliError::Usage(format!(
+                "{} already exists; refusing to overwrite it (choose a new file name)",
+                file.display()
+            )),
+            _ => writing(e),
+        })?;
+        if let Ok(dir) = std::fs::File::open(&dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    });
+    let _ = std::fs::remove_file(&partial);
+    linked?;
+    let bytes = std::fs::metadata(file).map(|m| m.len()).unwrap_or_default();
+    println!("backup written to {} ({bytes} bytes)", file.display());
+    Ok(())
+}
+
 /// Errors of the command line.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -329,11 +414,21 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 );
             }
             if config.admin.token.is_none() {
-                tracing::info!("VOICE_ADMIN_TOKEN is not set: the admin API is disabled");
+                tracing::info!("VOICE_ADMIN_TOKEN is not set: the admin API accepts only tenant API keys");
             }
-            let state = crate::prepare(config).await?;
+            let (state, at_start) = crate::prepare(config).await?;
+            match at_start {
+                AtStart::InClear => tracing::warn!(
+                    "VOICE_SECRETS_KEY is not set: tenant secrets are stored in clear in the database"
+                ),
+                AtStart::Encrypted { key_id, sealed_now } => tracing::info!(
+                    key_id = %key_id,
+                    tenants_encrypted_now = sealed_now,
+                    "tenant secrets are encrypted at rest"
+                ),
+            }
             if demo {
-                let tenant = crate::demo::seed(&state.db).await?;
+                let tenant = crate::demo::seed(&state.db, &state.config.secrets).await?;
                 tracing::info!(tenant_id = %tenant.id, number = crate::demo::DEMO_NUMBER, "demo tenant ready");
                 println!("{}", crate::demo::curl_command(&state.config, &tenant));
                 // stdout stays the one curl command; the whole-call command goes to stderr.
@@ -346,13 +441,23 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let runtime = state.runtime.clone();
             crate::server::serve(state, stop_signals(runtime)?).await?;
         }
+        Command::Backup { file } => backup(&config, &file).await?,
         Command::Migrate => {
             let db = db::connect(&config).await?;
             db::migrate(&db).await?;
             println!("migrations applied");
         }
+        Command::Secrets(SecretsCommand::Rotate) => {
+            let db = db::connect(&config).await?;
+            db::migrate(&db).await?;
+            let rotation = secrets_at_rest::rotate(&db, &config.secrets).await?;
+            println!(
+                "tenants re-encrypted under key {}: {}",
+                rotation.key_id, rotation.rows_changed
+            );
+        }
         Command::Tenant(cmd) => {
-            let state = crate::prepare(config).await?;
+            let (state, _) = crate::prepare(config).await?;
             match cmd {
                 TenantCommand::Add {
                     name,
@@ -365,6 +470,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 } => {
                     let created = admin::create_tenant(
                         &state.db,
+                        &state.config.secrets,
                         NewTenant {
                             name,
                             account_sid,
@@ -385,7 +491,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 TenantCommand::List => {
                     let mut cursor = None;
                     loop {
-                        let page = db::tenants::list(&state.db, cursor.as_deref(), 100).await?;
+                        let page =
+                            db::tenants::list(&state.db, &state.config.secrets, cursor.as_deref(), 100)
+                                .await?;
                         for t in &page.items {
                             println!("{}\t{}\t{}\t{}", t.id, t.account_sid, t.environment, t.name);
                         }
@@ -398,7 +506,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             }
         }
         Command::Route(cmd) => {
-            let state = crate::prepare(config).await?;
+            let (state, _) = crate::prepare(config).await?;
             match cmd {
                 RouteCommand::Add {
                     tenant,
@@ -412,6 +520,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 } => {
                     let route = admin::create_route(
                         &state.db,
+                        &db::Scope::Platform,
                         &tenant,
                         NewRoute {
                             phone_number,
@@ -427,10 +536,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     println!("{}\t{}", route.id, route.phone_number);
                 }
                 RouteCommand::List { tenant } => {
+                    let scope = match tenant {
+                        Some(id) => db::Scope::Tenant(entity::id::TenantId(id)),
+                        None => db::Scope::Platform,
+                    };
                     let mut cursor = None;
                     loop {
-                        let page =
-                            db::routes::list(&state.db, tenant.as_deref(), cursor.as_deref(), 100).await?;
+                        let page = db::routes::list(&state.db, &scope, cursor.as_deref(), 100).await?;
                         for r in &page.items {
                             let state = if r.enabled { "enabled" } else { "disabled" };
                             println!(

@@ -2,9 +2,11 @@
 //!
 //! Every bounded setting has one allowed range, checked in [`check_ranges`]: a value outside it
 //! is rejected with the variable, the flag, the value and the range, never raised or clamped.
-use std::{fmt, ops::RangeInclusive, path::PathBuf, time::Duration};
+use std::{fmt, ops::RangeInclusive, path::PathBuf, sync::Arc, time::Duration};
 
 use clap::{builder::BoolishValueParser, ArgAction, Args, ValueEnum};
+
+use crate::secrets::{Key, Keyring};
 
 /// A secret string whose `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -49,6 +51,17 @@ pub enum SqliteSynchronous {
     /// process, but the last commits before a power loss or an OS crash can be lost (the
     /// database itself stays consistent).
     Normal,
+}
+
+/// How log lines are written (`VOICE_LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines, the spans' fields in front of the message.
+    #[default]
+    Text,
+    /// One JSON object per line, with the fields of the open spans (`call_sid`, `tenant_id`,
+    /// `route_id` on the lines about a call).
+    Json,
 }
 
 /// Flags of `stateset-voice`, each also read from its environment variable.
@@ -106,7 +119,20 @@ pub struct ConfigArgs {
     /// Stream token lifetime (seconds, or a number with s/m suffix).
     #[arg(long, global = true, env = "VOICE_STREAM_TOKEN_TTL", default_value = "60", value_parser = parse_duration)]
     pub stream_token_ttl: Duration,
-    /// Bearer token of the admin API; the admin API is disabled when unset.
+    /// Key tenant secrets are stored under: base64 of 32 bytes (`openssl rand -base64 32`).
+    /// Without it they are stored in clear.
+    #[arg(long, global = true, env = "VOICE_SECRETS_KEY", hide_env_values = true)]
+    pub secrets_key: Option<String>,
+    /// The key before the current one, while `secrets rotate` moves values off it: it still
+    /// decrypts, nothing is encrypted under it.
+    #[arg(
+        long,
+        global = true,
+        env = "VOICE_SECRETS_KEY_PREVIOUS",
+        hide_env_values = true
+    )]
+    pub secrets_key_previous: Option<String>,
+    /// Bearer token of the admin API; when unset, only tenant API keys are accepted.
     #[arg(long, global = true, env = "VOICE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Take scheme and host from X-Forwarded-Proto / X-Forwarded-Host.
@@ -182,6 +208,19 @@ pub struct ConfigArgs {
     /// Refuse to deliver events to loopback and private addresses.
     #[arg(long, global = true, env = "VOICE_WEBHOOK_DENY_PRIVATE", default_value = "false", action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub webhook_deny_private: bool,
+    /// Days calls (with their answers, media sessions and events), finished events,
+    /// diagnostics and alerts are kept before they are deleted; 0 keeps everything.
+    #[arg(long, global = true, env = "VOICE_RETENTION_DAYS", default_value = "90", value_name = "DAYS", allow_hyphen_values = true, value_parser = parse_days)]
+    pub retention_days: u32,
+    /// Log format: `text` (human-readable) or `json` (one object per line, for log queries).
+    #[arg(
+        long,
+        global = true,
+        env = "VOICE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
 }
 
 /// Validated configuration, grouped by concern. Each field names the variable it comes from.
@@ -203,8 +242,15 @@ pub struct Config {
     pub outbox: Outbox,
     /// The admin API.
     pub admin: Admin,
+    /// `VOICE_SECRETS_KEY` and `VOICE_SECRETS_KEY_PREVIOUS`: the keys tenant secrets are
+    /// stored under (in clear when there is no current key).
+    pub secrets: Arc<Keyring>,
     /// What callers hear when no agent takes the call.
     pub messages: CallerMessages,
+    /// How long stored records are kept.
+    pub retention: Retention,
+    /// How the service logs.
+    pub logging: Logging,
 }
 
 /// Where records are stored.
@@ -308,7 +354,7 @@ pub struct Outbox {
 /// The admin API.
 #[derive(Debug, Clone)]
 pub struct Admin {
-    /// `VOICE_ADMIN_TOKEN`; the admin API is disabled when `None`.
+    /// `VOICE_ADMIN_TOKEN`; when `None`, only tenant API keys are accepted.
     pub token: Option<Secret>,
 }
 
@@ -319,6 +365,42 @@ pub struct CallerMessages {
     pub unknown_route: String,
     /// `VOICE_FALLBACK_MESSAGE`.
     pub fallback: String,
+}
+
+/// How the service logs (the filter is `VOICE_LOG`, read when logging starts).
+#[derive(Debug, Clone)]
+pub struct Logging {
+    /// `VOICE_LOG_FORMAT`.
+    pub format: LogFormat,
+}
+
+/// How long stored records are kept, and how the purge deletes them.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// `VOICE_RETENTION_DAYS`; 0 keeps everything.
+    pub days: u32,
+    /// Calls (or other rows) deleted per transaction.
+    pub batch_size: u64,
+    /// Least pause between two batches, so the writes of new calls are never queued behind a
+    /// purge; a slow batch is followed by a longer one (see `domain::retention`).
+    pub pause: Duration,
+    /// Time between two purge runs (the first runs at start).
+    pub interval: Duration,
+}
+
+impl Retention {
+    /// Calls deleted per transaction by default: about a millisecond of database time, so a
+    /// new call's commit waits behind at most one short batch.
+    pub const BATCH_SIZE: u64 = 100;
+    /// The default pause between batches.
+    pub const PAUSE: Duration = Duration::from_millis(50);
+    /// The default time between runs.
+    pub const INTERVAL: Duration = Duration::from_secs(3600);
+
+    /// How old a record may get, or `None` when everything is kept.
+    pub fn max_age(&self) -> Option<Duration> {
+        (self.days > 0).then(|| DAY * self.days)
+    }
 }
 
 /// A configuration value that cannot work.
@@ -384,7 +466,10 @@ impl Config {
             Some(url) => base_url(url, &["ws", "wss"]).map_err(|r| invalid("VOICE_STREAM_URL", r))?,
             None => {
                 let rest = public_url.split_once("://").map_or("", |(_, rest)| rest);
-                let scheme = if public_url.starts_with("https://") {
+                let scheme = if public_url
+                    .get(..8)
+                    .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+                {
                     "wss"
                 } else {
                     "ws"
@@ -402,6 +487,16 @@ impl Config {
             Some(t) => Some(Secret::new(t)),
             None => None,
         };
+        let secrets = Keyring::new(
+            secrets_key("VOICE_SECRETS_KEY", args.secrets_key.as_deref())?,
+            secrets_key("VOICE_SECRETS_KEY_PREVIOUS", args.secrets_key_previous.as_deref())?,
+        );
+        if secrets.current_id().is_none() && args.secrets_key_previous.is_some() {
+            return Err(invalid(
+                "VOICE_SECRETS_KEY_PREVIOUS",
+                "needs VOICE_SECRETS_KEY: the previous key only decrypts",
+            ));
+        }
         for (name, message) in [
             ("VOICE_UNKNOWN_ROUTE_MESSAGE", &args.unknown_route_message),
             ("VOICE_FALLBACK_MESSAGE", &args.fallback_message),
@@ -461,12 +556,29 @@ impl Config {
                 deny_private: args.webhook_deny_private,
             },
             admin: Admin { token: admin_token },
+            secrets: Arc::new(secrets),
             messages: CallerMessages {
                 unknown_route: args.unknown_route_message,
                 fallback: args.fallback_message,
             },
+            retention: Retention {
+                days: args.retention_days,
+                batch_size: Retention::BATCH_SIZE,
+                pause: Retention::PAUSE,
+                interval: Retention::INTERVAL,
+            },
+            logging: Logging {
+                format: args.log_format,
+            },
         })
     }
+}
+
+/// A key of encryption at rest from its variable; the error names the variable, never the value.
+fn secrets_key(name: &'static str, value: Option<&str>) -> Result<Option<Key>, ConfigError> {
+    value
+        .map(|v| Key::from_base64(v).map_err(|e| invalid(name, e.to_string())))
+        .transpose()
 }
 
 const ONE_MS: Duration = Duration::from_millis(1);
@@ -475,6 +587,10 @@ const SECOND: Duration = Duration::from_secs(1);
 const FIVE_MIN: Duration = Duration::from_secs(300);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
+
+/// The longest retention accepted: ten years. Anything longer is a typo (or means "keep
+/// everything", which is 0).
+const MAX_RETENTION_DAYS: u32 = 3650;
 
 /// The allowed range of every bounded setting. Upper bounds keep deadlines and intervals within
 /// what timers and caches accept; lower bounds keep loops and timeouts meaningful.
@@ -496,6 +612,7 @@ fn check_ranges(args: &ConfigArgs, database_max_connections: u32) -> Result<(), 
     within("VOICE_WEBHOOK_TIMEOUT",            args.webhook_timeout,            TEN_MS..=FIVE_MIN)?;
     within("VOICE_WEBHOOK_RETRY_BASE",         args.webhook_retry_base,         ONE_MS..=HOUR)?;
     within("VOICE_OUTBOX_POLL_INTERVAL",       args.outbox_poll_interval,       TEN_MS..=DAY)?;
+    within("VOICE_RETENTION_DAYS",             args.retention_days,             0..=MAX_RETENTION_DAYS)?;
     Ok(())
 }
 
@@ -593,6 +710,22 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
         .map_err(|_| format!("{input:?} is not a duration (e.g. 60, 60s, 5m, 250ms)"))
 }
 
+/// Parses a whole number of days (`90`; `0` keeps everything).
+pub fn parse_days(input: &str) -> Result<u32, String> {
+    let input = input.trim();
+    let problem = match input.parse::<i64>() {
+        Ok(days) if days < 0 => format!("{input:?} is negative"),
+        Ok(days) => match u32::try_from(days) {
+            Ok(days) => return Ok(days),
+            Err(_) => format!("{input:?} is out of range (allowed: 0 to {MAX_RETENTION_DAYS})"),
+        },
+        Err(_) => format!("{input:?} is not a whole number"),
+    };
+    Err(format!(
+        "VOICE_RETENTION_DAYS takes a whole number of days, e.g. 90 (0 keeps everything): {problem}"
+    ))
+}
+
 /// A random URL-safe token of `bytes` random bytes.
 pub fn random_token(bytes: usize) -> String {
     use base64::Engine as _;
@@ -643,6 +776,9 @@ mod tests {
         );
         let c = parse(&["--public-url", "http://127.0.0.1:9000"]).unwrap();
         assert_eq!(c.urls.stream, "ws://127.0.0.1:9000/media-stream");
+        // The scheme's case does not matter.
+        let c = parse(&["--public-url", "HTTPS://voice.example.com"]).unwrap();
+        assert_eq!(c.urls.stream, "wss://voice.example.com/media-stream");
     }
 
     #[test]
@@ -807,6 +943,11 @@ mod tests {
             "86401",
             "86401 s is out of range (allowed: 10 ms to 24 h)",
         ),
+        (
+            "--retention-days",
+            "3651",
+            "3651 is out of range (allowed: 0 to 3650)",
+        ),
     ];
 
     #[test]
@@ -851,11 +992,28 @@ mod tests {
             ("--webhook-retry-base", "60m"),
             ("--outbox-poll-interval", "10ms"),
             ("--outbox-poll-interval", "1440m"),
+            ("--retention-days", "0"),
+            ("--retention-days", "3650"),
         ] {
             if let Err(e) = parse(&[flag, value]) {
                 panic!("{flag} {value}: {e}");
             }
         }
+    }
+
+    #[test]
+    fn log_format_is_text_or_json() {
+        assert_eq!(
+            Config::from_args(ConfigArgs::defaults()).unwrap().logging.format,
+            LogFormat::Text
+        );
+        let json = parse(&["--log-format", "json"]).unwrap();
+        assert_eq!(json.logging.format, LogFormat::Json);
+        let e = parse(&["--log-format", "xml"]).unwrap_err();
+        assert!(
+            e.contains("invalid value 'xml'") && e.contains("possible values: text, json"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -893,6 +1051,9 @@ mod tests {
         assert_eq!(c.outbox.poll_interval, Duration::from_secs(1));
         assert!(!c.outbox.deny_private);
         assert!(c.admin.token.is_none());
+        assert_eq!(c.retention.days, 90);
+        assert_eq!(c.retention.max_age(), Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(c.retention.interval, Duration::from_secs(3600));
         let postgres = parse(&["--database-url", "postgres://u@h/db"]).unwrap();
         assert_eq!(postgres.database.max_connections, 16);
     }
@@ -908,7 +1069,34 @@ mod tests {
             assert_eq!(flag_of(&env.to_string_lossy()), format!("--{long}"));
             checked += 1;
         }
-        assert_eq!(checked, 30);
+        assert_eq!(checked, 34);
+    }
+
+    #[test]
+    fn retention_is_a_whole_number_of_days() {
+        assert_eq!(
+            parse(&["--retention-days", "0"]).unwrap().retention.max_age(),
+            None
+        );
+        assert_eq!(parse(&["--retention-days", "7"]).unwrap().retention.days, 7);
+        for (value, expected) in [
+            ("-1", "\"-1\" is negative"),
+            ("1.5", "\"1.5\" is not a whole number"),
+            ("90d", "\"90d\" is not a whole number"),
+            ("", "\"\" is not a whole number"),
+            (
+                "99999999999",
+                "\"99999999999\" is out of range (allowed: 0 to 3650)",
+            ),
+        ] {
+            let e = parse(&["--retention-days", value]).expect_err(value);
+            assert!(
+                e.contains("--retention-days")
+                    && e.contains("VOICE_RETENTION_DAYS takes a whole number of days")
+                    && e.ends_with(&format!(": {expected}\n\nFor more information, try '--help'.\n")),
+                "{value}: {e}"
+            );
+        }
     }
 
     #[test]
@@ -939,6 +1127,47 @@ mod tests {
         }
         let c = parse(&["--spool-dir", "/srv/spool"]).unwrap();
         assert_eq!(c.database.spool_dir, PathBuf::from("/srv/spool"));
+    }
+
+    #[test]
+    fn secrets_keys_are_base64_of_32_bytes_and_errors_never_show_them() {
+        use base64::{engine::general_purpose::STANDARD, Engine as _};
+        let key = STANDARD.encode([3u8; 32]);
+        let previous = STANDARD.encode([4u8; 32]);
+        let c = parse(&["--secrets-key", &key, "--secrets-key-previous", &previous]).unwrap();
+        let id = c.secrets.current_id().expect("a current key").to_string();
+        assert!(!format!("{c:?}").contains(&key) && !format!("{c:?}").contains(&previous));
+        assert!(format!("{c:?}").contains(&id));
+        assert!(parse(&[]).unwrap().secrets.current_id().is_none());
+        let short = STANDARD.encode([3u8; 31]);
+        for (args, name, reason) in [
+            (
+                vec!["--secrets-key", short.as_str()],
+                "VOICE_SECRETS_KEY",
+                "must encode 32 bytes, not 31",
+            ),
+            (
+                vec!["--secrets-key", "not-base64!"],
+                "VOICE_SECRETS_KEY",
+                "must be standard base64",
+            ),
+            (
+                vec!["--secrets-key", &key, "--secrets-key-previous", &short],
+                "VOICE_SECRETS_KEY_PREVIOUS",
+                "must encode 32 bytes",
+            ),
+            (
+                vec!["--secrets-key-previous", &previous],
+                "VOICE_SECRETS_KEY_PREVIOUS",
+                "needs VOICE_SECRETS_KEY",
+            ),
+        ] {
+            let e = parse(&args).unwrap_err();
+            assert!(e.contains(name) && e.contains(reason), "{e}");
+            for value in [&key, &previous, &short] {
+                assert!(!e.contains(value.as_str()), "{e}");
+            }
+        }
     }
 
     #[test]

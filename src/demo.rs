@@ -7,6 +7,7 @@ use crate::{
         self,
         admin::{self, NewRoute, NewTenant},
     },
+    secrets::Keyring,
     twilio::{
         form::FormParams,
         signature::{self, Algorithm},
@@ -23,14 +24,15 @@ pub const DEMO_ACCOUNT_SID: &str = "ACde000000000000000000000000000001";
 pub const DEMO_NUMBER: &str = "+15555551234";
 
 /// Creates the demo tenant and route unless they exist; returns the tenant.
-pub async fn seed(db: &db::Pool) -> Result<tenant::Model, domain::Error> {
-    let tenant = match db::tenants::by_account_sid(db, DEMO_ACCOUNT_SID).await? {
+pub async fn seed(db: &db::Pool, keys: &Keyring) -> Result<tenant::Model, domain::Error> {
+    let tenant = match db::tenants::by_account_sid(db, keys, DEMO_ACCOUNT_SID).await? {
         Some(t) => t,
         None => {
             let mut token = [0u8; 16];
             getrandom::fill(&mut token).expect("the OS random source is available");
             admin::create_tenant(
                 db,
+                keys,
                 NewTenant {
                     name: "Demo tenant".to_owned(),
                     account_sid: DEMO_ACCOUNT_SID.to_owned(),
@@ -43,12 +45,13 @@ pub async fn seed(db: &db::Pool) -> Result<tenant::Model, domain::Error> {
             .tenant
         }
     };
-    if db::routes::with_tenant_by_number(db, DEMO_NUMBER)
+    if db::routes::with_tenant_by_number(db, keys, DEMO_NUMBER)
         .await?
         .is_none()
     {
         admin::create_route(
             db,
+            &db::Scope::Platform,
             &tenant.id,
             NewRoute {
                 phone_number: DEMO_NUMBER.to_owned(),

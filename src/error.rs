@@ -156,7 +156,16 @@ macro_rules! admin_errors {
                     domain::Error::Conflict(m) => {
                         Self::Conflict(ProblemJson::new(StatusCode::CONFLICT, m))
                     }
-                    domain::Error::Db(_) | domain::Error::Spool(_) | domain::Error::Unavailable => {
+                    domain::Error::Unauthorized(m) => {
+                        Self::Unauthorized(ProblemJson::new(StatusCode::UNAUTHORIZED, m))
+                    }
+                    domain::Error::Forbidden(m) => {
+                        Self::Forbidden(ProblemJson::new(StatusCode::FORBIDDEN, m))
+                    }
+                    domain::Error::Db(_)
+                    | domain::Error::Spool(_)
+                    | domain::Error::Unavailable
+                    | domain::Error::KeysMissing(_) => {
                         tracing::error!(error = %err_text, "admin request failed");
                         Self::Internal(ProblemJson::new(
                             StatusCode::INTERNAL_SERVER_ERROR,
@@ -186,9 +195,12 @@ admin_errors! {
     #[body_doc = "The request is malformed, or the body is not valid JSON of the documented shape."]
     #[oai(status = 400)]
     BadRequest,
-    /// Missing or wrong bearer token, or the admin API is disabled.
+    /// Missing or wrong bearer token: not the admin token, nor a live tenant API key.
     #[oai(status = 401)]
     Unauthorized,
+    /// A tenant API key was used for a platform operation (tenants, API keys, the runtime).
+    #[oai(status = 403)]
+    Forbidden,
     /// No such record.
     #[oai(status = 404)]
     NotFound,
@@ -234,9 +246,9 @@ mod tests {
 
     #[test]
     fn the_body_enum_adds_415_in_status_order() {
-        let plain = [400, 401, 404, 409, 422, 500].map(Some).to_vec();
+        let plain = [400, 401, 403, 404, 409, 422, 500].map(Some).to_vec();
         assert_eq!(statuses::<AdminError>(), plain);
-        let body = [400, 401, 404, 409, 415, 422, 500].map(Some).to_vec();
+        let body = [400, 401, 403, 404, 409, 415, 422, 500].map(Some).to_vec();
         assert_eq!(statuses::<AdminBodyError>(), body);
         let bad_request = AdminBodyError::meta().responses[0].description;
         assert!(bad_request.contains("not valid JSON"), "{bad_request}");
@@ -262,6 +274,12 @@ mod tests {
         );
         let invalid = AdminError::from(domain::Error::Invalid("bad".to_owned()));
         assert!(matches!(invalid, AdminError::Unprocessable(ProblemJson(p)) if p.status == 422));
+        let forbidden = AdminError::from(domain::Error::Forbidden("no"));
+        assert!(
+            matches!(forbidden, AdminError::Forbidden(ProblemJson(p)) if p.status == 403 && p.detail == "no")
+        );
+        let unauthorized = AdminBodyError::from(domain::Error::Unauthorized("who"));
+        assert!(matches!(unauthorized, AdminBodyError::Unauthorized(ProblemJson(p)) if p.status == 401));
         let db = AdminError::from(sea_orm::DbErr::Custom("boom".to_owned()));
         assert!(matches!(db, AdminError::Internal(ProblemJson(p)) if p.detail == "internal error"));
     }

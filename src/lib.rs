@@ -11,10 +11,12 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod logging;
 pub mod media;
 pub mod metrics;
 pub mod net;
 pub mod portal;
+pub mod secrets;
 pub mod server;
 pub mod state;
 #[cfg(feature = "testkit")]
@@ -22,9 +24,9 @@ pub mod testkit;
 pub mod twilio;
 pub mod worker;
 
-use poem::{middleware::Tracing, Endpoint, EndpointExt, Route};
+use poem::{Endpoint, EndpointExt, Route};
 
-use crate::{config::Config, state::AppState};
+use crate::{config::Config, domain::secrets_at_rest::AtStart, state::AppState};
 
 /// The whole HTTP surface: the API, its published documents and the docs portal.
 pub fn app(state: AppState) -> impl Endpoint {
@@ -52,7 +54,7 @@ pub fn app(state: AppState) -> impl Endpoint {
                 Ok(response)
             }
         })
-        .with(Tracing)
+        .with(api::request_span::RequestSpan)
 }
 
 /// The published OpenAPI document, as committed in `openapi.yaml`.
@@ -66,9 +68,12 @@ pub fn asyncapi_yaml() -> String {
     portal::asyncapi::asyncapi_yaml()
 }
 
-/// Connects to the database and applies migrations.
-pub async fn prepare(config: Config) -> Result<AppState, sea_orm::DbErr> {
+/// Connects to the database, applies migrations and checks the stored tenant secrets against
+/// the configured keys, encrypting those still in clear when there is a key
+/// ([`domain::secrets_at_rest::at_start`]).
+pub async fn prepare(config: Config) -> Result<(AppState, AtStart), domain::Error> {
     let db = db::connect(&config).await?;
     db::migrate(&db).await?;
-    Ok(AppState::new(db, config))
+    let at_start = domain::secrets_at_rest::at_start(&db, &config.secrets).await?;
+    Ok((AppState::new(db, config), at_start))
 }

@@ -1,8 +1,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use stateset_voice::cli::{run, Cli};
-use tracing_subscriber::EnvFilter;
+use stateset_voice::{
+    cli::{run, Cli},
+    config::LogFormat,
+};
 
 /// mimalloc: many small, short-lived allocations per request across worker threads.
 #[global_allocator]
@@ -10,16 +12,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let filter = EnvFilter::try_from_env("VOICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let format = cli.config.log_format;
+    stateset_voice::logging::init(format);
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            match format {
+                LogFormat::Text => eprintln!("error: {e}"),
+                // A log shipper reading JSON lines gets the reason as one of them.
+                LogFormat::Json => tracing::error!(error = %e, "exiting"),
+            }
             ExitCode::from(2)
         }
     }

@@ -50,6 +50,18 @@ pub struct Reason {
     pub reason: String,
 }
 
+/// The label of an alert: its kind (`signature_failure`, `database_unavailable`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertKind {
+    pub kind: &'static str,
+}
+
+/// The kinds of alert the service raises, each a series from the start.
+pub const ALERT_KINDS: [entity::states::DiagnosticKind; 2] = [
+    entity::states::DiagnosticKind::SignatureFailure,
+    entity::states::DiagnosticKind::DatabaseUnavailable,
+];
+
 /// HTTP request labels; `path` is a bounded set of route templates.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
@@ -63,6 +75,22 @@ pub struct HttpLabels {
 pub struct Worker {
     pub worker: String,
 }
+
+/// The label of a table the retention purge deletes from.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Table {
+    pub table: &'static str,
+}
+
+/// The tables the retention purge deletes from, as `voice_retention_deleted_total` labels them.
+pub const RETENTION_TABLES: [&str; 6] = [
+    "calls",
+    "call_webhooks",
+    "media_sessions",
+    "outbox_events",
+    "diagnostics",
+    "alerts",
+];
 
 /// Agent health check labels: the kind of check (`http`, `tcp`) and its outcome (`healthy`,
 /// `unhealthy`).
@@ -93,8 +121,8 @@ pub struct Metrics {
     pub signature_failures: Counter,
     /// Calls to numbers with no route.
     pub unknown_routes: Counter,
-    /// Alerts raised.
-    pub alerts: Counter,
+    /// Alerts raised, by kind.
+    pub alerts: Family<AlertKind, Counter>,
     /// Media streams open on this instance.
     pub active_streams: Gauge,
     /// Media streams refused, by reason.
@@ -127,6 +155,12 @@ pub struct Metrics {
     pub spool_replayed: Family<Outcome, Counter>,
     /// Routes in the last known configuration (set at scrape time).
     pub last_known_routes: Gauge,
+    /// Agent runtimes whose circuit is open: calls to them get the fallback (set at scrape time).
+    pub agent_circuits_open: Gauge,
+    /// Rows deleted by the retention purge, by table.
+    pub retention_deleted: Family<Table, Counter>,
+    /// When the last retention purge run finished, in seconds since the Unix epoch (0: none yet).
+    pub retention_last_run: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -141,7 +175,7 @@ impl Default for Metrics {
             fallbacks: Family::default(),
             signature_failures: Counter::default(),
             unknown_routes: Counter::default(),
-            alerts: Counter::default(),
+            alerts: Family::default(),
             active_streams: Gauge::default(),
             streams_refused: Family::default(),
             agent_frames_dropped: Family::default(),
@@ -158,8 +192,17 @@ impl Default for Metrics {
             spool_depth: Gauge::default(),
             spool_replayed: Family::default(),
             last_known_routes: Gauge::default(),
+            agent_circuits_open: Gauge::default(),
+            retention_deleted: Family::default(),
+            retention_last_run: Gauge::default(),
             registry: Registry::default(),
         };
+        for kind in ALERT_KINDS {
+            let _ = m.alerts.get_or_create(&AlertKind { kind: kind.as_str() });
+        }
+        for table in RETENTION_TABLES {
+            let _ = m.retention_deleted.get_or_create(&Table { table });
+        }
         for outcome in SPOOL_REPLAYED {
             let _ = m.spool_replayed.get_or_create(&Outcome {
                 outcome: outcome.to_owned(),
@@ -207,7 +250,7 @@ impl Default for Metrics {
             "Calls to numbers with no route",
             m.unknown_routes.clone(),
         );
-        registry.register("alerts", "Alerts raised", m.alerts.clone());
+        registry.register("alerts", "Alerts raised, by kind", m.alerts.clone());
         registry.register(
             "active_streams",
             "Media streams open on this instance",
@@ -288,6 +331,21 @@ impl Default for Metrics {
             "Routes in the last known configuration (answered from while the database is unreachable)",
             m.last_known_routes.clone(),
         );
+        registry.register(
+            "agent_circuits_open",
+            "Agent runtimes whose circuit is open after failed health checks (their calls get the fallback)",
+            m.agent_circuits_open.clone(),
+        );
+        registry.register(
+            "retention_deleted",
+            "Rows deleted by the retention purge (VOICE_RETENTION_DAYS), by table",
+            m.retention_deleted.clone(),
+        );
+        registry.register(
+            "retention_last_run_timestamp_seconds",
+            "When the last retention purge run finished, in seconds since the Unix epoch",
+            m.retention_last_run.clone(),
+        );
         Self { registry, ..m }
     }
 }
@@ -296,6 +354,20 @@ impl Default for Metrics {
 pub const SPOOL_REPLAYED: [&str; 3] = ["stored", "duplicate", "rejected"];
 
 impl Metrics {
+    /// Counts an alert raised of `kind`.
+    pub fn alert_raised(&self, kind: entity::states::DiagnosticKind) {
+        self.alerts
+            .get_or_create(&AlertKind { kind: kind.as_str() })
+            .inc();
+    }
+
+    /// The count of alerts raised of `kind`.
+    pub fn alerts_raised(&self, kind: entity::states::DiagnosticKind) -> u64 {
+        self.alerts
+            .get_or_create(&AlertKind { kind: kind.as_str() })
+            .get()
+    }
+
     /// Counts one labelled event.
     pub fn outcome(family: &Family<Outcome, Counter>, outcome: &str) {
         family
@@ -332,6 +404,11 @@ impl Metrics {
                 worker: name.to_owned(),
             })
             .clone()
+    }
+
+    /// Counts `n` rows the retention purge deleted from `table` (one of [`RETENTION_TABLES`]).
+    pub fn retention_deleted(&self, table: &'static str, n: u64) {
+        self.retention_deleted.get_or_create(&Table { table }).inc_by(n);
     }
 
     /// Records one HTTP request.
@@ -407,6 +484,13 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("path=\"/api/v1/tenants\""));
+        for kind in ["signature_failure", "database_unavailable"] {
+            assert!(
+                text.contains(&format!("voice_alerts_total{{kind=\"{kind}\"}} 0")),
+                "{text}"
+            );
+        }
+        assert!(text.contains("voice_agent_circuits_open 0"), "{text}");
         assert!(text.contains("path=\"other\""));
         assert!(!text.contains("wp-admin"));
         assert_eq!(route_template("/media-stream/eyJabc"), "/media-stream/");

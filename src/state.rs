@@ -90,7 +90,10 @@ impl AppState {
             max_streams: config.media.max_streams,
         };
         Self {
-            routes: Arc::new(RouteCache::new(config.database.route_cache_ttl)),
+            routes: Arc::new(RouteCache::new(
+                config.database.route_cache_ttl,
+                config.secrets.clone(),
+            )),
             answers: Arc::new(AnswerStore::new(
                 db.clone(),
                 writer.clone(),

@@ -25,11 +25,15 @@ mod backends;
 mod db_proxy;
 pub mod pgbouncer;
 mod recording;
+mod stored_secrets;
 
 pub use backends::{run, TestInput};
 pub use db_proxy::DbProxy;
 pub use pgbouncer::TestDatabase;
 pub use recording::{recorded_frame, recorded_session, RECORDED_CALL_SID, RECORDING, TOKEN_PLACEHOLDER};
+pub use stored_secrets::{
+    key_id, stored_secrets_of, stored_tenant_secrets, StoredTenantSecrets, NEXT_SECRETS_KEY, SECRETS_KEY,
+};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const TOKEN_SECRET: &str = "test-stream-token-secret-0123456789abcdef";
@@ -449,17 +453,26 @@ impl TestApp {
 
     /// Creates a tenant in the database, with the standard values where `tenant` is empty.
     pub async fn seed_tenant(&self, tenant: NewTenant) -> entity::tenant::Model {
-        admin::create_tenant(&self.state.db, standard_tenant(tenant))
-            .await
-            .expect("tenant")
-            .tenant
+        admin::create_tenant(
+            &self.state.db,
+            &self.state.config.secrets,
+            standard_tenant(tenant),
+        )
+        .await
+        .expect("tenant")
+        .tenant
     }
 
     /// Creates a route of `tenant_id` in the database, for [`NUMBER`] unless `route` names one.
     pub async fn seed_route(&self, tenant_id: &str, route: NewRoute) -> entity::route::Model {
-        admin::create_route(&self.state.db, tenant_id, standard_route(route))
-            .await
-            .expect("route")
+        admin::create_route(
+            &self.state.db,
+            &db::Scope::Platform,
+            tenant_id,
+            standard_route(route),
+        )
+        .await
+        .expect("route")
     }
 
     /// What `GET /metrics` serves now.
@@ -531,6 +544,13 @@ impl TestApp {
             .bearer_auth(ADMIN_TOKEN)
     }
 
+    /// An admin API request builder authenticated with `bearer` (a tenant API key, say).
+    pub fn with_bearer(&self, method: reqwest::Method, path: &str, bearer: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(bearer)
+    }
+
     /// Rows in a table.
     pub async fn count<E: EntityTrait>(&self, _entity: E) -> u64
     where
@@ -563,7 +583,7 @@ impl TestApp {
     pub async fn diagnostics(&self, kind: &str) -> Vec<entity::diagnostic::Model> {
         self.flush().await;
         let kind = entity::states::DiagnosticKind::parse(kind).expect("a diagnostic kind");
-        db::diagnostics::list(&self.state.db, Some(kind), None, 100)
+        db::diagnostics::list(&self.state.db, &db::Scope::Platform, Some(kind), None, 100)
             .await
             .expect("diagnostics")
             .items

@@ -43,6 +43,10 @@ id!(
     /// A `routes.id`.
     RouteId
 );
+id!(
+    /// An `api_keys.id`: one tenant API key.
+    ApiKeyId
+);
 
 #[cfg(test)]
 mod tests {

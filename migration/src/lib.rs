@@ -4,6 +4,8 @@ pub use sea_orm_migration::prelude::*;
 mod m20261124_000001_create_schema;
 mod m20261201_000001_route_agent_health_url;
 mod m20261202_000001_call_webhook_stream_token;
+mod m20261203_000001_api_keys;
+mod m20261203_000002_retention_indexes;
 
 /// All migrations, oldest first.
 pub struct Migrator;
@@ -15,6 +17,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_create_schema::Migration),
             Box::new(m20261201_000001_route_agent_health_url::Migration),
             Box::new(m20261202_000001_call_webhook_stream_token::Migration),
+            Box::new(m20261203_000001_api_keys::Migration),
+            Box::new(m20261203_000002_retention_indexes::Migration),
         ]
     }
 }

@@ -12,7 +12,7 @@ use poem_openapi::{
 
 use super::{
     common::{paging, List},
-    AdminAuth, ApiTags,
+    AdminOrTenantKey, ApiTags,
 };
 use crate::{
     domain::admin::{self, CallRecord},
@@ -31,19 +31,23 @@ impl CallsApi {
     #[oai(path = "/api/v1/calls", method = "get", operation_id = "listCalls")]
     async fn list(
         &self,
-        _auth: AdminAuth,
+        auth: AdminOrTenantKey,
         tenant_id: Query<Option<String>>,
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))] limit: Query<Option<u64>>,
         cursor: Query<Option<String>>,
     ) -> Result<Json<List<Call>>, AdminError> {
-        let page = admin::list_calls(&self.state.db, tenant_id.0.as_deref(), &paging(limit, cursor)).await?;
+        let scope = auth.caller().list_scope(tenant_id.0.as_deref())?;
+        let page = admin::list_calls(&self.state.db, &scope, &paging(limit, cursor)).await?;
         Ok(Json(List::from_page(page)))
     }
 
     /// Get a call by CallSid, with its media sessions
     #[oai(path = "/api/v1/calls/:call_sid", method = "get", operation_id = "getCall")]
-    async fn get(&self, _auth: AdminAuth, call_sid: Path<String>) -> Result<Json<Call>, AdminError> {
-        Ok(Json(admin::call(&self.state.db, &call_sid.0).await?.into()))
+    async fn get(&self, auth: AdminOrTenantKey, call_sid: Path<String>) -> Result<Json<Call>, AdminError> {
+        let scope = auth.caller().scope();
+        Ok(Json(
+            admin::call(&self.state.db, &scope, &call_sid.0).await?.into(),
+        ))
     }
 }
 

@@ -86,6 +86,9 @@ impl HealthApi {
             .set(self.state.runtime.active_streams() as i64);
         metrics.spool_depth.set(self.state.spool.depth() as i64);
         metrics
+            .agent_circuits_open
+            .set(self.state.runtime.open_agent_circuits() as i64);
+        metrics
             .last_known_routes
             .set(self.state.routes.last_known_routes() as i64);
         // During an outage the backlog keeps its last value.

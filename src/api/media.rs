@@ -58,6 +58,13 @@ async fn upgrade(ws: WebSocket, token: Option<String>, state: AppState) -> Respo
             }
         },
     };
+    if let Some(claims) = &claims {
+        // The request's own line (the 101) is about this call too.
+        let span = tracing::Span::current();
+        span.record("call_sid", claims.sub.as_str());
+        span.record("tenant_id", claims.tid.as_str());
+        span.record("route_id", claims.rid.as_str());
+    }
     ws.on_upgrade(move |socket| async move {
         let (mut sink, stream) = socket.split();
         let frames = stream

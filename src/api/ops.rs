@@ -8,7 +8,7 @@ use poem_openapi::{param::Query, payload::Json, Object, OpenApi};
 
 use super::{
     common::{paging, List},
-    AdminAuth, ApiTags,
+    AdminAuth, AdminOrTenantKey, ApiTags,
 };
 use crate::{
     domain::admin,
@@ -35,6 +35,8 @@ impl OpsApi {
 #[OpenApi(tag = "ApiTags::Operations")]
 impl OpsApi {
     /// List aggregated diagnostics, most recently created first
+    ///
+    /// A tenant API key sees its tenant's; those of no tenant (unknown numbers) are the admin's.
     #[oai(
         path = "/api/v1/diagnostics",
         method = "get",
@@ -42,12 +44,13 @@ impl OpsApi {
     )]
     async fn diagnostics(
         &self,
-        _auth: AdminAuth,
+        auth: AdminOrTenantKey,
         kind: Query<Option<DiagnosticKind>>,
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))] limit: Query<Option<u64>>,
         cursor: Query<Option<String>>,
     ) -> Result<Json<List<Diagnostic>>, AdminError> {
-        let page = admin::list_diagnostics(&self.state.db, kind.0, &paging(limit, cursor)).await?;
+        let scope = auth.caller().scope();
+        let page = admin::list_diagnostics(&self.state.db, &scope, kind.0, &paging(limit, cursor)).await?;
         Ok(Json(List::from_page(page)))
     }
 
@@ -55,12 +58,13 @@ impl OpsApi {
     #[oai(path = "/api/v1/alerts", method = "get", operation_id = "listAlerts")]
     async fn alerts(
         &self,
-        _auth: AdminAuth,
+        auth: AdminOrTenantKey,
         tenant_id: Query<Option<String>>,
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))] limit: Query<Option<u64>>,
         cursor: Query<Option<String>>,
     ) -> Result<Json<List<Alert>>, AdminError> {
-        let page = admin::list_alerts(&self.state.db, tenant_id.0.as_deref(), &paging(limit, cursor)).await?;
+        let scope = auth.caller().list_scope(tenant_id.0.as_deref())?;
+        let page = admin::list_alerts(&self.state.db, &scope, &paging(limit, cursor)).await?;
         Ok(Json(List::from_page(page)))
     }
 
@@ -68,12 +72,13 @@ impl OpsApi {
     #[oai(path = "/api/v1/events", method = "get", operation_id = "listEvents")]
     async fn events(
         &self,
-        _auth: AdminAuth,
+        auth: AdminOrTenantKey,
         tenant_id: Query<Option<String>>,
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))] limit: Query<Option<u64>>,
         cursor: Query<Option<String>>,
     ) -> Result<Json<List<Event>>, AdminError> {
-        let page = admin::list_events(&self.state.db, tenant_id.0.as_deref(), &paging(limit, cursor)).await?;
+        let scope = auth.caller().list_scope(tenant_id.0.as_deref())?;
+        let page = admin::list_events(&self.state.db, &scope, &paging(limit, cursor)).await?;
         Ok(Json(List::from_page(page)))
     }
 

@@ -10,7 +10,7 @@ use poem_openapi::{
 
 use super::{
     common::{optional, paging, Created, Deleted, Fallback, List, Resource},
-    AdminAuth, ApiTags,
+    AdminOrTenantKey, ApiTags,
 };
 use crate::{
     domain::admin::{self, NewRoute, RouteChanges},
@@ -35,32 +35,37 @@ impl RoutesApi {
     )]
     async fn create(
         &self,
-        _auth: AdminAuth,
+        auth: AdminOrTenantKey,
         tenant_id: Path<String>,
         body: Json<RouteCreate>,
     ) -> Result<Created<Route>, AdminBodyError> {
-        let route = admin::create_route(&self.state.db, &tenant_id.0, body.0.into()).await?;
+        let scope = auth.caller().scope();
+        let route = admin::create_route(&self.state.db, &scope, &tenant_id.0, body.0.into()).await?;
         self.state.admin_changed();
         Ok(Created(route.into()))
     }
 
-    /// List routes
+    /// List routes (a tenant API key's default to its tenant)
     #[oai(path = "/api/v1/routes", method = "get", operation_id = "listRoutes")]
     async fn list(
         &self,
-        _auth: AdminAuth,
+        auth: AdminOrTenantKey,
         tenant_id: Query<Option<String>>,
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))] limit: Query<Option<u64>>,
         cursor: Query<Option<String>>,
     ) -> Result<Json<List<Route>>, AdminError> {
-        let page = admin::list_routes(&self.state.db, tenant_id.0.as_deref(), &paging(limit, cursor)).await?;
+        let scope = auth.caller().list_scope(tenant_id.0.as_deref())?;
+        let page = admin::list_routes(&self.state.db, &scope, &paging(limit, cursor)).await?;
         Ok(Json(List::from_page(page)))
     }
 
     /// Get a route
     #[oai(path = "/api/v1/routes/:route_id", method = "get", operation_id = "getRoute")]
-    async fn get(&self, _auth: AdminAuth, route_id: Path<String>) -> Result<Json<Route>, AdminError> {
-        Ok(Json(admin::route(&self.state.db, &route_id.0).await?.into()))
+    async fn get(&self, auth: AdminOrTenantKey, route_id: Path<String>) -> Result<Json<Route>, AdminError> {
+        let scope = auth.caller().scope();
+        Ok(Json(
+            admin::route(&self.state.db, &scope, &route_id.0).await?.into(),
+        ))
     }
 
     /// Update a route
@@ -71,11 +76,12 @@ impl RoutesApi {
     )]
     async fn update(
         &self,
-        _auth: AdminAuth,
+        auth: AdminOrTenantKey,
         route_id: Path<String>,
         body: Json<RoutePatch>,
     ) -> Result<Json<Route>, AdminBodyError> {
-        let updated = admin::update_route(&self.state.db, &route_id.0, body.0.into()).await?;
+        let scope = auth.caller().scope();
+        let updated = admin::update_route(&self.state.db, &scope, &route_id.0, body.0.into()).await?;
         self.state.admin_changed();
         Ok(Json(updated.into()))
     }
@@ -86,8 +92,12 @@ impl RoutesApi {
         method = "delete",
         operation_id = "deleteRoute"
     )]
-    async fn delete(&self, _auth: AdminAuth, route_id: Path<String>) -> Result<Deleted<Route>, AdminError> {
-        admin::delete_route(&self.state.db, &route_id.0).await?;
+    async fn delete(
+        &self,
+        auth: AdminOrTenantKey,
+        route_id: Path<String>,
+    ) -> Result<Deleted<Route>, AdminError> {
+        admin::delete_route(&self.state.db, &auth.caller().scope(), &route_id.0).await?;
         self.state.admin_changed();
         Ok(Deleted::new())
     }

@@ -10,7 +10,7 @@ use poem_openapi::{
 
 use super::{
     common::{optional, paging, Created, Deleted, Fallback, List, Resource},
-    AdminAuth, ApiTags,
+    AdminAuth, AdminOrTenantKey, ApiTags,
 };
 use crate::{
     domain::admin::{self, NewTenant, TenantChanges},
@@ -32,22 +32,28 @@ impl TenantsApi {
         _auth: AdminAuth,
         body: Json<TenantCreate>,
     ) -> Result<Created<Tenant>, AdminBodyError> {
-        let created = admin::create_tenant(&self.state.db, body.0.into()).await?;
+        let created = admin::create_tenant(&self.state.db, &self.state.config.secrets, body.0.into()).await?;
         self.state.admin_changed();
         let mut tenant = Tenant::from(created.tenant);
         tenant.webhook_secret = created.generated_webhook_secret;
         Ok(Created(tenant))
     }
 
-    /// List tenants
+    /// List tenants (a tenant API key sees its own)
     #[oai(path = "/api/v1/tenants", method = "get", operation_id = "listTenants")]
     async fn list(
         &self,
-        _auth: AdminAuth,
+        auth: AdminOrTenantKey,
         #[oai(validator(minimum(value = "1"), maximum(value = "100")))] limit: Query<Option<u64>>,
         cursor: Query<Option<String>>,
     ) -> Result<Json<List<Tenant>>, AdminError> {
-        let page = admin::list_tenants(&self.state.db, &paging(limit, cursor)).await?;
+        let page = admin::list_tenants(
+            &self.state.db,
+            &self.state.config.secrets,
+            &auth.caller().scope(),
+            &paging(limit, cursor),
+        )
+        .await?;
         Ok(Json(List::from_page(page)))
     }
 
@@ -57,8 +63,13 @@ impl TenantsApi {
         method = "get",
         operation_id = "getTenant"
     )]
-    async fn get(&self, _auth: AdminAuth, tenant_id: Path<String>) -> Result<Json<Tenant>, AdminError> {
-        Ok(Json(admin::tenant(&self.state.db, &tenant_id.0).await?.into()))
+    async fn get(&self, auth: AdminOrTenantKey, tenant_id: Path<String>) -> Result<Json<Tenant>, AdminError> {
+        let scope = auth.caller().scope();
+        Ok(Json(
+            admin::tenant(&self.state.db, &self.state.config.secrets, &scope, &tenant_id.0)
+                .await?
+                .into(),
+        ))
     }
 
     /// Update a tenant
@@ -76,7 +87,13 @@ impl TenantsApi {
         tenant_id: Path<String>,
         body: Json<TenantPatch>,
     ) -> Result<Json<Tenant>, AdminBodyError> {
-        let updated = admin::update_tenant(&self.state.db, &tenant_id.0, body.0.into()).await?;
+        let updated = admin::update_tenant(
+            &self.state.db,
+            &self.state.config.secrets,
+            &tenant_id.0,
+            body.0.into(),
+        )
+        .await?;
         self.state.admin_changed();
         Ok(Json(updated.into()))
     }

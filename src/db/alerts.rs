@@ -1,9 +1,9 @@
 //! Raised alerts.
 use chrono::{DateTime, Utc};
 use entity::alert;
-use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Set};
+use sea_orm::{ActiveModelTrait, ConnectionTrait, DbErr, EntityTrait, Set};
 
-use super::Page;
+use super::{Page, Scope};
 use entity::{id::new_id, states::DiagnosticKind};
 
 /// What an alert is about.
@@ -32,16 +32,13 @@ pub async fn insert<C: ConnectionTrait>(db: &C, new: NewAlert<'_>) -> Result<ale
     .await
 }
 
-/// Lists alerts, newest first, of one tenant or of all.
+/// Lists the alerts in `scope`, newest first (of no tenant: only the platform's).
 pub async fn list<C: ConnectionTrait>(
     db: &C,
-    tenant_id: Option<&str>,
+    scope: &Scope,
     cursor: Option<&str>,
     limit: u64,
 ) -> Result<Page<alert::Model>, DbErr> {
-    let mut select = alert::Entity::find();
-    if let Some(tenant_id) = tenant_id {
-        select = select.filter(alert::Column::TenantId.eq(tenant_id));
-    }
+    let select = scope.filter(alert::Entity::find(), alert::Column::TenantId);
     super::page(db, select, alert::Column::Id, cursor, limit, true, |m| &m.id).await
 }

@@ -16,7 +16,9 @@ use entity::{
 use moka::sync::Cache;
 use sea_orm::{ConnectionTrait, DbErr};
 
-/// A route and its tenant.
+use crate::secrets::Keyring;
+
+/// A route and its tenant, the tenant's secrets decrypted.
 pub type RouteEntry = Arc<(route::Model, tenant::Model)>;
 
 /// Route lookups by called number or id, unknown numbers included (so a flood of calls to
@@ -27,20 +29,25 @@ pub type RouteEntry = Arc<(route::Model, tenant::Model)>;
 /// tenant, signing keys included) this instance loaded or found in its periodic snapshot
 /// ([`RouteCache::replace_last_known`]), kept until a load or a snapshot says otherwise. It is
 /// read only when the database cannot be reached.
+///
+/// Tenant secrets are decrypted when an entry is loaded, with the cache's key ring, never on a
+/// hit: entries hold them decrypted, in memory only.
 pub struct RouteCache {
     cache: Option<Cache<String, Option<RouteEntry>>>,
     last_known: RwLock<HashMap<String, RouteEntry>>,
+    keys: Arc<Keyring>,
 }
 
 impl RouteCache {
     /// A cache whose entries live `ttl`; zero disables caching (not the last known
-    /// configuration).
-    pub fn new(ttl: Duration) -> Self {
+    /// configuration). Loads decrypt tenant secrets with `keys`.
+    pub fn new(ttl: Duration, keys: Arc<Keyring>) -> Self {
         let cache =
             (!ttl.is_zero()).then(|| Cache::builder().max_capacity(100_000).time_to_live(ttl).build());
         Self {
             cache,
             last_known: RwLock::default(),
+            keys,
         }
     }
 
@@ -78,15 +85,17 @@ impl RouteCache {
         number: &str,
     ) -> Result<Option<RouteEntry>, DbErr> {
         self.get_or_load(number_key(number), || {
-            super::routes::with_tenant_by_number(db, number)
+            super::routes::with_tenant_by_number(db, &self.keys, number)
         })
         .await
     }
 
     /// The route with this id.
     pub async fn by_id<C: ConnectionTrait>(&self, db: &C, id: &str) -> Result<Option<RouteEntry>, DbErr> {
-        self.get_or_load(id_key(id), || super::routes::with_tenant_by_id(db, id))
-            .await
+        self.get_or_load(id_key(id), || {
+            super::routes::with_tenant_by_id(db, &self.keys, id)
+        })
+        .await
     }
 
     /// The route for a normalised number without the database: cached, else last known.

@@ -10,7 +10,7 @@ use sea_orm::{
     TryInsertResult,
 };
 
-use super::Page;
+use super::{Page, Scope};
 
 /// Inserts `model` unless a row with the same unique key exists; true when inserted. The
 /// database's uniqueness decides, so concurrent duplicates cannot both insert.
@@ -202,17 +202,24 @@ pub async fn bump_webhook<C: ConnectionTrait>(
     Ok(webhook)
 }
 
-/// Lists calls, newest first, of one tenant or of all.
+/// A call in `scope` by CallSid.
+pub async fn by_sid_in<C: ConnectionTrait>(
+    db: &C,
+    scope: &Scope,
+    call_sid: &str,
+) -> Result<Option<call::Model>, DbErr> {
+    let select = call::Entity::find().filter(call::Column::CallSid.eq(call_sid));
+    scope.filter(select, call::Column::TenantId).one(db).await
+}
+
+/// Lists the calls in `scope`, newest first.
 pub async fn list<C: ConnectionTrait>(
     db: &C,
-    tenant_id: Option<&str>,
+    scope: &Scope,
     cursor: Option<&str>,
     limit: u64,
 ) -> Result<Page<call::Model>, DbErr> {
-    let mut select = call::Entity::find();
-    if let Some(tenant_id) = tenant_id {
-        select = select.filter(call::Column::TenantId.eq(tenant_id));
-    }
+    let select = scope.filter(call::Entity::find(), call::Column::TenantId);
     super::page(db, select, call::Column::Id, cursor, limit, true, |m| &m.id).await
 }
 

@@ -5,7 +5,7 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, PaginatorTrait, QueryFilter, Statement, Value,
 };
 
-use super::Page;
+use super::{Page, Scope};
 use entity::id::new_id;
 
 /// The key that absorbs new keys of a kind once it holds `max_keys` rows.
@@ -107,14 +107,16 @@ pub async fn record_bounded<C: ConnectionTrait>(
     record(db, occurrence, n, window).await
 }
 
-/// Lists diagnostics, newest first, optionally of one kind.
+/// Lists the diagnostics in `scope` (of no tenant: only the platform's), newest first,
+/// optionally of one kind.
 pub async fn list<C: ConnectionTrait>(
     db: &C,
+    scope: &Scope,
     kind: Option<DiagnosticKind>,
     cursor: Option<&str>,
     limit: u64,
 ) -> Result<Page<diagnostic::Model>, DbErr> {
-    let mut select = diagnostic::Entity::find();
+    let mut select = scope.filter(diagnostic::Entity::find(), diagnostic::Column::TenantId);
     if let Some(kind) = kind {
         select = select.filter(diagnostic::Column::Kind.eq(kind));
     }

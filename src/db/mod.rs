@@ -1,14 +1,20 @@
 //! Query functions. Each takes a connection or a transaction; lookups of tenant-owned rows
-//! start from the tenant id. Errors are sea-orm's `DbErr`.
+//! start from the tenant id, and the admin API's queries take a [`Scope`]. Errors are sea-orm's
+//! `DbErr`.
 pub mod alerts;
+pub mod api_keys;
+pub mod backup;
 pub mod cache;
 pub mod calls;
 pub mod diagnostics;
 pub mod media;
 pub mod outbox;
 mod pool;
+pub mod retention;
 pub mod routes;
+mod scope;
 pub mod spool;
+pub mod tenant_secrets;
 pub mod tenants;
 mod url;
 pub mod writer;
@@ -23,6 +29,7 @@ use sea_orm::{
 
 pub use self::{
     pool::{Pool, PoolMode},
+    scope::Scope,
     url::DatabaseUrl,
 };
 use crate::config::{Config, SqliteSynchronous};
@@ -48,7 +55,8 @@ pub fn within_deadline_elapsed() -> DbErr {
     DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout)
 }
 
-/// Opens the pool. SQLite runs in WAL mode with a busy timeout and the configured sync;
+/// Opens the pool. SQLite runs in WAL mode with a busy timeout, the configured sync and
+/// incremental auto-vacuum (on files it creates);
 /// PostgreSQL as configured, behind PgBouncer in transaction pooling mode when the URL says
 /// `pgbouncer=true` ([`PoolMode::TransactionPooled`]).
 pub async fn connect(config: &Config) -> Result<Pool, DbErr> {
@@ -82,7 +90,12 @@ pub async fn connect_url(
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(move |opts| {
-            opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+            // Set before the first table of a new file is created (sqlx sends it before
+            // `journal_mode`), so the space the retention purge frees can be given back with
+            // `PRAGMA incremental_vacuum`. On an existing file without it, it only takes effect
+            // with a VACUUM (`stateset-voice backup` writes a copy that has it).
+            opts.auto_vacuum(sea_orm::sqlx::sqlite::SqliteAutoVacuum::Incremental)
+                .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(synchronous)
                 // 64 MiB of pages (SQLite's default is 2 MiB), for large stores: with the
                 // default, a new call on a store of 1,000,000 calls cost 26 % more CPU than on an

@@ -6,7 +6,7 @@
 //! lease (the attempt count it claimed), so a late result cannot overwrite a newer one.
 use std::collections::BTreeMap;
 
-use super::Page;
+use super::{Page, Scope};
 use crate::events::Event;
 use chrono::{DateTime, Utc};
 use entity::{id::new_id, outbox_event, states::OutboxStatus};
@@ -51,17 +51,14 @@ pub async fn insert<C: ConnectionTrait>(db: &C, event: outbox_event::Model) -> R
     Ok(())
 }
 
-/// Lists events, newest first, of one tenant or of all.
+/// Lists the events in `scope`, newest first.
 pub async fn list<C: ConnectionTrait>(
     db: &C,
-    tenant_id: Option<&str>,
+    scope: &Scope,
     cursor: Option<&str>,
     limit: u64,
 ) -> Result<Page<outbox_event::Model>, DbErr> {
-    let mut select = outbox_event::Entity::find();
-    if let Some(tenant_id) = tenant_id {
-        select = select.filter(outbox_event::Column::TenantId.eq(tenant_id));
-    }
+    let select = scope.filter(outbox_event::Entity::find(), outbox_event::Column::TenantId);
     super::page(db, select, outbox_event::Column::Id, cursor, limit, true, |m| {
         &m.id
     })

@@ -5,7 +5,8 @@ use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::Page;
+use super::{tenant_secrets::open, Page, Scope};
+use crate::secrets::Keyring;
 
 /// Inserts a route.
 pub async fn insert<C: ConnectionTrait>(db: &C, model: route::ActiveModel) -> Result<route::Model, DbErr> {
@@ -17,9 +18,22 @@ pub async fn get<C: ConnectionTrait>(db: &C, id: &str) -> Result<Option<route::M
     route::Entity::find_by_id(id.to_owned()).one(db).await
 }
 
-/// The route for a normalised called number, with its tenant: the hot-path lookup.
+/// A route and its tenant as read, the tenant's secrets decrypted.
+fn opened(
+    keys: &Keyring,
+    found: Option<(route::Model, Option<tenant::Model>)>,
+) -> Result<Option<(route::Model, tenant::Model)>, DbErr> {
+    match found {
+        Some((r, Some(t))) => Ok(Some((r, open(keys, t)?))),
+        _ => Ok(None),
+    }
+}
+
+/// The route for a normalised called number, with its tenant: the hot-path lookup (on a miss
+/// of the route cache).
 pub async fn with_tenant_by_number<C: ConnectionTrait>(
     db: &C,
+    keys: &Keyring,
     phone_number: &str,
 ) -> Result<Option<(route::Model, tenant::Model)>, DbErr> {
     let found = route::Entity::find()
@@ -27,25 +41,27 @@ pub async fn with_tenant_by_number<C: ConnectionTrait>(
         .find_also_related(tenant::Entity)
         .one(db)
         .await?;
-    Ok(found.and_then(|(r, t)| Some((r, t?))))
+    opened(keys, found)
 }
 
 /// A route by id, with its tenant.
 pub async fn with_tenant_by_id<C: ConnectionTrait>(
     db: &C,
+    keys: &Keyring,
     id: &str,
 ) -> Result<Option<(route::Model, tenant::Model)>, DbErr> {
     let found = route::Entity::find_by_id(id.to_owned())
         .find_also_related(tenant::Entity)
         .one(db)
         .await?;
-    Ok(found.and_then(|(r, t)| Some((r, t?))))
+    opened(keys, found)
 }
 
 /// A page of routes with their tenants, by id after `after`, and the cursor of the next page:
 /// the last known configuration is read this way.
 pub async fn with_tenants_after<C: ConnectionTrait>(
     db: &C,
+    keys: &Keyring,
     after: Option<&str>,
     limit: u64,
 ) -> Result<Page<(route::Model, tenant::Model)>, DbErr> {
@@ -61,21 +77,32 @@ pub async fn with_tenants_after<C: ConnectionTrait>(
     let next_cursor = (rows.len() as u64 == limit)
         .then(|| rows.last().map(|(r, _)| r.id.clone()))
         .flatten();
-    let items = rows.into_iter().filter_map(|(r, t)| Some((r, t?))).collect();
+    let items = rows
+        .into_iter()
+        .filter_map(|(r, t)| Some((r, open(keys, t?))))
+        .map(|(r, t)| Ok((r, t?)))
+        .collect::<Result<_, DbErr>>()?;
     Ok(Page { items, next_cursor })
 }
 
-/// Lists routes, oldest first, of one tenant or of all.
+/// A route in `scope` by id.
+pub async fn get_in<C: ConnectionTrait>(
+    db: &C,
+    scope: &Scope,
+    id: &str,
+) -> Result<Option<route::Model>, DbErr> {
+    let select = route::Entity::find_by_id(id.to_owned());
+    scope.filter(select, route::Column::TenantId).one(db).await
+}
+
+/// Lists the routes in `scope`, oldest first.
 pub async fn list<C: ConnectionTrait>(
     db: &C,
-    tenant_id: Option<&str>,
+    scope: &Scope,
     cursor: Option<&str>,
     limit: u64,
 ) -> Result<Page<route::Model>, DbErr> {
-    let mut select = route::Entity::find();
-    if let Some(tenant_id) = tenant_id {
-        select = select.filter(route::Column::TenantId.eq(tenant_id));
-    }
+    let select = scope.filter(route::Entity::find(), route::Column::TenantId);
     super::page(db, select, route::Column::Id, cursor, limit, false, |m| &m.id).await
 }
 
@@ -88,9 +115,11 @@ pub async fn update<C: ConnectionTrait>(
     model.update(db).await
 }
 
-/// Deletes a route; false when there was none.
-pub async fn delete<C: ConnectionTrait>(db: &C, id: &str) -> Result<bool, DbErr> {
-    Ok(route::Entity::delete_by_id(id.to_owned())
+/// Deletes a route in `scope`; false when there was none.
+pub async fn delete<C: ConnectionTrait>(db: &C, scope: &Scope, id: &str) -> Result<bool, DbErr> {
+    let delete = route::Entity::delete_by_id(id.to_owned());
+    Ok(scope
+        .filter(delete, route::Column::TenantId)
         .exec(db)
         .await?
         .rows_affected

@@ -281,7 +281,7 @@ mod tests {
             created_at: now,
             updated_at: now,
         };
-        crate::db::tenants::insert(&db, tenant.into_active_model())
+        crate::db::tenants::insert(&db, &Default::default(), tenant.into_active_model())
             .await
             .unwrap();
         let route = route::Model {

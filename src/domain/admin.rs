@@ -16,7 +16,10 @@ use super::{
     phone::{is_sid, E164},
     Error,
 };
-use crate::db::{self, Page};
+use crate::{
+    db::{self, Page, Scope},
+    secrets::{self, Keyring},
+};
 
 /// Input of a new tenant.
 #[derive(Debug, Default)]
@@ -96,6 +99,12 @@ fn secret(field: &str, value: String) -> Result<String, Error> {
             "{field} must be 1 to 256 characters without spaces"
         )));
     }
+    if value.starts_with(secrets::PREFIX) {
+        return Err(invalid(format!(
+            "{field} must not start with {}, the stored form of encrypted values",
+            secrets::PREFIX
+        )));
+    }
     Ok(value)
 }
 
@@ -155,8 +164,12 @@ fn conflict_or(err: DbErr, message: &str) -> Error {
     }
 }
 
-/// Validates and stores a tenant.
-pub async fn create_tenant<C: ConnectionTrait>(db: &C, new: NewTenant) -> Result<CreatedTenant, Error> {
+/// Validates and stores a tenant (its secrets encrypted with `keys`).
+pub async fn create_tenant<C: ConnectionTrait>(
+    db: &C,
+    keys: &Keyring,
+    new: NewTenant,
+) -> Result<CreatedTenant, Error> {
     if !is_sid(&new.account_sid, "AC") {
         return Err(invalid("account_sid must be AC followed by 32 hex digits"));
     }
@@ -191,7 +204,7 @@ pub async fn create_tenant<C: ConnectionTrait>(db: &C, new: NewTenant) -> Result
         created_at: Set(now),
         updated_at: Set(now),
     };
-    let tenant = db::tenants::insert(db, model)
+    let tenant = db::tenants::insert(db, keys, model)
         .await
         .map_err(|e| conflict_or(e, "a tenant with this account_sid exists"))?;
     Ok(CreatedTenant {
@@ -200,13 +213,16 @@ pub async fn create_tenant<C: ConnectionTrait>(db: &C, new: NewTenant) -> Result
     })
 }
 
-/// Applies changes to a tenant.
+/// Applies changes to a tenant (changed secrets encrypted with `keys`).
 pub async fn update_tenant<C: ConnectionTrait>(
     db: &C,
+    keys: &Keyring,
     id: &str,
     changes: TenantChanges,
 ) -> Result<tenant::Model, Error> {
-    let existing = db::tenants::get(db, id).await?.ok_or(Error::NotFound("tenant"))?;
+    let existing = db::tenants::get(db, keys, id)
+        .await?
+        .ok_or(Error::NotFound("tenant"))?;
     let mut model = existing.into_active_model();
     if let Some(name) = changes.name {
         model.name = Set(text("name", name, 200)?);
@@ -235,19 +251,20 @@ pub async fn update_tenant<C: ConnectionTrait>(
     if let Some(action) = changes.default_fallback {
         model.default_fallback = Set(action.map(fallback).transpose()?);
     }
-    Ok(db::tenants::update(db, model).await?)
+    Ok(db::tenants::update(db, keys, model).await?)
 }
 
-/// Validates and stores a route of a tenant.
+/// Validates and stores a route of a tenant in `scope`.
 pub async fn create_route<C: ConnectionTrait>(
     db: &C,
+    scope: &Scope,
     tenant_id: &str,
     new: NewRoute,
 ) -> Result<route::Model, Error> {
     let phone_number = E164::parse(&new.phone_number).map_err(Error::Invalid)?;
-    db::tenants::get(db, tenant_id)
-        .await?
-        .ok_or(Error::NotFound("tenant"))?;
+    if !scope.includes(tenant_id) || !db::tenants::exists(db, tenant_id).await? {
+        return Err(Error::NotFound("tenant"));
+    }
     let now = Utc::now();
     let model = route::ActiveModel {
         id: Set(new_id()),
@@ -273,13 +290,16 @@ pub async fn create_route<C: ConnectionTrait>(
         .map_err(|e| conflict_or(e, "this phone number already has a route"))
 }
 
-/// Applies changes to a route.
+/// Applies changes to a route in `scope`.
 pub async fn update_route<C: ConnectionTrait>(
     db: &C,
+    scope: &Scope,
     id: &str,
     changes: RouteChanges,
 ) -> Result<route::Model, Error> {
-    let existing = db::routes::get(db, id).await?.ok_or(Error::NotFound("route"))?;
+    let existing = db::routes::get_in(db, scope, id)
+        .await?
+        .ok_or(Error::NotFound("route"))?;
     let mut model = existing.into_active_model();
     if let Some(number) = changes.phone_number {
         model.phone_number = Set(E164::parse(&number).map_err(Error::Invalid)?.as_str().to_owned());
@@ -326,14 +346,26 @@ pub struct CallRecord {
     pub media_sessions: Vec<media_session::Model>,
 }
 
-/// Lists tenants, oldest first.
-pub async fn list_tenants<C: ConnectionTrait>(db: &C, paging: &Paging) -> Result<Page<tenant::Model>, Error> {
-    Ok(db::tenants::list(db, paging.cursor.as_deref(), paging.limit).await?)
+/// Lists the tenants in `scope`, oldest first.
+pub async fn list_tenants<C: ConnectionTrait>(
+    db: &C,
+    keys: &Keyring,
+    scope: &Scope,
+    paging: &Paging,
+) -> Result<Page<tenant::Model>, Error> {
+    Ok(db::tenants::list_in(db, keys, scope, paging.cursor.as_deref(), paging.limit).await?)
 }
 
-/// One tenant.
-pub async fn tenant<C: ConnectionTrait>(db: &C, id: &str) -> Result<tenant::Model, Error> {
-    db::tenants::get(db, id).await?.ok_or(Error::NotFound("tenant"))
+/// One tenant in `scope`.
+pub async fn tenant<C: ConnectionTrait>(
+    db: &C,
+    keys: &Keyring,
+    scope: &Scope,
+    id: &str,
+) -> Result<tenant::Model, Error> {
+    db::tenants::get_in(db, keys, scope, id)
+        .await?
+        .ok_or(Error::NotFound("tenant"))
 }
 
 /// Deletes a tenant with its routes and calls.
@@ -341,32 +373,34 @@ pub async fn delete_tenant<C: ConnectionTrait>(db: &C, id: &str) -> Result<(), E
     found(db::tenants::delete(db, id).await?, "tenant")
 }
 
-/// Lists routes, oldest first, of one tenant or of all.
+/// Lists the routes in `scope`, oldest first.
 pub async fn list_routes<C: ConnectionTrait>(
     db: &C,
-    tenant_id: Option<&str>,
+    scope: &Scope,
     paging: &Paging,
 ) -> Result<Page<route::Model>, Error> {
-    Ok(db::routes::list(db, tenant_id, paging.cursor.as_deref(), paging.limit).await?)
+    Ok(db::routes::list(db, scope, paging.cursor.as_deref(), paging.limit).await?)
 }
 
-/// One route.
-pub async fn route<C: ConnectionTrait>(db: &C, id: &str) -> Result<route::Model, Error> {
-    db::routes::get(db, id).await?.ok_or(Error::NotFound("route"))
+/// One route in `scope`.
+pub async fn route<C: ConnectionTrait>(db: &C, scope: &Scope, id: &str) -> Result<route::Model, Error> {
+    db::routes::get_in(db, scope, id)
+        .await?
+        .ok_or(Error::NotFound("route"))
 }
 
-/// Deletes a route.
-pub async fn delete_route<C: ConnectionTrait>(db: &C, id: &str) -> Result<(), Error> {
-    found(db::routes::delete(db, id).await?, "route")
+/// Deletes a route in `scope`.
+pub async fn delete_route<C: ConnectionTrait>(db: &C, scope: &Scope, id: &str) -> Result<(), Error> {
+    found(db::routes::delete(db, scope, id).await?, "route")
 }
 
-/// Lists calls with their media sessions, newest first, of one tenant or of all.
+/// Lists the calls in `scope` with their media sessions, newest first.
 pub async fn list_calls<C: ConnectionTrait>(
     db: &C,
-    tenant_id: Option<&str>,
+    scope: &Scope,
     paging: &Paging,
 ) -> Result<Page<CallRecord>, Error> {
-    let page = db::calls::list(db, tenant_id, paging.cursor.as_deref(), paging.limit).await?;
+    let page = db::calls::list(db, scope, paging.cursor.as_deref(), paging.limit).await?;
     let ids: Vec<String> = page.items.iter().map(|c| c.id.clone()).collect();
     let mut sessions = db::calls::media_sessions_of(db, &ids).await?;
     let items = page
@@ -383,40 +417,42 @@ pub async fn list_calls<C: ConnectionTrait>(
     })
 }
 
-/// One call, by CallSid, with its media sessions.
-pub async fn call<C: ConnectionTrait>(db: &C, call_sid: &str) -> Result<CallRecord, Error> {
-    let call = db::calls::by_sid(db, call_sid)
+/// One call in `scope`, by CallSid, with its media sessions.
+pub async fn call<C: ConnectionTrait>(db: &C, scope: &Scope, call_sid: &str) -> Result<CallRecord, Error> {
+    let call = db::calls::by_sid_in(db, scope, call_sid)
         .await?
         .ok_or(Error::NotFound("call"))?;
     let media_sessions = db::calls::media_sessions(db, &call.id).await?;
     Ok(CallRecord { call, media_sessions })
 }
 
-/// Lists aggregated diagnostics, most recently created first, optionally of one kind.
+/// Lists the aggregated diagnostics in `scope`, most recently created first, optionally of one
+/// kind.
 pub async fn list_diagnostics<C: ConnectionTrait>(
     db: &C,
+    scope: &Scope,
     kind: Option<DiagnosticKind>,
     paging: &Paging,
 ) -> Result<Page<diagnostic::Model>, Error> {
-    Ok(db::diagnostics::list(db, kind, paging.cursor.as_deref(), paging.limit).await?)
+    Ok(db::diagnostics::list(db, scope, kind, paging.cursor.as_deref(), paging.limit).await?)
 }
 
-/// Lists alerts, newest first, of one tenant or of all.
+/// Lists the alerts in `scope`, newest first.
 pub async fn list_alerts<C: ConnectionTrait>(
     db: &C,
-    tenant_id: Option<&str>,
+    scope: &Scope,
     paging: &Paging,
 ) -> Result<Page<alert::Model>, Error> {
-    Ok(db::alerts::list(db, tenant_id, paging.cursor.as_deref(), paging.limit).await?)
+    Ok(db::alerts::list(db, scope, paging.cursor.as_deref(), paging.limit).await?)
 }
 
-/// Lists downstream webhook events, newest first, of one tenant or of all.
+/// Lists the downstream webhook events in `scope`, newest first.
 pub async fn list_events<C: ConnectionTrait>(
     db: &C,
-    tenant_id: Option<&str>,
+    scope: &Scope,
     paging: &Paging,
 ) -> Result<Page<outbox_event::Model>, Error> {
-    Ok(db::outbox::list(db, tenant_id, paging.cursor.as_deref(), paging.limit).await?)
+    Ok(db::outbox::list(db, scope, paging.cursor.as_deref(), paging.limit).await?)
 }
 
 /// `Ok` when a delete found its record.

@@ -196,7 +196,7 @@ impl Diagnostics {
                 db::outbox::record(&txn, tenant_id, &event).await?;
             }
             tracing::error!(alert_id = %alert.id, route_id = %key, "{message}");
-            self.metrics.alerts.inc();
+            self.metrics.alert_raised(kind);
         }
         txn.commit().await?;
         Ok(())
@@ -303,14 +303,18 @@ mod tests {
         db::migrate(&db).await.unwrap();
         let d = diagnostics(db.clone());
         let (route, tenant) = (route_with(true, None), tenant_with(None));
-        db::tenants::insert(&db, sea_orm::IntoActiveModel::into_active_model(tenant.clone()))
-            .await
-            .unwrap();
+        db::tenants::insert(
+            &db,
+            &Default::default(),
+            sea_orm::IntoActiveModel::into_active_model(tenant.clone()),
+        )
+        .await
+        .unwrap();
         for _ in 0..2 {
             d.signature_failure(&route, &tenant);
         }
         assert_eq!(d.flush().await.unwrap(), 1);
-        assert!(db::alerts::list(&db, None, None, 10)
+        assert!(db::alerts::list(&db, &db::Scope::Platform, None, 10)
             .await
             .unwrap()
             .items
@@ -319,19 +323,37 @@ mod tests {
         d.flush().await.unwrap();
         d.signature_failure(&route, &tenant);
         d.flush().await.unwrap();
-        let alerts = db::alerts::list(&db, None, None, 10).await.unwrap().items;
+        let alerts = db::alerts::list(&db, &db::Scope::Platform, None, 10)
+            .await
+            .unwrap()
+            .items;
         assert_eq!(alerts.len(), 1, "one alert per window");
         assert_eq!(
             (alerts[0].kind, alerts[0].failure_count),
             (DiagnosticKind::SignatureFailure, 3)
         );
-        let stored = db::diagnostics::list(&db, Some(DiagnosticKind::SignatureFailure), None, 10)
-            .await
-            .unwrap()
-            .items;
+        let stored = db::diagnostics::list(
+            &db,
+            &db::Scope::Platform,
+            Some(DiagnosticKind::SignatureFailure),
+            None,
+            10,
+        )
+        .await
+        .unwrap()
+        .items;
         assert_eq!(stored[0].count, 4);
-        assert_eq!(d.metrics.alerts.get(), 1);
-        let events = db::outbox::list(&db, Some("t1"), None, 10).await.unwrap().items;
+        assert_eq!(d.metrics.alerts_raised(DiagnosticKind::SignatureFailure), 1);
+        assert_eq!(d.metrics.alerts_raised(DiagnosticKind::DatabaseUnavailable), 0);
+        let events = db::outbox::list(
+            &db,
+            &db::Scope::Tenant(entity::id::TenantId("t1".to_owned())),
+            None,
+            10,
+        )
+        .await
+        .unwrap()
+        .items;
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].event_type, entity::states::EventType::AlertRaised);
     }

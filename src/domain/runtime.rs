@@ -125,6 +125,11 @@ impl Runtime {
         }
     }
 
+    /// How many agents' circuits are open (their calls get the fallback).
+    pub fn open_agent_circuits(&self) -> usize {
+        self.unhealthy_agents.read().expect("agent health lock").len()
+    }
+
     /// Why the agent at `agent_url` is failing its health check, if it is.
     pub fn agent_failure(&self, agent_url: &str) -> Option<String> {
         self.unhealthy_agents

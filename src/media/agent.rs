@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::{
     protocol::{frame::coding::CloseCode, CloseFrame, WebSocketConfig},
     Message,
 };
+use tracing::Instrument as _;
 
 use crate::{
     metrics::Metrics,
@@ -101,9 +102,13 @@ pub fn start(remote: Option<RemoteAgent>, metrics: Arc<Metrics>) -> AgentHandle 
     let (name, task) = match remote {
         Some(agent) => (
             agent.url.clone(),
-            tokio::spawn(bridge(agent, inbound, events, metrics)),
+            // In the stream's span: what the agent connection logs is about this call.
+            tokio::spawn(bridge(agent, inbound, events, metrics).in_current_span()),
         ),
-        None => ("echo".to_owned(), tokio::spawn(echo(inbound, events))),
+        None => (
+            "echo".to_owned(),
+            tokio::spawn(echo(inbound, events).in_current_span()),
+        ),
     };
     AgentHandle {
         to_agent,

@@ -6,6 +6,7 @@ use entity::states::{DiagnosticKind, EndReason};
 use futures::{Stream, StreamExt};
 use sea_orm::TransactionTrait;
 use tokio::sync::mpsc;
+use tracing::{field::Empty, Instrument};
 
 use super::agent::{self, AgentEvent, AgentHandle, Relayed, RemoteAgent};
 use crate::{
@@ -132,7 +133,27 @@ pub const HANGUP_MARK: &str = "stateset-voice:agent-hangup";
 
 /// Runs a stream. `url_claims` are the verified claims of a token found in the URL, if any;
 /// otherwise the token must arrive in the `start` message's `customParameters`.
+///
+/// The stream runs in a `media_stream` span; its `call_sid`, `tenant_id`, `route_id` and
+/// `stream_sid` are recorded once the token verified and matched the `start`, so every line
+/// about the call's stream and agent carries them.
 pub async fn run(
+    state: AppState,
+    url_claims: Option<StreamClaims>,
+    frames: impl Stream<Item = Frame> + Unpin,
+    out: mpsc::Sender<Reply>,
+) {
+    let span = tracing::info_span!(
+        "media_stream",
+        call_sid = Empty,
+        tenant_id = Empty,
+        route_id = Empty,
+        stream_sid = Empty,
+    );
+    stream(state, url_claims, frames, out).instrument(span).await;
+}
+
+async fn stream(
     state: AppState,
     url_claims: Option<StreamClaims>,
     mut frames: impl Stream<Item = Frame> + Unpin,
@@ -179,6 +200,12 @@ pub async fn run(
     if start.call_sid != claims.sub {
         return refuse(&state, &out, Refusal::CallMismatch).await;
     }
+    // The token is verified and names this call: its identity is trusted from here on.
+    let span = tracing::Span::current();
+    span.record("call_sid", claims.sub.as_str());
+    span.record("tenant_id", claims.tid.as_str());
+    span.record("route_id", claims.rid.as_str());
+    span.record("stream_sid", stream_sid.as_str());
     let opened = match open(&state, &claims, &stream_sid).await {
         Ok(Ok(opened)) => opened,
         Ok(Err(refusal)) => return refuse(&state, &out, refusal).await,
@@ -457,7 +484,9 @@ async fn open(
     if call.route_id != claims.rid || call.tenant_id != claims.tid {
         return Ok(Err(Refusal::CallMismatch));
     }
-    let Some((route, tenant)) = db::routes::with_tenant_by_id(&txn, &call.route_id).await? else {
+    let Some((route, tenant)) =
+        db::routes::with_tenant_by_id(&txn, &state.config.secrets, &call.route_id).await?
+    else {
         return Ok(Err(Refusal::UnknownCall));
     };
     let Some(session) = db::media::open(&txn, &call.id, &claims.jti, stream_sid).await? else {

@@ -1,2 +1,4 @@
-//! Network policy shared by the edges that call out (event delivery, later agent URLs).
+//! Network policy for outgoing connections to tenant-supplied URLs: the SSRF guard and the
+//! resolver that pins a checked name to its checked addresses.
+pub mod resolver;
 pub mod ssrf;

@@ -19,29 +19,26 @@ pub enum Refused {
     Internal { host: String, ip: IpAddr },
 }
 
-/// Refuses `url` when its host is, or resolves to, an internal address.
-pub async fn check(url: &str) -> Result<(), Refused> {
+/// Checks what can be checked without resolving a name: `url` parses, names a host, and an
+/// IP-literal host is not internal. A host name is checked where it is resolved, by
+/// [`GuardedResolver`](super::resolver::GuardedResolver), so that the address checked is the
+/// address connected to.
+pub fn check_url(url: &str) -> Result<(), Refused> {
     let parsed = url::Url::parse(url)?;
-    let host = parsed
-        .host_str()
-        .ok_or(Refused::NoHost)?
-        .trim_matches(['[', ']'])
-        .to_owned();
-    let port = parsed.port_or_known_default().unwrap_or(443);
-    let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![ip],
-        Err(_) => {
-            let resolved: std::io::Result<Vec<IpAddr>> = tokio::net::lookup_host((host.as_str(), port))
-                .await
-                .map(|addrs| addrs.map(|a| a.ip()).collect());
-            match resolved {
-                Ok(addrs) => addrs,
-                Err(source) => return Err(Refused::Resolve { host, source }),
-            }
-        }
-    };
-    match addrs.into_iter().find(is_internal) {
-        Some(ip) => Err(Refused::Internal { host, ip }),
+    match parsed.host().ok_or(Refused::NoHost)? {
+        url::Host::Domain(_) => Ok(()),
+        url::Host::Ipv4(ip) => check_addrs(&ip.to_string(), &[IpAddr::V4(ip)]),
+        url::Host::Ipv6(ip) => check_addrs(&ip.to_string(), &[IpAddr::V6(ip)]),
+    }
+}
+
+/// Refuses `host` when any of its addresses is internal.
+pub fn check_addrs(host: &str, addrs: &[IpAddr]) -> Result<(), Refused> {
+    match addrs.iter().find(|ip| is_internal(ip)) {
+        Some(ip) => Err(Refused::Internal {
+            host: host.to_owned(),
+            ip: *ip,
+        }),
         None => Ok(()),
     }
 }
@@ -74,31 +71,51 @@ pub fn is_internal(ip: &IpAddr) -> bool {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn ssrf_guard() {
+    #[test]
+    fn ip_literals_are_checked_without_dns() {
         for url in [
             "http://127.0.0.1/x",
             "http://10.1.2.3/",
             "http://192.168.0.1",
             "http://[::1]:8080/",
+            "http://[::ffff:10.0.0.1]/",
             "http://169.254.169.254/latest",
             "http://100.64.0.1/",
+            "http://0.0.0.0/",
+            // Spelled as numbers, parsed as reqwest parses them.
+            "http://0x7f000001/",
+            "http://2130706433:8080/",
         ] {
-            assert!(check(url).await.is_err(), "{url}");
+            assert!(matches!(check_url(url), Err(Refused::Internal { .. })), "{url}");
         }
-        assert!(check("https://93.184.216.34/hook").await.is_ok());
+        assert!(check_url("https://93.184.216.34/hook").is_ok());
+        assert!(check_url("https://[2606:4700::1]/hook").is_ok());
+        // A name is left to the resolver: nothing is looked up here.
+        assert!(check_url("https://localhost/hook").is_ok());
     }
 
-    #[tokio::test]
-    async fn refusals_say_why() {
-        assert!(matches!(check("not a url").await, Err(Refused::Url(_))));
-        assert!(matches!(check("unix:/run/socket").await, Err(Refused::NoHost)));
-        let internal = check("http://10.0.0.1:8080/").await.unwrap_err();
+    #[test]
+    fn refusals_say_why() {
+        assert!(matches!(check_url("not a url"), Err(Refused::Url(_))));
+        assert!(matches!(check_url("unix:/run/socket"), Err(Refused::NoHost)));
+        let internal = check_url("http://10.0.0.1:8080/").unwrap_err();
         assert_eq!(
             internal.to_string(),
             "10.0.0.1 resolves to internal address 10.0.0.1"
         );
         assert!(is_internal(&"::ffff:10.0.0.1".parse().unwrap()), "IPv4-mapped");
         assert!(!is_internal(&"2606:4700::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn one_internal_address_refuses_the_host() {
+        let public: IpAddr = "93.184.216.34".parse().unwrap();
+        let private: IpAddr = "10.0.0.7".parse().unwrap();
+        assert!(check_addrs("h.example", &[public]).is_ok());
+        let refused = check_addrs("h.example", &[public, private]).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "h.example resolves to internal address 10.0.0.7"
+        );
     }
 }

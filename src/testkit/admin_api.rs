@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 
 use super::{standard_route, standard_tenant, TestApp};
 use crate::{
-    api::{ops::RuntimeStatus, routes::Route, tenants::Tenant},
+    api::{api_keys::NewKey, ops::RuntimeStatus, routes::Route, tenants::Tenant},
     domain::admin::{NewRoute, NewTenant},
 };
 
@@ -24,6 +24,17 @@ impl TestApp {
     pub async fn create_route(&self, tenant_id: &str, route: NewRoute) -> Route {
         let body = route_body(standard_route(route));
         let path = format!("/api/v1/tenants/{tenant_id}/routes");
+        self.send(Method::POST, &path, Some(&body), StatusCode::CREATED)
+            .await
+    }
+
+    /// Creates an API key of `tenant_id` with `POST /api/v1/tenants/{id}/api-keys`; asserts 201.
+    pub async fn create_api_key(&self, tenant_id: &str, label: Option<&str>) -> NewKey {
+        let body = match label {
+            Some(label) => json!({ "label": label }),
+            None => json!({}),
+        };
+        let path = format!("/api/v1/tenants/{tenant_id}/api-keys");
         self.send(Method::POST, &path, Some(&body), StatusCode::CREATED)
             .await
     }

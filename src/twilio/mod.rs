@@ -3,4 +3,5 @@ pub mod audio;
 pub mod form;
 pub mod media;
 pub mod signature;
+pub mod signed_url;
 pub mod twiml;

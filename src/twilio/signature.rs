@@ -3,10 +3,10 @@
 //! The signed string is the URL exactly as received, followed by every form parameter sorted by
 //! key bytes, each key directly followed by its value; a repeated key contributes its values
 //! sorted and de-duplicated. The HMAC (SHA-1 with the account's auth token, or SHA-256 with a
-//! shared key) is base64-encoded. Because proxies and Twilio disagree about default ports, the
-//! URL is also tried without its port and with the scheme's default port added.
-use std::borrow::Cow;
-
+//! shared key) is base64-encoded. The URL is also tried in the variants Twilio's helper
+//! libraries accept ([`url_variants`]): without its port and with the scheme's default port
+//! added (proxies and Twilio disagree about default ports), and with an upper-case scheme
+//! lower-cased.
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::form::FormParams;
+pub use super::signed_url::url_variants;
 
 /// The HMAC a webhook is signed with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,57 +73,6 @@ fn sign(algorithm: Algorithm, key: &[u8], url: &str, params: &str) -> String {
             STANDARD.encode(mac.finalize().into_bytes())
         }
     }
-}
-
-/// The URLs Twilio may have signed for the URL received: as received, without its port, and
-/// with the scheme's default port (443 for https, 80 otherwise) when it has none. Only the
-/// authority is edited; the rest of the URL stays byte for byte.
-pub fn url_variants(url: &str) -> Vec<Cow<'_, str>> {
-    let mut out = vec![Cow::Borrowed(url)];
-    let Some(authority) = authority_span(url) else {
-        return out;
-    };
-    let host_port = &url[authority.clone()];
-    // Userinfo ends at the last '@'; the port, if any, follows the host.
-    let host_start = authority.start + host_port.rfind('@').map_or(0, |i| i + 1);
-    let host_and_port = &url[host_start..authority.end];
-    let port_colon = if host_and_port.starts_with('[') {
-        host_and_port
-            .find(']')
-            .and_then(|end| host_and_port[end + 1..].starts_with(':').then_some(end + 1))
-    } else {
-        host_and_port.rfind(':')
-    };
-    match port_colon.map(|c| host_start + c) {
-        Some(colon)
-            if url[colon + 1..authority.end].bytes().all(|b| b.is_ascii_digit())
-                && colon + 1 < authority.end =>
-        {
-            out.push(Cow::Owned(format!("{}{}", &url[..colon], &url[authority.end..])));
-        }
-        Some(_) => {}
-        None => {
-            let scheme = &url[..url.find("://").unwrap_or(0)];
-            let port = if scheme.eq_ignore_ascii_case("https") {
-                ":443"
-            } else {
-                ":80"
-            };
-            out.push(Cow::Owned(format!(
-                "{}{}{}",
-                &url[..authority.end],
-                port,
-                &url[authority.end..]
-            )));
-        }
-    }
-    out
-}
-
-fn authority_span(url: &str) -> Option<std::ops::Range<usize>> {
-    let start = url.find("://")? + 3;
-    let len = url[start..].find(['/', '?', '#']).unwrap_or(url.len() - start);
-    (len > 0).then_some(start..start + len)
 }
 
 /// Which key and URL variant validated a signature.
@@ -194,31 +144,6 @@ mod tests {
             ("ab", ""),
         ]);
         assert_eq!(params_string(&form), "B1aya zab b2".replace(' ', ""));
-    }
-
-    #[test]
-    fn url_variants_edit_only_the_port() {
-        assert_eq!(
-            url_variants("https://h.example/p?q=1:2"),
-            vec!["https://h.example/p?q=1:2", "https://h.example:443/p?q=1:2"]
-        );
-        assert_eq!(
-            url_variants("http://h.example:8080/p"),
-            vec!["http://h.example:8080/p", "http://h.example/p"]
-        );
-        assert_eq!(
-            url_variants("http://[::1]:8080/p"),
-            vec!["http://[::1]:8080/p", "http://[::1]/p"]
-        );
-        assert_eq!(
-            url_variants("http://[::1]/p"),
-            vec!["http://[::1]/p", "http://[::1]:80/p"]
-        );
-        assert_eq!(
-            url_variants("https://user:pw@h.example?x"),
-            vec!["https://user:pw@h.example?x", "https://user:pw@h.example:443?x"]
-        );
-        assert_eq!(url_variants("not a url"), vec!["not a url"]);
     }
 
     #[test]

@@ -83,7 +83,7 @@ impl Watch {
         }
         if now >= self.next_snapshot && !outage.circuit_open() {
             self.next_snapshot = now + SNAPSHOT_INTERVAL;
-            match snapshot(&state.db).await {
+            match snapshot(&state.db, &state.config.secrets).await {
                 Ok(entries) => state.routes.replace_last_known(entries),
                 Err(e) if db::is_unavailable(&e) => outage.failed(&e, &state.diagnostics),
                 Err(e) => tracing::warn!(error = %e, "reading the last known configuration failed"),
@@ -138,7 +138,7 @@ async fn ended_outage(state: &AppState, ended: &Ended) {
     };
     match db::alerts::insert(&state.db, alert).await {
         Ok(_) => {
-            state.metrics.alerts.inc();
+            state.metrics.alert_raised(DiagnosticKind::DatabaseUnavailable);
         }
         Err(e) => tracing::warn!(error = %e, "recording the outage alert failed"),
     }
@@ -147,11 +147,12 @@ async fn ended_outage(state: &AppState, ended: &Ended) {
 /// Every route with its tenant, up to [`MAX_ROUTES`].
 async fn snapshot(
     db: &db::Pool,
+    keys: &crate::secrets::Keyring,
 ) -> Result<Vec<(entity::route::Model, entity::tenant::Model)>, sea_orm::DbErr> {
     let mut entries = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let page = db::routes::with_tenants_after(db, cursor.as_deref(), SNAPSHOT_PAGE).await?;
+        let page = db::routes::with_tenants_after(db, keys, cursor.as_deref(), SNAPSHOT_PAGE).await?;
         entries.extend(page.items);
         match page.next_cursor {
             Some(next) if entries.len() < MAX_ROUTES => cursor = Some(next),

@@ -5,6 +5,7 @@ pub mod database_watch;
 pub mod diagnostics;
 pub mod outbox;
 pub mod probe;
+pub mod retention;
 pub mod supervisor;
 
 use supervisor::{Stage, Supervisor};
@@ -23,7 +24,8 @@ pub enum WorkerError {
 /// Starts every background worker under `supervisor`: event delivery (`outbox`), the
 /// diagnostics flush (`diagnostics`), agent health checks (`agent-health`) and the database
 /// watch of the degraded mode (`database-watch`: probes, spool replay, last known
-/// configuration). Each stops between rounds at shutdown.
+/// configuration) and the retention purge (`retention`). Each stops between rounds at
+/// shutdown.
 pub fn start_all(supervisor: &mut Supervisor, state: &AppState) {
     let s = state.clone();
     supervisor.spawn("outbox", Stage::Workers, move |stop| outbox::run(s.clone(), stop));
@@ -38,5 +40,9 @@ pub fn start_all(supervisor: &mut Supervisor, state: &AppState) {
     let s = state.clone();
     supervisor.spawn("database-watch", Stage::Workers, move |stop| {
         database_watch::run(s.clone(), stop)
+    });
+    let s = state.clone();
+    supervisor.spawn("retention", Stage::Workers, move |stop| {
+        retention::run(s.clone(), stop)
     });
 }

@@ -117,11 +117,13 @@ async fn health_endpoint_opens_and_closes_the_circuit(app: TestApp) {
         checks_counted(&app, "http", "unhealthy"),
         u64::from(AGENT_FAILURES_TO_OPEN)
     );
+    assert!(app.metrics().await.contains("\nvoice_agent_circuits_open 1\n"));
 
     answer(&server, 200).await;
     agent_health::check_all(&app.state).await.unwrap();
     assert_eq!(app.state.runtime.agent_failure(&agent_url), None);
     assert!(streams(&app).await);
+    assert!(app.metrics().await.contains("\nvoice_agent_circuits_open 0\n"));
 
     // No check (nor anything else in this test) connected to the agent itself.
     let accepted = tokio::time::timeout(Duration::from_millis(200), agent.accept()).await;

@@ -472,12 +472,13 @@ async fn read_mark(socket: &mut Socket) -> String {
 /// and plays the first frames of the recorded session until the service closes the stream;
 /// returns the CallSid and the close code.
 async fn second_route_call(app: &TestApp, agent_url: String, number: &str) -> (String, CloseCode) {
-    let tenant = db::tenants::by_account_sid(&app.state.db, ACCOUNT_SID)
+    let tenant = db::tenants::by_account_sid(&app.state.db, &app.state.config.secrets, ACCOUNT_SID)
         .await
         .unwrap()
         .unwrap();
     stateset_voice::domain::admin::create_route(
         &app.state.db,
+        &stateset_voice::db::Scope::Platform,
         &tenant.id,
         NewRoute {
             phone_number: number.to_owned(),

@@ -434,7 +434,9 @@ async fn binary_exit_codes_and_summary(app: TestApp) {
 
 backend_test!(demo_call_command_places_a_good_call);
 async fn demo_call_command_places_a_good_call(app: TestApp) {
-    let tenant = stateset_voice::demo::seed(&app.state.db).await.unwrap();
+    let tenant = stateset_voice::demo::seed(&app.state.db, &app.state.config.secrets)
+        .await
+        .unwrap();
     let command = stateset_voice::demo::call_command(&app.state.config, &tenant);
     let args: Vec<String> = command
         .replace("\\\n", " ")

@@ -71,6 +71,34 @@ fn sign_check_exits_zero_only_for_valid_signatures() {
 }
 
 #[test]
+fn sign_check_accepts_a_lower_case_scheme_for_an_upper_case_one() {
+    // Twilio's Python and Node helpers both accept a signature over `https://` for a URL
+    // received as `HTTPS://`; not one over a lower-cased host.
+    let check = |url: &str, signature: &str| {
+        voice(&[&["sign", "--url", url], &DOCS_ARGS[2..], &["--check", signature]].concat())
+            .status
+            .code()
+    };
+    let signature = "0/KCTR6DLpKmkAf8muzZqo1nDgQ=";
+    assert_eq!(
+        check("HTTPS://mycompany.com/myapp.php?foo=1&bar=2", signature),
+        Some(0)
+    );
+    assert_eq!(
+        check("HTTPS://mycompany.com:443/myapp.php?foo=1&bar=2", signature),
+        Some(0)
+    );
+    assert_eq!(
+        check("https://MyCompany.com/myapp.php?foo=1&bar=2", signature),
+        Some(1)
+    );
+    assert_eq!(
+        check("HTTP://mycompany.com/myapp.php?foo=1&bar=2", signature),
+        Some(1)
+    );
+}
+
+#[test]
 fn sign_rejects_fields_without_equals() {
     let out = voice(&["sign", "--url", "https://x.example/", "--token", "t", "NoEquals"]);
     assert_eq!(out.status.code(), Some(2));

@@ -164,7 +164,7 @@ async fn calls_during_an_outage_hear_the_fallback_and_are_stored_once_it_ends(ap
         );
     }
     assert_eq!(app.count(entity::call::Entity).await, 3);
-    let alerts = db::alerts::list(&app.state.db, None, None, 10)
+    let alerts = db::alerts::list(&app.state.db, &db::Scope::Platform, None, 10)
         .await
         .unwrap()
         .items;

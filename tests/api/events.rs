@@ -1,13 +1,22 @@
 //! Downstream events (outbox delivery), call status callbacks and metrics.
-use std::time::Duration;
+use std::{
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use entity::outbox_event;
+use futures::future::BoxFuture;
 use sea_orm::EntityTrait;
 use stateset_voice::{
     api::{calls::Call, common::List, ops::Event},
     backend_test,
     config::ConfigArgs,
     domain::admin::{NewRoute, NewTenant},
+    net::resolver::Lookup,
     testkit::*,
     twilio::form::FormParams,
     worker::outbox,
@@ -54,7 +63,7 @@ async fn all_events(app: &TestApp) -> Vec<outbox_event::Model> {
 
 /// Runs delivery rounds until nothing is due or `rounds` ran.
 async fn rounds(app: &TestApp, rounds: usize) {
-    let client = outbox::http_client().unwrap();
+    let client = outbox::DeliveryClient::new(&app.state.config.outbox).unwrap();
     for _ in 0..rounds {
         outbox::deliver_due(&app.state, &client).await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -218,6 +227,101 @@ async fn private_destinations_refused_when_guarded(app: TestApp) {
     assert!(server.received_requests().await.unwrap().is_empty());
 }
 
+/// A rebinding name server: a public address for the first lookup, then 127.0.0.1 (where the
+/// receiver listens) for every lookup after it.
+#[derive(Default)]
+struct Rebinding {
+    lookups: AtomicUsize,
+}
+
+impl Lookup for Rebinding {
+    fn lookup(&self, _host: String) -> BoxFuture<'static, std::io::Result<Vec<IpAddr>>> {
+        let first = self.lookups.fetch_add(1, Ordering::SeqCst) == 0;
+        let ip = if first { [192, 0, 2, 1] } else { [127, 0, 0, 1] };
+        Box::pin(async move { Ok(vec![IpAddr::from(ip)]) })
+    }
+}
+
+backend_test!(a_rebinding_name_never_reaches_the_private_address, |a| {
+    quick_delivery(a);
+    a.webhook_deny_private = true;
+});
+async fn a_rebinding_name_never_reaches_the_private_address(app: TestApp) {
+    let server = receiver(ResponseTemplate::new(200)).await;
+    let port = server.address().port();
+    app.seed_with(
+        NewTenant {
+            webhook_url: Some(format!("http://rebind.test:{port}/hook")),
+            ..Default::default()
+        },
+        NewRoute::default(),
+    )
+    .await;
+    assert_eq!(app.incoming(&call_sid()).await.status(), 200);
+    let dns = Arc::new(Rebinding::default());
+    let client = outbox::DeliveryClient::with_lookup(&app.state.config.outbox, dns.clone()).unwrap();
+
+    // First attempt: the name is checked once (public) and the connection goes to that
+    // address, which does not answer; nothing is resolved a second time.
+    assert_eq!(outbox::deliver_due(&app.state, &client).await.unwrap(), 1);
+    assert_eq!(dns.lookups.load(Ordering::SeqCst), 1, "one lookup per attempt");
+    let event = &all_events(&app).await[0];
+    assert_eq!(event.status.as_str(), "pending", "{event:?}");
+    let error = event.last_error.as_deref().unwrap();
+    assert!(!error.contains("receiver answered"), "{error}");
+    assert!(server.received_requests().await.unwrap().is_empty());
+
+    // The retry resolves again, now to loopback: refused, with the reason stored.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(outbox::deliver_due(&app.state, &client).await.unwrap(), 1);
+    assert_eq!(dns.lookups.load(Ordering::SeqCst), 2);
+    let event = &all_events(&app).await[0];
+    assert_eq!(
+        (event.status.as_str(), event.last_error.as_deref()),
+        (
+            "dead",
+            Some(
+                "refused: rebind.test resolves to internal address 127.0.0.1 \
+                 (VOICE_WEBHOOK_DENY_PRIVATE)"
+            )
+        )
+    );
+    assert!(
+        server.received_requests().await.unwrap().is_empty(),
+        "the private address never got a request"
+    );
+}
+
+backend_test!(ip_literal_webhook_urls_are_checked_without_resolving, |a| {
+    quick_delivery(a);
+    a.webhook_deny_private = true;
+});
+async fn ip_literal_webhook_urls_are_checked_without_resolving(app: TestApp) {
+    let server = receiver(ResponseTemplate::new(200)).await;
+    seed_receiver(&app, &server).await;
+    assert_eq!(app.incoming(&call_sid()).await.status(), 200);
+    let dns = Arc::new(Rebinding::default());
+    let client = outbox::DeliveryClient::with_lookup(&app.state.config.outbox, dns.clone()).unwrap();
+    outbox::deliver_due(&app.state, &client).await.unwrap();
+    let event = &all_events(&app).await[0];
+    assert_eq!(
+        (event.status.as_str(), event.last_error.as_deref()),
+        (
+            "dead",
+            Some(
+                "refused: 127.0.0.1 resolves to internal address 127.0.0.1 \
+                 (VOICE_WEBHOOK_DENY_PRIVATE)"
+            )
+        )
+    );
+    assert_eq!(
+        dns.lookups.load(Ordering::SeqCst),
+        0,
+        "a literal is not looked up"
+    );
+    assert!(server.received_requests().await.unwrap().is_empty());
+}
+
 backend_test!(tenant_without_webhook_url_is_skipped);
 async fn tenant_without_webhook_url_is_skipped(app: TestApp) {
     app.seed().await;
@@ -256,7 +360,7 @@ async fn one_round_records_mixed_results_per_event(app: TestApp) {
     record(with_url.id.clone(), 4).await;
     record(without_url.id.clone(), 3).await;
 
-    let client = outbox::http_client().unwrap();
+    let client = outbox::DeliveryClient::new(&app.state.config.outbox).unwrap();
     assert_eq!(outbox::deliver_due(&app.state, &client).await.unwrap(), 7);
     let mut results: Vec<(String, String, Option<String>, bool)> = all_events(&app)
         .await

@@ -70,7 +70,7 @@ async fn repeated_failures_on_production_route_alert_once_per_window(app: TestAp
         );
     }
     app.flush().await;
-    let alerts = db::alerts::list(&app.state.db, None, None, 10)
+    let alerts = db::alerts::list(&app.state.db, &db::Scope::Platform, None, 10)
         .await
         .unwrap()
         .items;

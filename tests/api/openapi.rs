@@ -29,6 +29,9 @@ fn openapi_yaml_is_a_valid_openapi_3_document_covering_every_endpoint() {
         ("/api/v1/tenants/{tenant_id}", "patch"),
         ("/api/v1/tenants/{tenant_id}", "delete"),
         ("/api/v1/tenants/{tenant_id}/routes", "post"),
+        ("/api/v1/tenants/{tenant_id}/api-keys", "post"),
+        ("/api/v1/tenants/{tenant_id}/api-keys", "get"),
+        ("/api/v1/tenants/{tenant_id}/api-keys/{key_id}", "delete"),
         ("/api/v1/routes", "get"),
         ("/api/v1/routes/{route_id}", "get"),
         ("/api/v1/routes/{route_id}", "patch"),
@@ -58,11 +61,9 @@ fn openapi_yaml_is_a_valid_openapi_3_document_covering_every_endpoint() {
         };
         assert!(op.is_some(), "{method} {path} documented");
     }
-    assert!(spec
-        .components
-        .unwrap()
-        .security_schemes
-        .contains_key("AdminAuth"));
+    let schemes = spec.components.unwrap().security_schemes;
+    assert!(schemes.contains_key("AdminAuth"));
+    assert!(schemes.contains_key("TenantKeyAuth"));
 }
 
 #[tokio::test]

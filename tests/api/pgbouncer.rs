@@ -213,7 +213,7 @@ async fn an_event_is_delivered_from_the_outbox(app: TestApp) {
     let sid = call_sid();
     assert_eq!(app.incoming(&sid).await.status(), 200);
 
-    let client = outbox::http_client().unwrap();
+    let client = outbox::DeliveryClient::new(&app.state.config.outbox).unwrap();
     assert_eq!(outbox::deliver_due(&app.state, &client).await.unwrap(), 1);
     assert_eq!(
         outbox::deliver_due(&app.state, &client).await.unwrap(),
@@ -261,13 +261,22 @@ async fn without_the_setting_the_same_load_fails_on_prepared_statements() {
     );
     // Seeded with the setting; then served without it (but without that parameter, so that
     // it connects).
-    let tenant = admin::create_tenant(&fresh.db, standard_tenant(NewTenant::default()))
-        .await
-        .unwrap()
-        .tenant;
-    admin::create_route(&fresh.db, &tenant.id, standard_route(NewRoute::default()))
-        .await
-        .unwrap();
+    let tenant = admin::create_tenant(
+        &fresh.db,
+        &Default::default(),
+        standard_tenant(NewTenant::default()),
+    )
+    .await
+    .unwrap()
+    .tenant;
+    admin::create_route(
+        &fresh.db,
+        &stateset_voice::db::Scope::Platform,
+        &tenant.id,
+        standard_route(NewRoute::default()),
+    )
+    .await
+    .unwrap();
     fresh.db.close().await.unwrap();
     fresh.db = connect_without_the_setting(&url, 16, None).await.unwrap();
     assert_eq!(fresh.db.mode(), PoolMode::Direct);

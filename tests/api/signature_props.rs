@@ -1,7 +1,8 @@
 //! Properties of `X-Twilio-Signature` validation: it accepts exactly what the reference
 //! signing function signs, for arbitrary URLs and parameter sets under both algorithms, and
 //! rejects every one-character change of the URL, of any parameter key or value, of the
-//! signature, and every one-byte change of the key.
+//! signature, and every one-byte change of the key. A URL's scheme may arrive upper-case, as
+//! Twilio's helper libraries allow.
 use proptest::{prelude::*, sample::Index, test_runner::Config};
 use stateset_voice::twilio::{
     form::FormParams,
@@ -146,6 +147,39 @@ proptest! {
         prop_assert!(validate(algorithm, &[&key], &bare, &form, &sig).is_some());
         let sig = compute(algorithm, &key, &bare, &form);
         prop_assert!(validate(algorithm, &[&key], &with_port, &form, &sig).is_some());
+    }
+
+    #[test]
+    fn scheme_case_does_not_matter_host_case_does(
+        algorithm in algorithm(),
+        key in key(),
+        https in any::<bool>(),
+        upper in 1u8..,
+        host in "[a-z]{1,8}\\.example",
+        port in prop::option::of(any::<u16>()),
+        rest in "(/[a-z0-9_~-]{1,6}){1,2}(\\?[a-z0-9=&]{1,10})?",
+        pairs in params(0),
+    ) {
+        // Twilio's Python and Node helpers both accept a signature over the lower-case scheme
+        // for a URL received with an upper-case one (tests/fixtures/signature-url-variants.json);
+        // neither ignores the host's case in both directions.
+        let form = FormParams::from_pairs(pairs);
+        let scheme = if https { "https" } else { "http" };
+        let shouted: String = scheme
+            .chars()
+            .enumerate()
+            .map(|(i, c)| if upper & (1 << i) != 0 { c.to_ascii_uppercase() } else { c })
+            .collect();
+        prop_assume!(shouted != scheme);
+        let port = port.map_or(String::new(), |p| format!(":{p}"));
+        let signed = format!("{scheme}://{host}{port}{rest}");
+        let received = format!("{shouted}://{host}{port}{rest}");
+        let sig = compute(algorithm, &key, &signed, &form);
+        prop_assert!(validate(algorithm, &[&key], &received, &form, &sig).is_some(), "{}", received);
+        let loud_host = format!("{shouted}://{}{port}{rest}", host.to_ascii_uppercase());
+        prop_assert!(validate(algorithm, &[&key], &loud_host, &form, &sig).is_none(), "{}", loud_host);
+        let sig = compute(algorithm, &key, &format!("{scheme}://{}{port}{rest}", host.to_ascii_uppercase()), &form);
+        prop_assert!(validate(algorithm, &[&key], &received, &form, &sig).is_none());
     }
 }
 

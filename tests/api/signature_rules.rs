@@ -72,6 +72,55 @@ async fn public_url_not_host_header_is_signed_with_port_variants(app: TestApp) {
     );
 }
 
+backend_test!(an_upper_case_scheme_accepts_the_lower_case_signature, |a| {
+    a.public_url = "HTTPS://voice.example.com/tw".to_owned();
+});
+async fn an_upper_case_scheme_accepts_the_lower_case_signature(app: TestApp) {
+    // As Twilio's helper libraries do: the scheme's case does not matter, the host's does.
+    app.seed().await;
+    let path = "/api/v1/incoming-call";
+    for (signed, status) in [
+        ("https://voice.example.com/tw/api/v1/incoming-call", 200),
+        ("https://voice.example.com:443/tw/api/v1/incoming-call", 200),
+        ("HTTPS://voice.example.com/tw/api/v1/incoming-call", 200),
+        ("https://Voice.example.com/tw/api/v1/incoming-call", 403),
+        ("http://voice.example.com/tw/api/v1/incoming-call", 403),
+    ] {
+        let form = incoming_form(&call_sid());
+        let sig = compute(Algorithm::HmacSha1, AUTH_TOKEN.as_bytes(), signed, &form);
+        assert_eq!(
+            post_with_signature(&app, path, &form, &sig, &[]).await,
+            status,
+            "{signed}"
+        );
+    }
+}
+
+backend_test!(
+    a_forwarded_upper_case_scheme_accepts_the_lower_case_signature,
+    |a| {
+        a.trust_forwarded = true;
+    }
+);
+async fn a_forwarded_upper_case_scheme_accepts_the_lower_case_signature(app: TestApp) {
+    app.seed().await;
+    let form = incoming_form(&call_sid());
+    let sig = compute(
+        Algorithm::HmacSha1,
+        AUTH_TOKEN.as_bytes(),
+        "https://proxy.example.net/api/v1/incoming-call",
+        &form,
+    );
+    let headers = [
+        ("X-Forwarded-Proto", "HTTPS"),
+        ("X-Forwarded-Host", "proxy.example.net"),
+    ];
+    assert_eq!(
+        post_with_signature(&app, "/api/v1/incoming-call", &form, &sig, &headers).await,
+        200
+    );
+}
+
 backend_test!(raw_query_string_is_part_of_the_signed_url);
 async fn raw_query_string_is_part_of_the_signed_url(app: TestApp) {
     app.seed().await;

@@ -34,6 +34,7 @@ async fn serve_flushes_diagnostics_and_closes_idle_connections(fresh: FreshDatab
     loop {
         let failures = db::diagnostics::list(
             &fresh.db,
+            &db::Scope::Platform,
             Some(entity::states::DiagnosticKind::SignatureFailure),
             None,
             10,

@@ -24,8 +24,11 @@ pub const PUBLIC_URL: &str = "https://voice.example.test";
 /// How long a server may take to start listening.
 const START_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Lines of a server's log kept for failure messages.
+/// Lines of a server's log shown in failure messages.
 const LOG_LINES: usize = 200;
+
+/// Lines of a server's output kept, per stream.
+const KEPT_LINES: usize = 20_000;
 
 /// The binary with a clean configuration: no `VOICE_*` variable from the caller's environment.
 fn command(database_url: &str) -> Command {
@@ -52,6 +55,32 @@ pub async fn cli_output(database_url: &str, args: &[&str]) -> std::process::Outp
         .await
         .expect("join")
         .expect("the binary runs")
+}
+
+/// Runs a subcommand with extra `VOICE_*` settings until it exits, at most `deadline` (then it
+/// is killed and the test fails), and returns what it exited with and printed.
+pub async fn cli_output_with(
+    database_url: &str,
+    args: &[&str],
+    settings: &[(&str, &str)],
+    deadline: Duration,
+) -> std::process::Output {
+    let mut cmd = command(database_url);
+    cmd.args(args)
+        .env("VOICE_BIND", "127.0.0.1:0")
+        .envs(settings.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("the binary runs");
+    let pid = child.id();
+    let waited = tokio::task::spawn_blocking(move || child.wait_with_output());
+    match tokio::time::timeout(deadline, waited).await {
+        Ok(output) => output.expect("join").expect("output read"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            panic!("`{}` still ran after {deadline:?}", args.join(" "));
+        }
+    }
 }
 
 /// Runs a subcommand to completion and returns its standard output.
@@ -106,6 +135,17 @@ pub struct Server {
     /// `http://127.0.0.1:PORT`
     pub base: String,
     log: Arc<Mutex<VecDeque<String>>>,
+    stdout: Arc<Mutex<VecDeque<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Appends `line` to `lines`, dropping the oldest beyond [`KEPT_LINES`].
+fn keep(lines: &Mutex<VecDeque<String>>, line: String) {
+    let mut lines = lines.lock().unwrap();
+    if lines.len() == KEPT_LINES {
+        lines.pop_front();
+    }
+    lines.push_back(line);
 }
 
 impl Server {
@@ -117,14 +157,16 @@ impl Server {
             .env("VOICE_BIND", "127.0.0.1:0")
             .env("VOICE_LOG", "warn,stateset_voice=info")
             .envs(settings.iter().copied())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("the server starts");
         let stderr = child.stderr.take().expect("piped stderr");
+        let stdout = child.stdout.take().expect("piped stdout");
         let log = Arc::new(Mutex::new(VecDeque::new()));
+        let stdout_lines = Arc::new(Mutex::new(VecDeque::new()));
         let (tx, rx) = tokio::sync::oneshot::channel();
-        // Reads the log until the process ends, so it never blocks on a full pipe.
-        std::thread::spawn({
+        // Read the output until the process ends, so it never blocks on a full pipe.
+        let log_reader = std::thread::spawn({
             let log = log.clone();
             move || {
                 let mut tx = Some(tx);
@@ -135,11 +177,16 @@ impl Server {
                             let _ = tx.send(address);
                         }
                     }
-                    let mut log = log.lock().unwrap();
-                    if log.len() == LOG_LINES {
-                        log.pop_front();
-                    }
-                    log.push_back(line);
+                    keep(&log, line);
+                }
+            }
+        });
+        let stdout_reader = std::thread::spawn({
+            let lines = stdout_lines.clone();
+            move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    keep(&lines, line);
                 }
             }
         });
@@ -147,6 +194,8 @@ impl Server {
             child,
             base: String::new(),
             log,
+            stdout: stdout_lines,
+            readers: vec![log_reader, stdout_reader],
         };
         match tokio::time::timeout(START_DEADLINE, rx).await {
             Ok(Ok(address)) => server.base = format!("http://{address}"),
@@ -198,7 +247,27 @@ impl Server {
     /// The last lines the server logged.
     pub fn log(&self) -> String {
         let log = self.log.lock().unwrap();
-        log.iter().cloned().collect::<Vec<_>>().join("\n")
+        let skip = log.len().saturating_sub(LOG_LINES);
+        log.iter().skip(skip).cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Waits for the process to exit (after a signal) and returns everything it wrote to
+    /// standard output and standard error, once both are closed.
+    pub async fn output_after_exit(mut self, deadline: Duration) -> (Vec<String>, Vec<String>) {
+        let status = self.exited_within(deadline).await;
+        assert!(
+            status.is_some(),
+            "the server did not exit within {deadline:?}\n{}",
+            self.log()
+        );
+        for reader in std::mem::take(&mut self.readers) {
+            tokio::task::spawn_blocking(move || reader.join())
+                .await
+                .expect("join")
+                .expect("the reader ends");
+        }
+        let lines = |lines: &Mutex<VecDeque<String>>| lines.lock().unwrap().iter().cloned().collect();
+        (lines(&self.stdout), lines(&self.log))
     }
 }
 
@@ -208,10 +277,15 @@ impl Drop for Server {
     }
 }
 
-/// `127.0.0.1:PORT` from the `listening address=socket://127.0.0.1:PORT ...` log line.
+/// `127.0.0.1:PORT` from the `listening address=socket://127.0.0.1:PORT ...` log line, or its
+/// JSON form (`VOICE_LOG_FORMAT=json`).
 fn listening_address(line: &str) -> Option<String> {
     if !line.contains("listening") {
         return None;
+    }
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(line) {
+        let address = json["address"].as_str()?;
+        return Some(address.trim_start_matches("socket://").to_owned());
     }
     let line = strip_ansi(line);
     let rest = &line[line.find("address=")? + "address=".len()..];

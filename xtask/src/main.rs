@@ -1,9 +1,10 @@
 //! Project automation: `cargo xtask ci | conformance | openapi [--check] | docs | bench |
-//! schemathesis | interop | fuzz | pgbouncer`.
+//! schemathesis | interop | fuzz | pgbouncer | ops`.
 mod bench;
 mod docs;
 mod fuzz;
 mod interop;
+mod ops;
 mod schemathesis;
 mod support;
 
@@ -109,6 +110,7 @@ fn ci() -> Result<(), String> {
     )?;
     openapi(true)?;
     docs::docs()?;
+    ops::ops()?;
     pgbouncer()?;
     run(
         "tests (SQLite, PostgreSQL, and PostgreSQL through PgBouncer)",
@@ -133,9 +135,10 @@ fn main() -> ExitCode {
         ["openapi", "--check"] => openapi(true),
         ["docs"] => docs::docs(),
         ["pgbouncer"] => pgbouncer(),
+        ["ops"] => ops::ops(),
         _ => Err(
             "usage: cargo xtask ci | conformance | openapi [--check] | docs | bench [--postgres] [--quick] [--prefill N] [--rounds N] \
-             | schemathesis | interop | fuzz [--seconds N] | pgbouncer"
+             | schemathesis | interop | fuzz [--seconds N] | pgbouncer | ops"
                 .to_owned(),
         ),
     };

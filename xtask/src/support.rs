@@ -72,6 +72,32 @@ pub fn wait_for_service(mut server: Killed, port: u16, log: &Path) -> Result<Kil
     Err("the server was not ready within 60 s".to_owned())
 }
 
+/// Sends `method path` with `headers` and `body` (HTTP/1.1, `Connection: close`) and returns
+/// the status code and the body (not unchunked), or `None` when nothing answers.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<(u16, String)> {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    write!(tcp, "{head}\r\n{body}").ok()?;
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).ok()?;
+    let status = response.get(9..12)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((status, body.to_owned()))
+}
+
 /// The status code of `GET path`, or `None` when nothing answers.
 pub fn get_status(port: u16, path: &str) -> Option<u16> {
     let mut tcp = get(port, path)?;

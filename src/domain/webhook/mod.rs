@@ -144,6 +144,7 @@ pub async fn voice(
             Verb::Hangup,
         ]));
     };
+    call.record_in_span();
     match kind {
         VoiceKind::Incoming | VoiceKind::Fallback => answer::new_call(ctx, &call, kind).await,
         // What the stream did is in the database.
@@ -154,7 +155,11 @@ pub async fn voice(
 
 /// Records a status callback.
 pub async fn call_status(ctx: WebhookContext<'_>, hook: InboundWebhook) -> Result<StatusReply, Rejection> {
-    match authenticate(ctx, &hook).await? {
+    let call = authenticate(ctx, &hook).await?;
+    if let Some(call) = &call {
+        call.record_in_span();
+    }
+    match call {
         Some(call) if call.offline => Err(Rejection::Failed(Error::Unavailable)),
         Some(call) => status::record(ctx, &call).await,
         // Counted as a diagnostic; there is no call to update.
@@ -193,6 +198,16 @@ impl Authenticated {
     /// The route's id, typed.
     fn route_id(&self) -> RouteId {
         RouteId(self.route().id.clone())
+    }
+
+    /// Records the call's identity (`call_sid`, `tenant_id`, `route_id`) on the current span,
+    /// the request's, which declares those fields: every later line about the call carries
+    /// them. Only an authenticated webhook's fields are trusted enough to be recorded.
+    pub fn record_in_span(&self) {
+        let span = tracing::Span::current();
+        span.record("call_sid", self.form.call_sid.as_str());
+        span.record("tenant_id", self.tenant().id.as_str());
+        span.record("route_id", self.route().id.as_str());
     }
 
     /// Mints a stream token for this call.

@@ -9,6 +9,7 @@ pub mod signing;
 
 use std::{
     collections::{BTreeSet, HashMap},
+    sync::Arc,
     time::Duration,
 };
 
@@ -16,14 +17,19 @@ use chrono::Utc;
 use entity::{outbox_event, states::OutboxStatus, tenant};
 use sea_orm::DbErr;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{
+    config::Outbox,
     db::{
         self,
         outbox::{Attempt, Next},
     },
     metrics::Metrics,
-    net::ssrf,
+    net::{
+        resolver::{self, GuardedResolver, Lookup},
+        ssrf,
+    },
     state::AppState,
 };
 pub use signing::sign;
@@ -36,7 +42,7 @@ pub const BATCH: u64 = 128;
 /// a steady trickle of events is delivered in batches rather than one round per event. Without
 /// an HTTP client it returns at once (its supervisor restarts it).
 pub async fn run(state: AppState, stop: CancellationToken) {
-    let client = match http_client() {
+    let client = match DeliveryClient::new(&state.config.outbox) {
         Ok(client) => client,
         Err(e) => {
             tracing::error!(error = %e, "event delivery needs an HTTP client");
@@ -62,34 +68,65 @@ pub async fn run(state: AppState, stop: CancellationToken) {
     }
 }
 
-/// The HTTP client deliveries use (no redirects: a receiver answers, it does not forward).
-pub fn http_client() -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("stateset-voice/", env!("CARGO_PKG_VERSION")))
-        .build()
+/// The HTTP client deliveries use (no redirects: a receiver answers, it does not forward),
+/// with the destination policy it enforces.
+#[derive(Clone)]
+pub struct DeliveryClient {
+    http: reqwest::Client,
+    deny_private: bool,
+}
+
+impl DeliveryClient {
+    /// The client for `config`; with `VOICE_WEBHOOK_DENY_PRIVATE`, names are resolved by the
+    /// system resolver through the SSRF guard.
+    pub fn new(config: &Outbox) -> reqwest::Result<Self> {
+        Self::build(config, GuardedResolver::system())
+    }
+
+    /// As [`new`](Self::new), names resolved by `lookup` when guarded.
+    pub fn with_lookup(config: &Outbox, lookup: Arc<dyn Lookup>) -> reqwest::Result<Self> {
+        Self::build(config, GuardedResolver::new(lookup))
+    }
+
+    fn build(config: &Outbox, resolver: GuardedResolver) -> reqwest::Result<Self> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("stateset-voice/", env!("CARGO_PKG_VERSION")));
+        if config.deny_private {
+            // Every connection goes to an address the guard checked: resolved once, by the
+            // guard, and never through a proxy (which would resolve the name again itself).
+            builder = builder.dns_resolver(Arc::new(resolver)).no_proxy();
+        }
+        Ok(Self {
+            http: builder.build()?,
+            deny_private: config.deny_private,
+        })
+    }
 }
 
 /// Claims and delivers one batch of due events; returns how many were claimed. The batch's
 /// tenants are loaded in one query and its results recorded in a few statements.
-pub async fn deliver_due(state: &AppState, client: &reqwest::Client) -> Result<usize, DbErr> {
+pub async fn deliver_due(state: &AppState, client: &DeliveryClient) -> Result<usize, DbErr> {
     let events = claim(state).await?;
     if events.is_empty() {
         return Ok(0);
     }
     let tenant_ids: BTreeSet<&str> = events.iter().map(|e| e.tenant_id.as_str()).collect();
-    let tenants: HashMap<String, tenant::Model> = db::tenants::by_ids(&state.db, tenant_ids)
-        .await?
-        .into_iter()
-        .map(|t| (t.id.clone(), t))
-        .collect();
+    let tenants: HashMap<String, tenant::Model> =
+        db::tenants::by_ids(&state.db, &state.config.secrets, tenant_ids)
+            .await?
+            .into_iter()
+            .map(|t| (t.id.clone(), t))
+            .collect();
+    let spans: Vec<tracing::Span> = events.iter().map(delivery_span).collect();
     let results = futures::future::join_all(
         events
             .iter()
-            .map(|e| attempt(state, client, tenants.get(&e.tenant_id), e)),
+            .zip(&spans)
+            .map(|(e, span)| attempt(state, client, tenants.get(&e.tenant_id), e).instrument(span.clone())),
     )
     .await;
-    record(state, &events, results).await;
+    record(state, &events, &spans, results).await;
     Ok(events.len())
 }
 
@@ -131,6 +168,27 @@ fn outcome(
     }
 }
 
+/// The span of one event's delivery: the event, its tenant, and for an event about a call the
+/// `call_sid` and `route_id` in its data, so the lines about a call's events carry them.
+fn delivery_span(event: &outbox_event::Model) -> tracing::Span {
+    let payload: Option<serde_json::Value> = serde_json::from_str(&event.payload).ok();
+    let data = |key: &str| {
+        payload
+            .as_ref()
+            .and_then(|p| p["data"].get(key))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    };
+    tracing::info_span!(
+        "event_delivery",
+        event_id = %event.id,
+        event_type = event.event_type.as_str(),
+        tenant_id = %event.tenant_id,
+        call_sid = data("call_sid"),
+        route_id = data("route_id"),
+    )
+}
+
 /// The `voice_webhook_deliveries_total` label of an outcome.
 fn outcome_label(outcome: Option<OutboxStatus>) -> &'static str {
     outcome.map_or(crate::metrics::DELIVERY_RETRIED, OutboxStatus::as_str)
@@ -138,10 +196,16 @@ fn outcome_label(outcome: Option<OutboxStatus>) -> &'static str {
 
 /// Records the results of a round: counts and logs each, and stores them (a failure to
 /// retry gets its backoff).
-async fn record(state: &AppState, events: &[outbox_event::Model], results: Vec<Result<(), Failure>>) {
+async fn record(
+    state: &AppState,
+    events: &[outbox_event::Model],
+    spans: &[tracing::Span],
+    results: Vec<Result<(), Failure>>,
+) {
     let now = Utc::now();
     let mut attempts = Vec::with_capacity(events.len());
-    for (event, result) in events.iter().zip(results) {
+    for ((event, span), result) in events.iter().zip(spans).zip(results) {
+        let _in_span = span.enter();
         let outcome = outcome(state, event, &result);
         Metrics::outcome(&state.metrics.deliveries, outcome_label(outcome));
         let error = match result {
@@ -187,7 +251,7 @@ enum Failure {
 
 async fn attempt(
     state: &AppState,
-    client: &reqwest::Client,
+    client: &DeliveryClient,
     tenant: Option<&tenant::Model>,
     event: &outbox_event::Model,
 ) -> Result<(), Failure> {
@@ -196,15 +260,15 @@ async fn attempt(
         .webhook_url
         .clone()
         .ok_or_else(|| Failure::Skip("tenant has no webhook_url".to_owned()))?;
-    if state.config.outbox.deny_private {
-        ssrf::check(&url)
-            .await
-            .map_err(|refused| Failure::Refuse(refusal(refused)))?;
+    if client.deny_private {
+        // IP literals are checked here; names where they are resolved (`GuardedResolver`).
+        ssrf::check_url(&url).map_err(|refused| Failure::Refuse(refusal(&refused)))?;
     }
     let timestamp = Utc::now().timestamp();
     let signature = sign(&tenant.webhook_secret, &event.id, timestamp, &event.payload)
         .ok_or_else(|| Failure::Refuse("the tenant's webhook secret is not valid base64".to_owned()))?;
     let response = client
+        .http
         .post(&url)
         .timeout(state.config.outbox.timeout)
         .header("content-type", "application/json")
@@ -214,12 +278,10 @@ async fn attempt(
         .body(event.payload.clone())
         .send()
         .await
-        .map_err(|e| {
-            Failure::Retry(if e.is_timeout() {
-                "timed out".to_owned()
-            } else {
-                e.to_string()
-            })
+        .map_err(|e| match resolver::refusal_in(&e) {
+            Some(refused) => Failure::Refuse(refusal(refused)),
+            None if e.is_timeout() => Failure::Retry("timed out".to_owned()),
+            None => Failure::Retry(e.to_string()),
         })?;
     if response.status().is_success() {
         Ok(())
@@ -232,7 +294,7 @@ async fn attempt(
 }
 
 /// The stored reason for a `webhook_url` the SSRF guard refused.
-fn refusal(refused: ssrf::Refused) -> String {
+fn refusal(refused: &ssrf::Refused) -> String {
     match refused {
         ssrf::Refused::Url(e) => format!("webhook_url: {e}"),
         ssrf::Refused::NoHost => "webhook_url has no host".to_owned(),
@@ -263,12 +325,20 @@ mod tests {
 
     #[tokio::test]
     async fn refusals_keep_their_stored_reasons() {
-        let reason = |url: &'static str| async move { refusal(ssrf::check(url).await.unwrap_err()) };
+        let reason = |url: &str| refusal(&ssrf::check_url(url).unwrap_err());
         assert_eq!(
-            reason("http://127.0.0.1/x").await,
+            reason("http://127.0.0.1/x"),
             "refused: 127.0.0.1 resolves to internal address 127.0.0.1 (VOICE_WEBHOOK_DENY_PRIVATE)"
         );
-        assert_eq!(reason("unix:/run/socket").await, "webhook_url has no host");
-        assert_eq!(reason("no url").await, "webhook_url: relative URL without a base");
+        assert_eq!(reason("unix:/run/socket"), "webhook_url has no host");
+        assert_eq!(reason("no url"), "webhook_url: relative URL without a base");
+        // A name refused where it is resolved reads the same.
+        let resolved = GuardedResolver::system().checked("localhost").await.unwrap_err();
+        let reason = refusal(&resolved);
+        assert!(
+            reason.starts_with("refused: localhost resolves to internal address ")
+                && reason.ends_with(" (VOICE_WEBHOOK_DENY_PRIVATE)"),
+            "{reason}"
+        );
     }
 }

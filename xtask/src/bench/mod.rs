@@ -7,6 +7,7 @@
 //! With `--prefill N`, a second instance on a database already holding N calls runs the same
 //! new-call and admin-list rounds, interleaved with the first, to show the cost is flat with
 //! size.
+mod purge;
 mod report;
 mod store;
 mod wrk;
@@ -42,6 +43,8 @@ pub struct Options {
     pub postgres: bool,
     pub quick: bool,
     pub prefill: Option<u64>,
+    /// Only the purge benchmark, on stores prefilled with this many calls past the window.
+    pub purge: Option<u64>,
     pub rounds: usize,
 }
 
@@ -52,6 +55,7 @@ impl Options {
             postgres: false,
             quick: false,
             prefill: None,
+            purge: None,
             rounds: 3,
         };
         let mut args = args.iter();
@@ -65,6 +69,7 @@ impl Options {
                 "--postgres" => options.postgres = true,
                 "--quick" => options.quick = true,
                 "--prefill" => options.prefill = Some(number("--prefill")?),
+                "--purge" => options.purge = Some(number("--purge")?),
                 "--rounds" => options.rounds = number("--rounds")?.max(1) as usize,
                 other => return Err(format!("bench: unknown argument {other}")),
             }
@@ -163,9 +168,15 @@ impl Server {
 
     /// The service on `store`, seeded with the benchmark tenant and route.
     fn service(store: Store) -> Result<Self, String> {
+        Self::service_with(store, &[])
+    }
+
+    /// [`Server::service`] with more `VOICE_*` settings.
+    fn service_with(store: Store, settings: &[(&str, &str)]) -> Result<Self, String> {
         let port = free_port()?;
         let child = Command::new(root().join("target/release/stateset-voice"))
             .arg("serve")
+            .envs(settings.iter().copied())
             .env("VOICE_DATABASE_URL", store.url())
             .env("VOICE_BIND", format!("127.0.0.1:{port}"))
             .env("VOICE_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
@@ -353,6 +364,9 @@ pub fn bench(options: &Options) -> Result<(), String> {
     )?;
     ensure_tool("wrk", "wrk")?;
     ensure_tool("sqlite3", "sqlite3")?;
+    if let Some(calls) = options.purge {
+        return purge::bench(options, calls);
+    }
     let work = root().join("target/bench");
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
     let seconds = options.seconds();

@@ -97,10 +97,16 @@ impl Store {
     /// fresh ids older than any real one (so the clone source stays the newest) and random
     /// CallSids, as real traffic leaves them.
     pub fn prefill(&self, calls: u64) -> Result<(), String> {
+        self.prefill_aged(calls, None)
+    }
+
+    /// [`Store::prefill`], with the calls and their events dated `age_days` ago when given
+    /// (older than a retention window, for the purge benchmark).
+    pub fn prefill_aged(&self, calls: u64, age_days: Option<u32>) -> Result<(), String> {
         let mut first = 1;
         while first <= calls {
             let last = (first + PREFILL_CHUNK - 1).min(calls);
-            self.query(&self.prefill_sql(first, last))?;
+            self.query(&self.prefill_sql(first, last, age_days))?;
             eprintln!("    {last} of {calls}");
             first = last + 1;
         }
@@ -110,7 +116,28 @@ impl Store {
         Ok(())
     }
 
-    fn prefill_sql(&self, first: u64, last: u64) -> String {
+    /// The bytes of the database's files on disk (SQLite: the file and its write-ahead log).
+    pub fn file_bytes(&self) -> Option<u64> {
+        let Store::Sqlite(path) = self else {
+            return None;
+        };
+        let len = |suffix: &str| {
+            std::fs::metadata(format!("{}{suffix}", path.display()))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        };
+        Some(len("") + len("-wal"))
+    }
+
+    fn prefill_sql(&self, first: u64, last: u64, age_days: Option<u32>) -> String {
+        let created = |column: &str| match (self, age_days) {
+            (_, None) => column.to_owned(),
+            (Store::Sqlite(_), Some(days)) => {
+                format!("strftime('%Y-%m-%dT%H:%M:%f', 'now', '-{days} days') || '+00:00'")
+            }
+            (Store::Postgres(_), Some(days)) => format!("now() - interval '{days} days'"),
+        };
+        let (call_created, event_created) = (created("c.created_at"), created("e.created_at"));
         let (series, id, sid): (String, fn(&str) -> String, &str) = match self {
             Store::Sqlite(_) => (
                 format!(
@@ -132,7 +159,7 @@ impl Store {
 insert into calls (id, call_sid, tenant_id, route_id, from_number, to_number, status, outcome,
   fallback_reason, attempts, error_code, error_url, duration_secs, created_at, updated_at, ended_at)
 select {call_id}, {sid}, c.tenant_id, c.route_id, c.from_number, c.to_number, c.status, c.outcome,
-  c.fallback_reason, c.attempts, c.error_code, c.error_url, c.duration_secs, c.created_at,
+  c.fallback_reason, c.attempts, c.error_code, c.error_url, c.duration_secs, {call_created},
   c.updated_at, c.ended_at
 from calls c, n where c.id = (select max(id) from calls);
 {series}
@@ -145,7 +172,7 @@ from call_webhooks w, n where w.call_id = (select max(id) from calls);
 insert into outbox_events (id, tenant_id, event_type, payload, status, attempts, next_attempt_at,
   last_error, created_at, delivered_at)
 select {event_id}, e.tenant_id, e.event_type, e.payload, 'delivered', 1, e.next_attempt_at,
-  null, e.created_at, e.created_at
+  null, {event_created}, {event_created}
 from outbox_events e, n where e.id = (select max(id) from outbox_events);
 commit;"
         )
