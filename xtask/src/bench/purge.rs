@@ -174,7 +174,7 @@ fn markdown(
         "`cargo xtask bench --purge {calls}{}{}` on {store}: two stores each prefilled with {calls} calls \
          dated {AGE_DAYS} days ago (with their answers and delivered events); one service keeps \
          everything (`VOICE_RETENTION_DAYS=0`), the other purges from its start (`VOICE_RETENTION_DAYS=90`, \
-         batches of 250 calls, 50 ms pause). {} interleaved rounds of {seconds} s of new calls each, \
+         batches of 100 calls, each followed by a pause of 50 ms or four times its own time). {} interleaved rounds of {seconds} s of new calls each, \
          64 connections.\n",
         if options.quick { " --quick" } else { "" },
         if options.postgres { " --postgres" } else { "" },
