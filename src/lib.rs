@@ -22,26 +22,41 @@ pub mod testkit;
 pub mod twilio;
 pub mod worker;
 
-use poem::{Endpoint, EndpointExt, Route};
+use poem::{http::Method, Endpoint, EndpointExt, IntoResponse, Route};
 
 use crate::{config::Config, domain::secrets_at_rest::AtStart, state::AppState};
 
 /// The whole HTTP surface: the API, its published spec and docs.
 pub fn app(state: AppState) -> impl Endpoint {
     let api = api::service(state.clone());
-    let spec_json = api.spec_endpoint();
-    let spec_yaml = api.spec_endpoint_yaml();
+    let spec = api::spec::Document::new(&api);
+    let (spec_json, spec_yaml) = (spec.json(), spec.yaml());
     let docs = api.swagger_ui();
+    let allow = api::allow::Methods::from_document(spec.value())
+        .with("/media-stream", &[Method::GET])
+        .with("/media-stream/:token", &[Method::GET]);
     Route::new()
         .nest("/", api)
-        .at("/openapi.json", spec_json)
-        .at("/openapi.yaml", spec_yaml)
+        .at(
+            "/openapi.json",
+            poem::endpoint::make_sync(move |_| spec_json.clone().with_content_type("application/json")),
+        )
+        .at(
+            "/openapi.yaml",
+            poem::endpoint::make_sync(move |_| {
+                spec_yaml
+                    .clone()
+                    .with_content_type("application/x-yaml")
+                    .with_header("Content-Disposition", "inline; filename=\"spec.yaml\"")
+            }),
+        )
         .at("/media-stream", poem::get(api::media::media_stream))
         .at("/media-stream/:token", poem::get(api::media::media_stream_path))
         .nest("/docs", docs)
         .data(state.clone())
         .before(api::reject_nul_in_url)
         .catch_all_error(error::problem_for)
+        .with(api::allow::AllowHeader::new(allow))
         .around(move |endpoint, req| {
             let metrics = state.metrics.clone();
             async move {
@@ -61,7 +76,7 @@ pub fn openapi_yaml() -> String {
     // The spec depends on code only; a throwaway state with no database is enough.
     let db = sea_orm::DatabaseConnection::Disconnected.into();
     let config = Config::from_args(config::ConfigArgs::defaults()).expect("default config is valid");
-    api::service(AppState::new(db, config)).spec_yaml()
+    api::spec::Document::new(&api::service(AppState::new(db, config))).yaml()
 }
 
 /// Connects to the database, applies migrations and checks the stored tenant secrets against

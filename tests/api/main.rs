@@ -20,5 +20,6 @@ mod retention;
 mod secrets_at_rest;
 mod signature_props;
 mod signature_rules;
+mod spec_truth;
 mod supervision;
 mod webhook;
