@@ -24,14 +24,18 @@ pub mod testkit;
 pub mod twilio;
 pub mod worker;
 
-use poem::{Endpoint, EndpointExt, Route};
+use poem::{http::Method, Endpoint, EndpointExt, Route};
 
 use crate::{config::Config, domain::secrets_at_rest::AtStart, state::AppState};
 
 /// The whole HTTP surface: the API, its published documents and the docs portal.
 pub fn app(state: AppState) -> impl Endpoint {
     let api = api::service(state.clone());
-    let portal = std::sync::Arc::new(portal::Portal::new(&api));
+    let openapi = portal::openapi::document(&api);
+    let allow = api::allow::Methods::from_document(&openapi)
+        .with("/media-stream", &[Method::GET])
+        .with("/media-stream/:token", &[Method::GET]);
+    let portal = std::sync::Arc::new(portal::Portal::from_document(openapi));
     Route::new()
         .nest("/", api)
         .at("/openapi.json", portal.serve_file("openapi.json"))
@@ -43,6 +47,7 @@ pub fn app(state: AppState) -> impl Endpoint {
         .data(state.clone())
         .before(api::reject_nul_in_url)
         .catch_all_error(error::problem_for)
+        .with(api::allow::AllowHeader::new(allow))
         .around(move |endpoint, req| {
             let metrics = state.metrics.clone();
             async move {

@@ -10,6 +10,7 @@ use poem_openapi::{
 
 use super::{
     common::{paging, Created, Deleted, List, Resource},
+    input::{Checked, Label, NonNull},
     AdminAuth, ApiTags,
 };
 use crate::{
@@ -39,8 +40,14 @@ impl ApiKeysApi {
         tenant_id: Path<String>,
         body: Json<ApiKeyCreate>,
     ) -> Result<Created<NewKey>, AdminBodyError> {
-        let created =
-            api_keys::create(&self.state.db, &tenant_id.0, NewApiKey { label: body.0.label }).await?;
+        let created = api_keys::create(
+            &self.state.db,
+            &tenant_id.0,
+            NewApiKey {
+                label: body.0.label.into_string(),
+            },
+        )
+        .await?;
         tracing::info!(
             tenant_id = %created.record.tenant_id,
             key_id = %created.record.id,
@@ -99,8 +106,8 @@ impl ApiKeysApi {
 #[derive(Debug, Object)]
 #[oai(deny_unknown_fields)]
 pub struct ApiKeyCreate {
-    /// What the key is for, 1 to 200 printable characters.
-    pub label: Option<String>,
+    /// What the key is for, 1 to 200 printable characters (trimmed).
+    pub label: NonNull<Checked<Label>>,
 }
 
 /// A tenant API key as listed: never the key itself.

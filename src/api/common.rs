@@ -11,6 +11,7 @@ use poem_openapi::{
     ApiResponse, Object, ResponseContent, Union,
 };
 
+use super::input::{Checked, HttpUrl, Message, NonNull, Phone};
 use crate::{
     db::Page,
     domain::{admin::Paging, fallback::FallbackAction},
@@ -56,6 +57,11 @@ pub fn optional<T>(value: MaybeUndefined<T>) -> Option<Option<T>> {
         MaybeUndefined::Null => Some(None),
         MaybeUndefined::Value(v) => Some(Some(v)),
     }
+}
+
+/// A nullable PATCH string field, as [`optional`] gives it.
+pub fn optional_string<F>(value: MaybeUndefined<Checked<F>>) -> Option<Option<String>> {
+    optional(value).map(|v| v.map(Checked::into_inner))
 }
 
 /// A record the admin API creates and deletes, and how those responses describe it.
@@ -139,23 +145,23 @@ impl<T: Resource> ApiResponse for Deleted<T> {
 /// Say a message (optional), then transfer the call.
 #[derive(Debug, Clone, Object)]
 pub struct DialFallback {
-    /// E.164 number to dial.
-    pub number: String,
+    /// E.164 number to dial, formatting allowed.
+    pub number: Checked<Phone>,
     /// Said before dialling.
     #[oai(skip_serializing_if_is_none)]
-    pub message: Option<String>,
+    pub message: NonNull<Checked<Message>>,
 }
 
 /// Say a message, then hang up.
 #[derive(Debug, Clone, Object)]
 pub struct SayFallback {
-    pub message: String,
+    pub message: Checked<Message>,
 }
 
 /// Continue with the TwiML at a URL (a callback workflow), fetched with POST.
 #[derive(Debug, Clone, Object)]
 pub struct RedirectFallback {
-    pub url: String,
+    pub url: Checked<HttpUrl>,
 }
 
 /// What a caller gets when the media stream is unavailable.
@@ -182,11 +188,15 @@ impl From<Fallback> for FallbackAction {
     fn from(f: Fallback) -> Self {
         match f {
             Fallback::Dial(d) => Self::Dial {
-                number: d.number,
-                message: d.message,
+                number: d.number.into_inner(),
+                message: d.message.into_string(),
             },
-            Fallback::Say(s) => Self::Say { message: s.message },
-            Fallback::Redirect(r) => Self::Redirect { url: r.url },
+            Fallback::Say(s) => Self::Say {
+                message: s.message.into_inner(),
+            },
+            Fallback::Redirect(r) => Self::Redirect {
+                url: r.url.into_inner(),
+            },
         }
     }
 }
@@ -194,9 +204,16 @@ impl From<Fallback> for FallbackAction {
 impl From<FallbackAction> for Fallback {
     fn from(a: FallbackAction) -> Self {
         match a {
-            FallbackAction::Dial { number, message } => Self::Dial(DialFallback { number, message }),
-            FallbackAction::Say { message } => Self::Say(SayFallback { message }),
-            FallbackAction::Redirect { url } => Self::Redirect(RedirectFallback { url }),
+            FallbackAction::Dial { number, message } => Self::Dial(DialFallback {
+                number: Checked::new(number),
+                message: NonNull(message.map(Checked::new)),
+            }),
+            FallbackAction::Say { message } => Self::Say(SayFallback {
+                message: Checked::new(message),
+            }),
+            FallbackAction::Redirect { url } => Self::Redirect(RedirectFallback {
+                url: Checked::new(url),
+            }),
         }
     }
 }

@@ -1,14 +1,17 @@
 //! HTTP only: one module per resource (its handlers and JSON shapes), shapes shared by the admin
 //! resources in [`common`], composed into one OpenAPI service.
+pub mod allow;
 pub mod api_keys;
 pub mod calls;
 pub mod common;
 pub mod health;
+pub mod input;
 pub mod media;
 pub mod ops;
 pub mod payload;
 pub mod request_span;
 pub mod routes;
+pub mod spec;
 pub mod tenants;
 pub mod voice;
 pub mod webhooks;

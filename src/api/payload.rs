@@ -1,12 +1,18 @@
 //! Payload types of the voice webhooks: the raw form body in, TwiML out.
+use std::marker::PhantomData;
+
+use entity::states::CallStatus;
 use poem::{http::StatusCode, IntoResponse, Request, RequestBody, Response, Result};
 use poem_openapi::impl_apirequest_for_payload;
 use poem_openapi::{
     payload::{ParsePayload, Payload},
-    registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchemaRef, Registry},
+    registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchema, MetaSchemaRef, Registry},
     types::Type,
-    ApiResponse, Object,
+    ApiResponse,
 };
+
+use super::input::schema;
+use crate::domain::input::{self as rules, Rule};
 
 /// Largest webhook body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -16,45 +22,112 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 const MAX_DISCARD_BYTES: usize = 1024 * 1024;
 
 /// The raw bytes of a form-encoded webhook body, read once, at most [`MAX_BODY_BYTES`].
-/// Parsing happens later so that malformed input gets a precise 400.
-pub struct TwilioForm(pub Vec<u8>);
+/// Parsing happens later so that malformed input gets a precise 400. `S` names the fields the
+/// published schema lists.
+pub struct TwilioForm<S = VoiceFields>(pub Vec<u8>, PhantomData<fn() -> S>);
 
-/// The fields Twilio posts to a voice webhook (documentation only: every field, known or
-/// not, is accepted and covered by the signature).
-#[derive(Object)]
-#[oai(rename = "TwilioVoiceWebhook")]
-#[allow(dead_code)]
-struct TwilioVoiceWebhook {
-    /// The Twilio account the call belongs to (`AC` + 32 hex digits).
-    #[oai(rename = "AccountSid")]
-    account_sid: String,
-    /// Unique id of the call (`CA` + 32 hex digits).
-    #[oai(rename = "CallSid")]
-    call_sid: String,
-    /// The caller, usually E.164.
-    #[oai(rename = "From")]
-    from: String,
-    /// The called number (E.164); selects the route.
-    #[oai(rename = "To")]
-    to: String,
-    /// Twilio's call status, e.g. `ringing`.
-    #[oai(rename = "CallStatus")]
-    call_status: Option<String>,
-    /// `inbound` for these webhooks.
-    #[oai(rename = "Direction")]
-    direction: Option<String>,
-    /// `2010-04-01`.
-    #[oai(rename = "ApiVersion")]
-    api_version: Option<String>,
-    /// Fallback URL callbacks: the error that made Twilio call it.
-    #[oai(rename = "ErrorCode")]
-    error_code: Option<String>,
-    /// Fallback URL callbacks: the URL that failed.
-    #[oai(rename = "ErrorUrl")]
-    error_url: Option<String>,
+/// The fields a kind of webhook form documents.
+pub trait FormFields: Send + Sync + 'static {
+    /// The schema's name in the published spec.
+    const NAME: &'static str;
+    /// The schema's description.
+    const DESCRIPTION: &'static str;
+    /// Whether `CallStatus` is required.
+    const STATUS_REQUIRED: bool;
 }
 
-impl Payload for TwilioForm {
+/// The voice webhooks' form (incoming call, Fallback URL, stream ended).
+pub enum VoiceFields {}
+
+impl FormFields for VoiceFields {
+    const NAME: &'static str = "TwilioVoiceWebhook";
+    const DESCRIPTION: &'static str =
+        "The fields Twilio posts to a voice webhook. Every field, known or not, is \
+        accepted and covered by the signature. AccountSid, CallSid and To are checked once the signature \
+        is (403 first), or before the platform message when no route has the called number; no field \
+        name or value may contain NUL.";
+    const STATUS_REQUIRED: bool = false;
+}
+
+/// The call status callback's form.
+pub enum StatusFields {}
+
+impl FormFields for StatusFields {
+    const NAME: &'static str = "TwilioStatusCallback";
+    const DESCRIPTION: &'static str =
+        "The fields Twilio posts to a status callback: those of a voice webhook, \
+        with `CallStatus` required.";
+    const STATUS_REQUIRED: bool = true;
+}
+
+/// The schema of a webhook form: the fields the domain checks (`VoiceForm::parse`) with
+/// their rules, the others documented, and any other field (a string) allowed.
+fn form_schema<S: FormFields>(registry: &mut Registry) -> MetaSchema {
+    <CallStatus as Type>::register(registry);
+    let described = |rule: &Rule, description: &'static str| {
+        MetaSchemaRef::Inline(Box::new(MetaSchema {
+            description: Some(description),
+            ..schema(rule)
+        }))
+    };
+    let mut required = vec!["AccountSid", "CallSid", "To"];
+    if S::STATUS_REQUIRED {
+        required.push("CallStatus");
+    }
+    MetaSchema {
+        title: Some(S::NAME.to_owned()),
+        description: Some(S::DESCRIPTION),
+        required,
+        properties: vec![
+            (
+                "AccountSid",
+                described(&rules::ACCOUNT_SID, "The Twilio account the call belongs to."),
+            ),
+            (
+                "CallSid",
+                described(
+                    &rules::CALL_SID,
+                    "Unique id of the call (Twilio's: `CA` + 32 hex digits; 2 to 64 letters and digits \
+                     are accepted for test tools).",
+                ),
+            ),
+            ("From", described(&rules::NO_NUL, "The caller, usually E.164.")),
+            (
+                "To",
+                described(
+                    &rules::NON_EMPTY_NO_NUL,
+                    "The called number; selects the route (E.164, or any text with `?route_id=`). A \
+                     number no route has is answered with the platform message.",
+                ),
+            ),
+            ("CallStatus", <CallStatus as Type>::schema_ref()),
+            (
+                "CallDuration",
+                described(&rules::NO_NUL, "Status callbacks: seconds, once the call ended."),
+            ),
+            (
+                "Direction",
+                described(&rules::NO_NUL, "`inbound` for these webhooks."),
+            ),
+            ("ApiVersion", described(&rules::NO_NUL, "`2010-04-01`.")),
+            (
+                "ErrorCode",
+                described(
+                    &rules::NO_NUL,
+                    "Fallback URL callbacks: the error that made Twilio call it.",
+                ),
+            ),
+            (
+                "ErrorUrl",
+                described(&rules::NO_NUL, "Fallback URL callbacks: the URL that failed."),
+            ),
+        ],
+        additional_properties: Some(Box::new(MetaSchemaRef::Inline(Box::new(schema(&rules::NO_NUL))))),
+        ..MetaSchema::new("object")
+    }
+}
+
+impl<S: FormFields> Payload for TwilioForm<S> {
     const CONTENT_TYPE: &'static str = "application/x-www-form-urlencoded";
 
     fn check_content_type(content_type: &str) -> bool {
@@ -65,15 +138,15 @@ impl Payload for TwilioForm {
     }
 
     fn schema_ref() -> MetaSchemaRef {
-        TwilioVoiceWebhook::schema_ref()
+        MetaSchemaRef::Reference(S::NAME.to_owned())
     }
 
     fn register(registry: &mut Registry) {
-        TwilioVoiceWebhook::register(registry);
+        registry.create_schema::<Self, _>(S::NAME.to_owned(), form_schema::<S>);
     }
 }
 
-impl ParsePayload for TwilioForm {
+impl<S: FormFields> ParsePayload for TwilioForm<S> {
     const IS_REQUIRED: bool = true;
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> Result<Self> {
@@ -125,11 +198,11 @@ impl ParsePayload for TwilioForm {
             let _ = tokio::io::copy(&mut reader.take(MAX_DISCARD_BYTES as u64), &mut tokio::io::sink()).await;
             return Err(too_large());
         }
-        Ok(Self(bytes))
+        Ok(Self(bytes, PhantomData))
     }
 }
 
-impl_apirequest_for_payload!(TwilioForm);
+impl_apirequest_for_payload!(TwilioForm<S>, S: FormFields);
 
 /// A TwiML document, served as `text/xml`.
 pub struct TwiML(pub String);

@@ -9,7 +9,8 @@ use poem_openapi::{
 };
 
 use super::{
-    common::{optional, paging, Created, Deleted, Fallback, List, Resource},
+    common::{optional, optional_string, paging, Created, Deleted, Fallback, List, Resource},
+    input::{Checked, HttpUrl, Label, NonNull, Phone, WsUrl},
     AdminOrTenantKey, ApiTags,
 };
 use crate::{
@@ -155,60 +156,61 @@ impl From<route::Model> for Route {
 #[oai(deny_unknown_fields)]
 pub struct RouteCreate {
     /// E.164, formatting allowed (`+1 (555) 555-1234`).
-    pub phone_number: String,
-    pub label: Option<String>,
+    pub phone_number: Checked<Phone>,
+    /// 1 to 200 printable characters (trimmed).
+    pub label: NonNull<Checked<Label>>,
     /// Default `production`.
-    pub environment: Option<RouteEnvironment>,
+    pub environment: NonNull<RouteEnvironment>,
     /// Default true.
-    pub enabled: Option<bool>,
-    pub fallback: Option<Fallback>,
+    pub enabled: NonNull<bool>,
+    pub fallback: NonNull<Fallback>,
     /// ws:// or wss:// URL of the agent runtime.
-    pub agent_url: Option<String>,
+    pub agent_url: NonNull<Checked<WsUrl>>,
     /// http:// or https:// URL of the agent's health endpoint (GET, 2xx = healthy).
-    pub agent_health_url: Option<String>,
+    pub agent_health_url: NonNull<Checked<HttpUrl>>,
 }
 
 impl From<RouteCreate> for NewRoute {
     fn from(b: RouteCreate) -> Self {
         Self {
-            phone_number: b.phone_number,
-            label: b.label,
-            environment: b.environment,
-            enabled: b.enabled,
-            fallback: b.fallback.map(Into::into),
-            agent_url: b.agent_url,
-            agent_health_url: b.agent_health_url,
+            phone_number: b.phone_number.into_inner(),
+            label: b.label.into_string(),
+            environment: b.environment.into_option(),
+            enabled: b.enabled.into_option(),
+            fallback: b.fallback.into_option().map(Into::into),
+            agent_url: b.agent_url.into_string(),
+            agent_health_url: b.agent_health_url.into_string(),
         }
     }
 }
 
-/// Changes to a route; `null` clears an optional field.
+/// Changes to a route; `null` clears an optional field, and is refused for the others.
 #[derive(Debug, Object)]
 #[oai(deny_unknown_fields)]
 pub struct RoutePatch {
-    pub phone_number: Option<String>,
+    pub phone_number: NonNull<Checked<Phone>>,
     #[oai(nullable)]
-    pub label: MaybeUndefined<String>,
-    pub environment: Option<RouteEnvironment>,
-    pub enabled: Option<bool>,
+    pub label: MaybeUndefined<Checked<Label>>,
+    pub environment: NonNull<RouteEnvironment>,
+    pub enabled: NonNull<bool>,
     #[oai(nullable)]
     pub fallback: MaybeUndefined<Fallback>,
     #[oai(nullable)]
-    pub agent_url: MaybeUndefined<String>,
+    pub agent_url: MaybeUndefined<Checked<WsUrl>>,
     #[oai(nullable)]
-    pub agent_health_url: MaybeUndefined<String>,
+    pub agent_health_url: MaybeUndefined<Checked<HttpUrl>>,
 }
 
 impl From<RoutePatch> for RouteChanges {
     fn from(b: RoutePatch) -> Self {
         Self {
-            phone_number: b.phone_number,
-            label: optional(b.label),
-            environment: b.environment,
-            enabled: b.enabled,
+            phone_number: b.phone_number.into_string(),
+            label: optional_string(b.label),
+            environment: b.environment.into_option(),
+            enabled: b.enabled.into_option(),
             fallback: optional(b.fallback).map(|f| f.map(Into::into)),
-            agent_url: optional(b.agent_url),
-            agent_health_url: optional(b.agent_health_url),
+            agent_url: optional_string(b.agent_url),
+            agent_health_url: optional_string(b.agent_health_url),
         }
     }
 }

@@ -9,7 +9,8 @@ use poem_openapi::{
 };
 
 use super::{
-    common::{optional, paging, Created, Deleted, Fallback, List, Resource},
+    common::{optional, optional_string, paging, Created, Deleted, Fallback, List, Resource},
+    input::{AccountSid, Checked, HttpUrl, Label, NonNull, Secret, WebhookSecret},
     AdminAuth, AdminOrTenantKey, ApiTags,
 };
 use crate::{
@@ -161,40 +162,41 @@ impl From<tenant::Model> for Tenant {
 #[derive(Debug, Object)]
 #[oai(deny_unknown_fields)]
 pub struct TenantCreate {
-    pub name: String,
+    /// 1 to 200 printable characters (trimmed).
+    pub name: Checked<Label>,
     /// `AC` + 32 hex digits.
-    pub account_sid: String,
+    pub account_sid: Checked<AccountSid>,
     /// Twilio auth token that signs this account's webhooks.
     #[oai(write_only)]
-    pub auth_token: String,
+    pub auth_token: Checked<Secret>,
     /// A second accepted auth token, for rotation.
     #[oai(write_only)]
-    pub secondary_auth_token: Option<String>,
+    pub secondary_auth_token: NonNull<Checked<Secret>>,
     /// Customer-managed HMAC-SHA256 webhook key.
     #[oai(write_only)]
-    pub shared_key: Option<String>,
+    pub shared_key: NonNull<Checked<Secret>>,
     /// Default `production`.
-    pub environment: Option<TenantEnvironment>,
+    pub environment: NonNull<TenantEnvironment>,
     /// Where events are delivered (http or https).
-    pub webhook_url: Option<String>,
+    pub webhook_url: NonNull<Checked<HttpUrl>>,
     /// `whsec_` + base64 of at least 24 bytes; generated and returned once when omitted.
     #[oai(write_only)]
-    pub webhook_secret: Option<String>,
-    pub default_fallback: Option<Fallback>,
+    pub webhook_secret: NonNull<Checked<WebhookSecret>>,
+    pub default_fallback: NonNull<Fallback>,
 }
 
 impl From<TenantCreate> for NewTenant {
     fn from(b: TenantCreate) -> Self {
         Self {
-            name: b.name,
-            account_sid: b.account_sid,
-            auth_token: b.auth_token,
-            secondary_auth_token: b.secondary_auth_token,
-            shared_key: b.shared_key,
-            environment: b.environment,
-            webhook_url: b.webhook_url,
-            webhook_secret: b.webhook_secret,
-            default_fallback: b.default_fallback.map(Into::into),
+            name: b.name.into_inner(),
+            account_sid: b.account_sid.into_inner(),
+            auth_token: b.auth_token.into_inner(),
+            secondary_auth_token: b.secondary_auth_token.into_string(),
+            shared_key: b.shared_key.into_string(),
+            environment: b.environment.into_option(),
+            webhook_url: b.webhook_url.into_string(),
+            webhook_secret: b.webhook_secret.into_string(),
+            default_fallback: b.default_fallback.into_option().map(Into::into),
         }
     }
 }
@@ -203,19 +205,19 @@ impl From<TenantCreate> for NewTenant {
 #[derive(Debug, Object)]
 #[oai(deny_unknown_fields)]
 pub struct TenantPatch {
-    pub name: Option<String>,
+    pub name: NonNull<Checked<Label>>,
     #[oai(write_only)]
-    pub auth_token: Option<String>,
+    pub auth_token: NonNull<Checked<Secret>>,
     #[oai(write_only, nullable)]
-    pub secondary_auth_token: MaybeUndefined<String>,
+    pub secondary_auth_token: MaybeUndefined<Checked<Secret>>,
     #[oai(write_only, nullable)]
-    pub shared_key: MaybeUndefined<String>,
-    pub environment: Option<TenantEnvironment>,
+    pub shared_key: MaybeUndefined<Checked<Secret>>,
+    pub environment: NonNull<TenantEnvironment>,
     #[oai(nullable)]
-    pub webhook_url: MaybeUndefined<String>,
+    pub webhook_url: MaybeUndefined<Checked<HttpUrl>>,
     /// Rotates the webhook signing secret.
     #[oai(write_only)]
-    pub webhook_secret: Option<String>,
+    pub webhook_secret: NonNull<Checked<WebhookSecret>>,
     #[oai(nullable)]
     pub default_fallback: MaybeUndefined<Fallback>,
 }
@@ -223,13 +225,13 @@ pub struct TenantPatch {
 impl From<TenantPatch> for TenantChanges {
     fn from(b: TenantPatch) -> Self {
         Self {
-            name: b.name,
-            auth_token: b.auth_token,
-            secondary_auth_token: optional(b.secondary_auth_token),
-            shared_key: optional(b.shared_key),
-            environment: b.environment,
-            webhook_url: optional(b.webhook_url),
-            webhook_secret: b.webhook_secret,
+            name: b.name.into_string(),
+            auth_token: b.auth_token.into_string(),
+            secondary_auth_token: optional_string(b.secondary_auth_token),
+            shared_key: optional_string(b.shared_key),
+            environment: b.environment.into_option(),
+            webhook_url: optional_string(b.webhook_url),
+            webhook_secret: b.webhook_secret.into_string(),
             default_fallback: optional(b.default_fallback).map(|f| f.map(Into::into)),
         }
     }

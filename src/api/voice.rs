@@ -3,7 +3,7 @@ use poem::{http::StatusCode, Request};
 use poem_openapi::{param::Header, payload::PlainText, ApiResponse, OpenApi};
 
 use super::{
-    payload::{TwiML, TwilioForm},
+    payload::{StatusFields, TwiML, TwilioForm},
     ApiTags,
 };
 use crate::{
@@ -113,9 +113,9 @@ impl VoiceApi {
         &self,
         req: &Request,
         #[oai(name = "X-Twilio-Signature")] signature: Header<Option<String>>,
-        body: TwilioForm,
+        body: TwilioForm<StatusFields>,
     ) -> StatusResponse {
-        let hook = match inbound(&self.state, req, signature.0, body) {
+        let hook = match inbound(&self.state, req, signature.0, &body.0) {
             Ok(hook) => hook,
             Err(rejection) => return rejection.into(),
         };
@@ -205,7 +205,7 @@ async fn voice(
     signature: Option<String>,
     body: TwilioForm,
 ) -> VoiceResponse {
-    let answered = match inbound(state, req, signature, body) {
+    let answered = match inbound(state, req, signature, &body.0) {
         Ok(hook) => webhook::voice(state.webhook_context(), kind, hook).await,
         Err(rejection) => Err(rejection),
     };
@@ -220,10 +220,10 @@ fn inbound(
     state: &AppState,
     req: &Request,
     signature: Option<String>,
-    body: TwilioForm,
+    body: &[u8],
 ) -> Result<InboundWebhook, Rejection> {
     let params =
-        FormParams::parse(&body.0).map_err(|e| Rejection::BadRequest(format!("malformed form body: {e}")))?;
+        FormParams::parse(body).map_err(|e| Rejection::BadRequest(format!("malformed form body: {e}")))?;
     let route_hint = req
         .original_uri()
         .query()

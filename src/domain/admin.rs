@@ -13,6 +13,7 @@ use sea_orm::{ConnectionTrait, DbErr, IntoActiveModel, Set};
 
 use super::{
     fallback::FallbackAction,
+    input,
     phone::{is_sid, E164},
     Error,
 };
@@ -93,8 +94,12 @@ fn text(field: &str, value: String, max: usize) -> Result<String, Error> {
     Ok(trimmed.to_owned())
 }
 
-fn secret(field: &str, value: String) -> Result<String, Error> {
-    if value.is_empty() || value.len() > 256 || value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+/// Checks an auth token or shared key ([`input::SECRET`] declares the same).
+pub(super) fn secret(field: &str, value: String) -> Result<String, Error> {
+    if value.is_empty()
+        || value.chars().count() > 256
+        || value.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
         return Err(invalid(format!(
             "{field} must be 1 to 256 characters without spaces"
         )));
@@ -108,20 +113,24 @@ fn secret(field: &str, value: String) -> Result<String, Error> {
     Ok(value)
 }
 
-fn url_with_scheme(field: &str, value: String, schemes: &[&str]) -> Result<String, Error> {
+/// Checks a URL against its [`input`] rule (the shape the API declares), then parses it.
+fn url_with_scheme(field: &str, value: String, rule: &input::Rule) -> Result<String, Error> {
     // The parser drops or escapes control characters, but the value is stored as given.
     if value.chars().any(char::is_control) {
         return Err(invalid(format!("{field} must not contain control characters")));
     }
+    if !rule.accepts(&value) {
+        return Err(invalid(format!(
+            "{field} must be an absolute URL of the documented scheme, with a host name or IPv4 \
+             address, an optional port and no user info"
+        )));
+    }
     let parsed = url::Url::parse(&value).map_err(|e| invalid(format!("{field}: {e}")))?;
-    if !schemes.contains(&parsed.scheme()) || parsed.host_str().is_none() {
-        return Err(invalid(format!("{field} must be an absolute {schemes:?} URL")));
+    if parsed.host_str().is_none() {
+        return Err(invalid(format!("{field} must be an absolute URL")));
     }
     Ok(value)
 }
-
-const AGENT_SCHEMES: &[&str] = &["ws", "wss"];
-const HEALTH_SCHEMES: &[&str] = &["http", "https"];
 
 fn fallback(action: FallbackAction) -> Result<String, Error> {
     Ok(action
@@ -197,7 +206,7 @@ pub async fn create_tenant<C: ConnectionTrait>(
         environment: Set(new.environment.unwrap_or(TenantEnvironment::Production)),
         webhook_url: Set(new
             .webhook_url
-            .map(|u| url_with_scheme("webhook_url", u, &["http", "https"]))
+            .map(|u| url_with_scheme("webhook_url", u, &input::HTTP_URL))
             .transpose()?),
         webhook_secret: Set(webhook_secret),
         default_fallback: Set(new.default_fallback.map(fallback).transpose()?),
@@ -241,7 +250,7 @@ pub async fn update_tenant<C: ConnectionTrait>(
     }
     if let Some(url) = changes.webhook_url {
         model.webhook_url = Set(url
-            .map(|u| url_with_scheme("webhook_url", u, &["http", "https"]))
+            .map(|u| url_with_scheme("webhook_url", u, &input::HTTP_URL))
             .transpose()?);
     }
     if let Some(s) = changes.webhook_secret {
@@ -276,11 +285,11 @@ pub async fn create_route<C: ConnectionTrait>(
         fallback: Set(new.fallback.map(fallback).transpose()?),
         agent_url: Set(new
             .agent_url
-            .map(|u| url_with_scheme("agent_url", u, AGENT_SCHEMES))
+            .map(|u| url_with_scheme("agent_url", u, &input::WS_URL))
             .transpose()?),
         agent_health_url: Set(new
             .agent_health_url
-            .map(|u| url_with_scheme("agent_health_url", u, HEALTH_SCHEMES))
+            .map(|u| url_with_scheme("agent_health_url", u, &input::HTTP_URL))
             .transpose()?),
         created_at: Set(now),
         updated_at: Set(now),
@@ -318,12 +327,12 @@ pub async fn update_route<C: ConnectionTrait>(
     }
     if let Some(url) = changes.agent_url {
         model.agent_url = Set(url
-            .map(|u| url_with_scheme("agent_url", u, AGENT_SCHEMES))
+            .map(|u| url_with_scheme("agent_url", u, &input::WS_URL))
             .transpose()?);
     }
     if let Some(url) = changes.agent_health_url {
         model.agent_health_url = Set(url
-            .map(|u| url_with_scheme("agent_health_url", u, HEALTH_SCHEMES))
+            .map(|u| url_with_scheme("agent_health_url", u, &input::HTTP_URL))
             .transpose()?);
     }
     db::routes::update(db, model)

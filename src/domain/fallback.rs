@@ -49,6 +49,13 @@ impl FallbackAction {
                 if url.chars().any(char::is_control) {
                     return Err("redirect url must not contain control characters".to_owned());
                 }
+                if !super::input::HTTP_URL.accepts(&url) {
+                    return Err(
+                        "redirect url must be an absolute http(s) URL with a host name or IPv4 \
+                                address, an optional port and no user info"
+                            .to_owned(),
+                    );
+                }
                 let parsed = url::Url::parse(&url).map_err(|e| format!("redirect url: {e}"))?;
                 if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
                     return Err("redirect url must be an absolute http(s) URL".to_owned());

@@ -5,6 +5,7 @@ pub mod agent_token;
 pub mod alerts;
 pub mod api_keys;
 pub mod fallback;
+pub mod input;
 pub mod outage;
 pub mod phone;
 pub mod retention;

@@ -34,7 +34,11 @@ pub struct Portal {
 impl Portal {
     /// The portal of `service` (its spec depends on code only).
     pub fn new(service: &api::Service) -> Self {
-        let openapi = openapi::document(service);
+        Self::from_document(openapi::document(service))
+    }
+
+    /// The portal of a published OpenAPI document ([`openapi::document`]).
+    pub fn from_document(openapi: serde_yaml::Value) -> Self {
         let asyncapi = asyncapi::document();
         let openapi_json: serde_json::Value =
             serde_json::to_value(&openapi).expect("the OpenAPI document is JSON");

@@ -1,4 +1,5 @@
-//! The published OpenAPI document: poem-openapi's, with the tags in the order of
+//! The published OpenAPI document: poem-openapi's, completed with the constraints its derive
+//! cannot state ([`api::spec::Document`]), with the tags in the order of
 //! [`ApiTags`](crate::api::ApiTags) (Voice first) rather than sorted by name.
 use poem_openapi::Tags as _;
 use serde_yaml::Value;
@@ -18,7 +19,7 @@ const ORDER: [ApiTags; 7] = [
 
 /// The document as a value, tags reordered.
 pub fn document(service: &api::Service) -> Value {
-    let mut doc: Value = serde_yaml::from_str(&service.spec_yaml()).expect("poem-openapi writes YAML");
+    let mut doc = api::spec::Document::new(service).value().clone();
     if let Some(Value::Sequence(tags)) = doc.get_mut("tags") {
         let rank = |tag: &Value| {
             let name = tag.get("name").and_then(Value::as_str).unwrap_or_default();

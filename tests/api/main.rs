@@ -21,6 +21,7 @@ mod retention;
 mod secrets_at_rest;
 mod signature_props;
 mod signature_rules;
+mod spec_truth;
 mod supervision;
 mod webhook;
 mod webhook_events;

@@ -13,7 +13,7 @@ use crate::{
     },
     domain::{
         alerts::Occurrence,
-        phone::{CallSid, E164},
+        phone::{is_sid, CallSid, E164},
         Error,
     },
     twilio::signature::{self, Algorithm},
@@ -33,13 +33,23 @@ pub struct VoiceForm {
 }
 
 impl VoiceForm {
-    /// Reads the fields the service uses; CallSid and To are required.
+    /// Reads the fields the service uses; AccountSid, CallSid and To are required, and
+    /// the schema of the webhook forms (`api::payload`) declares exactly these checks.
     pub fn parse(params: &crate::twilio::form::FormParams) -> Result<Self, String> {
+        match params.get("AccountSid") {
+            Some(sid) if is_sid(sid, "AC") => {}
+            Some(_) => return Err("AccountSid must be AC followed by 32 hex digits".to_owned()),
+            None => return Err("missing AccountSid".to_owned()),
+        }
         let call_sid = match params.get("CallSid") {
             Some(sid) => CallSid::parse(sid)?,
             None => return Err("missing CallSid".to_owned()),
         };
-        let to = params.get("To").ok_or("missing To")?.to_owned();
+        let to = match params.get("To") {
+            Some("") => return Err("empty To".to_owned()),
+            Some(to) => to.to_owned(),
+            None => return Err("missing To".to_owned()),
+        };
         let call_status = params
             .get("CallStatus")
             .map(|s| CallStatus::parse(s).ok_or_else(|| format!("unknown CallStatus {s:?}")))
@@ -79,11 +89,12 @@ impl Authenticated {
 }
 
 /// Selects the signing key by route, validates the signature and the account, then parses the
-/// form. `None`: no route for the called number (counted as a diagnostic; the caller hears the
+/// form (a `status_callback` needs `CallStatus`, checked here only for unknown numbers). `None`: no route for the called number (counted as a diagnostic; the caller hears the
 /// platform message).
 pub async fn authenticate(
     ctx: WebhookContext<'_>,
     hook: &InboundWebhook,
+    status_callback: bool,
 ) -> Result<Option<Authenticated>, Rejection> {
     // Nothing in the request is trusted yet: `To` only selects the key.
     let called = hook.params.get("To").map(E164::parse);
@@ -112,6 +123,12 @@ pub async fn authenticate(
         if offline {
             // Not a number this instance knows: it cannot tell an unknown number from a new one.
             return Err(Rejection::Failed(Error::Unavailable));
+        }
+        // No key can authenticate this request, so nothing in it is trusted; a form without
+        // the fields every webhook carries is malformed (400) and not counted.
+        let form = VoiceForm::parse(&hook.params).map_err(Rejection::BadRequest)?;
+        if status_callback && form.call_status.is_none() {
+            return Err(Rejection::BadRequest("missing CallStatus".to_owned()));
         }
         let key = match key {
             RouteKey::Id(_) => "(unknown route id)",

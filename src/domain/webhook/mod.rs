@@ -138,7 +138,7 @@ pub async fn voice(
     kind: VoiceKind,
     hook: InboundWebhook,
 ) -> Result<String, Rejection> {
-    let Some(call) = authenticate(ctx, &hook).await? else {
+    let Some(call) = authenticate(ctx, &hook, false).await? else {
         return Ok(twiml::render(&[
             Verb::Say(ctx.settings.unknown_route_message.clone()),
             Verb::Hangup,
@@ -155,7 +155,7 @@ pub async fn voice(
 
 /// Records a status callback.
 pub async fn call_status(ctx: WebhookContext<'_>, hook: InboundWebhook) -> Result<StatusReply, Rejection> {
-    let call = authenticate(ctx, &hook).await?;
+    let call = authenticate(ctx, &hook, true).await?;
     if let Some(call) = &call {
         call.record_in_span();
     }
