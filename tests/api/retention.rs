@@ -22,6 +22,7 @@ use stateset_voice::{
     },
     domain::retention::{purge, Policy, Purged},
     events::{CallCompletedData, Event},
+    state::AppState,
     testkit::*,
     worker,
 };
@@ -252,21 +253,26 @@ async fn assert_left(app: &TestApp, f: &Fixture, purged: bool) {
     }
 }
 
-backend_test!(the_purge_deletes_exactly_the_old_rows_in_batches);
-async fn the_purge_deletes_exactly_the_old_rows_in_batches(app: TestApp) {
-    let f = fixture(&app).await;
-    let stop = CancellationToken::new();
-    let state = &app.state;
-    let purged = purge(
+/// One purge run now, two rows per batch.
+async fn purge_in_pairs(state: &AppState, stop: &CancellationToken) -> Purged {
+    purge(
         &state.db,
         &policy(2),
         Utc::now(),
         &state.outage,
         &state.metrics,
-        &stop,
+        stop,
     )
     .await
-    .expect("purge");
+    .expect("purge")
+}
+
+backend_test!(the_purge_deletes_exactly_the_old_rows_in_batches);
+async fn the_purge_deletes_exactly_the_old_rows_in_batches(app: TestApp) {
+    let f = fixture(&app).await;
+    let stop = CancellationToken::new();
+    let state = &app.state;
+    let purged = purge_in_pairs(state, &stop).await;
     assert_eq!(
         purged,
         Purged {
@@ -395,16 +401,7 @@ async fn a_stopped_purge_ends_between_batches(app: TestApp) {
     let state = &app.state;
     let stop = CancellationToken::new();
     stop.cancel();
-    let purged = purge(
-        &state.db,
-        &policy(2),
-        Utc::now(),
-        &state.outage,
-        &state.metrics,
-        &stop,
-    )
-    .await
-    .expect("purge");
+    let purged = purge_in_pairs(state, &stop).await;
     assert_eq!((purged.total(), purged.complete), (0, false));
     assert_left(&app, &f, false).await;
 }

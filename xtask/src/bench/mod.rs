@@ -494,10 +494,8 @@ pub fn bench(options: &Options) -> Result<(), String> {
     Ok(())
 }
 
-/// A second service on a store that already holds `calls` calls, cloned from one real call
-/// it answered; with the bytes each stored call takes.
-fn prefilled_server(postgres: bool, work: &Path, calls: u64) -> Result<(Server, store::PerCall), String> {
-    let server = Server::service(Store::create(postgres, work, "prefilled")?)?;
+/// Has `server` answer one new call, the template a prefill clones.
+fn answer_template_call(server: &Server, work: &Path) -> Result<(), String> {
     let template = work.join("template.txt");
     server.sign("new", 1, &template)?;
     let sent = loadgen(&[
@@ -510,6 +508,14 @@ fn prefilled_server(postgres: bool, work: &Path, calls: u64) -> Result<(Server, 
     if sent["errors"].as_u64() != Some(0) {
         return Err(format!("answering the template call: {sent}"));
     }
+    Ok(())
+}
+
+/// A second service on a store that already holds `calls` calls, cloned from one real call
+/// it answered; with the bytes each stored call takes.
+fn prefilled_server(postgres: bool, work: &Path, calls: u64) -> Result<(Server, store::PerCall), String> {
+    let server = Server::service(Store::create(postgres, work, "prefilled")?)?;
+    answer_template_call(&server, work)?;
     let store = server.store.as_ref().expect("the service has a store");
     let before = store.size()?;
     eprintln!("==> prefill {calls} calls");

@@ -69,18 +69,7 @@ fn prepare(postgres: bool, work: &Path, name: &str, calls: u64) -> Result<Store,
         Store::create(postgres, work, name)?,
         &[("VOICE_RETENTION_DAYS", "0")],
     )?;
-    let template = work.join("template.txt");
-    server.sign("new", 1, &template)?;
-    let sent = super::loadgen(&[
-        "send",
-        "--target",
-        &server.base,
-        "--file",
-        &template.display().to_string(),
-    ])?;
-    if sent["errors"].as_u64() != Some(0) {
-        return Err(format!("answering the template call: {sent}"));
-    }
+    super::answer_template_call(&server, work)?;
     let store = server.store.take().expect("the service has a store");
     eprintln!("==> prefill {name}: {calls} calls dated {AGE_DAYS} days ago");
     store.prefill_aged(calls, Some(AGE_DAYS))?;
