@@ -86,8 +86,28 @@ fuzz_target!(|input: Input| {
         .collect();
 
     let variants = signature::url_variants(url);
-    assert!(matches!(variants.len(), 1 | 2), "{variants:?}");
+    // The URL and its port variant; with an upper-case scheme, up to two lower-case-scheme
+    // variants too, and those differ from the URL received only in the scheme's case and port.
+    let upper_case_scheme = url
+        .bytes()
+        .take_while(|b| *b != b':')
+        .any(|b| b.is_ascii_uppercase());
+    let most = if upper_case_scheme { 4 } else { 2 };
+    assert!((1..=most).contains(&variants.len()), "{variants:?}");
     assert_eq!(variants[0], url.as_str(), "the URL as received is tried first");
+    for variant in variants.iter().skip(2) {
+        let (scheme, _) = variant
+            .split_once("://")
+            .expect("a lower-cased scheme variant has ://");
+        assert!(
+            !scheme.bytes().any(|b| b.is_ascii_uppercase()),
+            "{variant:?} keeps an upper-case scheme"
+        );
+        assert!(
+            scheme.eq_ignore_ascii_case(&url[..scheme.len()]),
+            "{variant:?} from {url:?}"
+        );
+    }
 
     // Every signature Twilio could have sent for these inputs, per key.
     let computed: Vec<Vec<String>> = keys
