@@ -453,26 +453,12 @@ impl TestApp {
 
     /// Creates a tenant in the database, with the standard values where `tenant` is empty.
     pub async fn seed_tenant(&self, tenant: NewTenant) -> entity::tenant::Model {
-        admin::create_tenant(
-            &self.state.db,
-            &self.state.config.secrets,
-            standard_tenant(tenant),
-        )
-        .await
-        .expect("tenant")
-        .tenant
+        seed_tenant_in(&self.state.db, &self.state.config.secrets, tenant).await
     }
 
     /// Creates a route of `tenant_id` in the database, for [`NUMBER`] unless `route` names one.
     pub async fn seed_route(&self, tenant_id: &str, route: NewRoute) -> entity::route::Model {
-        admin::create_route(
-            &self.state.db,
-            &db::Scope::Platform,
-            tenant_id,
-            standard_route(route),
-        )
-        .await
-        .expect("route")
+        seed_route_in(&self.state.db, tenant_id, route).await
     }
 
     /// What `GET /metrics` serves now.
@@ -595,6 +581,30 @@ pub fn say(message: &str) -> Option<FallbackAction> {
     Some(FallbackAction::Say {
         message: message.to_owned(),
     })
+}
+
+/// Creates a tenant on `db`, its secrets stored under `keys`, with the standard values where
+/// `tenant` is empty.
+pub async fn seed_tenant_in<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    keys: &crate::secrets::Keyring,
+    tenant: NewTenant,
+) -> entity::tenant::Model {
+    admin::create_tenant(db, keys, standard_tenant(tenant))
+        .await
+        .expect("tenant")
+        .tenant
+}
+
+/// Creates a route of `tenant_id` on `db`, for [`NUMBER`] unless `route` names one.
+pub async fn seed_route_in<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    tenant_id: &str,
+    route: NewRoute,
+) -> entity::route::Model {
+    admin::create_route(db, &db::Scope::Platform, tenant_id, standard_route(route))
+        .await
+        .expect("route")
 }
 
 /// `tenant` with the standard name, account and auth token where it leaves them empty.

@@ -9,7 +9,7 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use stateset_voice::{
     config::ConfigArgs,
     db::{self, Pool, PoolMode},
-    domain::admin::{self, NewRoute, NewTenant},
+    domain::admin::{NewRoute, NewTenant},
     testkit::{
         pgbouncer::{connect_without_the_setting, create_database, pool_use},
         *,
@@ -261,22 +261,8 @@ async fn without_the_setting_the_same_load_fails_on_prepared_statements() {
     );
     // Seeded with the setting; then served without it (but without that parameter, so that
     // it connects).
-    let tenant = admin::create_tenant(
-        &fresh.db,
-        &Default::default(),
-        standard_tenant(NewTenant::default()),
-    )
-    .await
-    .unwrap()
-    .tenant;
-    admin::create_route(
-        &fresh.db,
-        &stateset_voice::db::Scope::Platform,
-        &tenant.id,
-        standard_route(NewRoute::default()),
-    )
-    .await
-    .unwrap();
+    let tenant = seed_tenant_in(&fresh.db, &Default::default(), NewTenant::default()).await;
+    seed_route_in(&fresh.db, &tenant.id, NewRoute::default()).await;
     fresh.db.close().await.unwrap();
     fresh.db = connect_without_the_setting(&url, 16, None).await.unwrap();
     assert_eq!(fresh.db.mode(), PoolMode::Direct);

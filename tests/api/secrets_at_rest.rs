@@ -195,26 +195,17 @@ async fn a_secret_in_the_stored_form_is_refused_and_nothing_stored(app: TestApp)
 backend_test!(rows_stored_in_clear_are_encrypted_at_start_once);
 async fn rows_stored_in_clear_are_encrypted_at_start_once(fresh: FreshDatabase) {
     let clear = Keyring::default();
-    let tenant = admin::create_tenant(
+    let tenant = seed_tenant_in(
         &fresh.db,
         &clear,
-        standard_tenant(NewTenant {
+        NewTenant {
             shared_key: Some(SHARED_KEY.to_owned()),
             webhook_secret: Some(WEBHOOK_SECRET.to_owned()),
             ..NewTenant::default()
-        }),
+        },
     )
-    .await
-    .unwrap()
-    .tenant;
-    admin::create_route(
-        &fresh.db,
-        &stateset_voice::db::Scope::Platform,
-        &tenant.id,
-        standard_route(NewRoute::default()),
-    )
-    .await
-    .unwrap();
+    .await;
+    seed_route_in(&fresh.db, &tenant.id, NewRoute::default()).await;
     let before = stored_secrets_of(&fresh.db, &tenant.id).await;
     assert_eq!(
         before.values(),
@@ -277,14 +268,7 @@ async fn rotation_moves_every_row_to_the_current_key_in_batches(fresh: FreshData
     }
     txn.commit().await.unwrap();
     let standard = standard_tenant_id(&fresh).await;
-    admin::create_route(
-        &fresh.db,
-        &stateset_voice::db::Scope::Platform,
-        &standard,
-        standard_route(NewRoute::default()),
-    )
-    .await
-    .unwrap();
+    seed_route_in(&fresh.db, &standard, NewRoute::default()).await;
     let in_clear = stored_tenant_secrets(&fresh.db).await;
     assert_eq!(
         in_clear
