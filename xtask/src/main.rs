@@ -137,7 +137,7 @@ fn main() -> ExitCode {
         ["pgbouncer"] => pgbouncer(),
         ["ops"] => ops::ops(),
         _ => Err(
-            "usage: cargo xtask ci | conformance | openapi [--check] | docs | bench [--postgres] [--quick] [--prefill N] [--rounds N] \
+            "usage: cargo xtask ci | conformance | openapi [--check] | docs | bench [--postgres] [--quick] [--prefill N] [--rounds N] [--against BINARY] \
              | schemathesis | interop | fuzz [--seconds N] | pgbouncer | ops"
                 .to_owned(),
         ),

@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--postgres] [--quick] [--prefill N] [--rounds N]`: the service and a
+//! `cargo xtask bench [--postgres] [--quick] [--prefill N] [--rounds N] [--against BINARY]`: the service and a
 //! reference peer (Twilio's Node helper + express) side by side on one machine, driven by wrk
 //! in interleaved rounds (ours, peer, ours, peer, ...) on fresh CallSids, with each server's
 //! own CPU time per request read from `/proc`; then the concurrent-stream benchmarks and the
@@ -6,7 +6,9 @@
 //!
 //! With `--prefill N`, a second instance on a database already holding N calls runs the same
 //! new-call and admin-list rounds, interleaved with the first, to show the cost is flat with
-//! size.
+//! size. With `--against BINARY`, only this build and another build of the service (another
+//! commit's) run, interleaved, to measure one change (see `against`).
+mod against;
 mod purge;
 mod report;
 mod store;
@@ -45,6 +47,8 @@ pub struct Options {
     pub prefill: Option<u64>,
     /// Only the purge benchmark, on stores prefilled with this many calls past the window.
     pub purge: Option<u64>,
+    /// Only this build against another build of the service, the binary at this path.
+    pub against: Option<PathBuf>,
     pub rounds: usize,
 }
 
@@ -56,6 +60,7 @@ impl Options {
             quick: false,
             prefill: None,
             purge: None,
+            against: None,
             rounds: 3,
         };
         let mut args = args.iter();
@@ -71,6 +76,12 @@ impl Options {
                 "--prefill" => options.prefill = Some(number("--prefill")?),
                 "--purge" => options.purge = Some(number("--purge")?),
                 "--rounds" => options.rounds = number("--rounds")?.max(1) as usize,
+                "--against" => {
+                    let binary = args
+                        .next()
+                        .ok_or("--against takes the path of a stateset-voice binary")?;
+                    options.against = Some(PathBuf::from(binary));
+                }
                 other => return Err(format!("bench: unknown argument {other}")),
             }
         }
@@ -173,8 +184,13 @@ impl Server {
 
     /// [`Server::service`] with more `VOICE_*` settings.
     fn service_with(store: Store, settings: &[(&str, &str)]) -> Result<Self, String> {
+        Self::service_of(&root().join("target/release/stateset-voice"), store, settings)
+    }
+
+    /// [`Server::service_with`] from the service's binary at `binary`.
+    fn service_of(binary: &Path, store: Store, settings: &[(&str, &str)]) -> Result<Self, String> {
         let port = free_port()?;
-        let child = Command::new(root().join("target/release/stateset-voice"))
+        let child = Command::new(binary)
             .arg("serve")
             .envs(settings.iter().copied())
             .env("VOICE_DATABASE_URL", store.url())
@@ -366,6 +382,9 @@ pub fn bench(options: &Options) -> Result<(), String> {
     ensure_tool("sqlite3", "sqlite3")?;
     if let Some(calls) = options.purge {
         return purge::bench(options, calls);
+    }
+    if let Some(binary) = &options.against {
+        return against::bench(options, binary);
     }
     let work = root().join("target/bench");
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;

@@ -2,19 +2,18 @@
 //! a batch is being written; the next batch writes all of them in one transaction, so the
 //! database commits once for many requests. Every request still gets its answer only after
 //! its rows are committed.
+mod sea;
+mod sqlite;
+
 use std::collections::{BTreeMap, HashSet};
 
-use chrono::Utc;
 use entity::{
     call, call_webhook,
     id::{CallId, WebhookId},
     outbox_event,
 };
 use prometheus_client::metrics::histogram::Histogram;
-use sea_orm::{
-    sea_query::OnConflict, ConnectionTrait, DbBackend, DbErr, EntityTrait, IntoActiveModel, QueryTrait,
-    TransactionTrait,
-};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
 
@@ -97,7 +96,13 @@ impl Writer {
                 return;
             }
             self.batch_sizes.observe(received as f64);
-            execute(&self.db, std::mem::take(&mut jobs)).await;
+            let jobs = std::mem::take(&mut jobs);
+            match self.db.get_database_backend() {
+                DbBackend::Sqlite => {
+                    sqlite::execute(self.db.connection().get_sqlite_connection_pool(), jobs).await
+                }
+                _ => execute(&mut sea::SeaOrm(&self.db), jobs).await,
+            }
         }
     }
 
@@ -129,11 +134,18 @@ impl Writer {
     }
 }
 
+/// Writes batches of jobs, each in one transaction: [`sea::SeaOrm`] through sea-orm (PostgreSQL),
+/// [`sqlite::Handle`] on the SQLite connection's own handle.
+trait Batches {
+    /// Writes `jobs` in one transaction; for each job, whether it stored a new call.
+    async fn write(&mut self, jobs: &[Job]) -> Result<Vec<bool>, DbErr>;
+}
+
 /// Writes a batch and answers each request. If the batch fails as a whole, each request is
 /// written alone, so one bad request cannot fail the others.
-async fn execute(db: &Pool, jobs: Vec<Job>) {
+async fn execute(batches: &mut impl Batches, jobs: Vec<Job>) {
     if jobs.len() > 1 {
-        match write(db, &jobs).await {
+        match batches.write(&jobs).await {
             Ok(claimed) => {
                 for (job, claimed) in jobs.into_iter().zip(claimed) {
                     answer(job, Ok(claimed));
@@ -147,7 +159,7 @@ async fn execute(db: &Pool, jobs: Vec<Job>) {
     }
     for job in jobs {
         let one = [job];
-        let result = write(db, &one).await.map(|claimed| claimed[0]);
+        let result = batches.write(&one).await.map(|claimed| claimed[0]);
         let [job] = one;
         answer(job, result);
     }
@@ -165,78 +177,53 @@ fn answer(job: Job, result: Result<bool, DbErr>) {
     }
 }
 
-/// Writes `jobs` in one transaction; for each job, whether it stored a new call.
-async fn write(db: &Pool, jobs: &[Job]) -> Result<Vec<bool>, DbErr> {
-    // One candidate per CallSid (the first request), in CallSid order, so that concurrent
-    // batches on PostgreSQL take the unique-index locks in the same order.
-    let mut seen = HashSet::new();
-    let mut candidates: Vec<(usize, &NewCall)> = jobs
-        .iter()
-        .enumerate()
-        .filter_map(|(i, job)| match job {
-            Job::Claim(new_call, _) if seen.insert(new_call.call.call_sid.as_str()) => Some((i, &**new_call)),
-            _ => None,
-        })
-        .collect();
-    candidates.sort_by(|a, b| a.1.call.call_sid.cmp(&b.1.call.call_sid));
-
-    let txn = db.begin().await?;
-    let mut claimed = vec![false; jobs.len()];
-    if !candidates.is_empty() {
-        let mut insert =
-            call::Entity::insert_many(candidates.iter().map(|(_, c)| c.call.clone().into_active_model()))
-                .on_conflict(OnConflict::column(call::Column::CallSid).do_nothing().to_owned())
-                .into_query();
-        insert.returning_col(call::Column::CallSid);
-        let rows = txn.query_all(txn.get_database_backend().build(&insert)).await?;
-        let inserted = rows
-            .iter()
-            .map(|row| row.try_get::<String>("", "call_sid"))
-            .collect::<Result<HashSet<_>, _>>()?;
-        let won: Vec<&NewCall> = candidates
-            .iter()
-            .filter(|(_, c)| inserted.contains(&c.call.call_sid))
-            .map(|&(i, c)| {
-                claimed[i] = true;
-                c
-            })
-            .collect();
-        if !won.is_empty() {
-            call_webhook::Entity::insert_many(won.iter().map(|c| c.answer.clone().into_active_model()))
-                .exec_without_returning(&txn)
-                .await?;
-            outbox_event::Entity::insert_many(won.iter().map(|c| c.event.clone().into_active_model()))
-                .exec_without_returning(&txn)
-                .await?;
-        }
-    }
-
-    // Retry counts, summed per row.
-    let mut calls: BTreeMap<&str, i32> = BTreeMap::new();
-    let mut answers: BTreeMap<&str, i32> = BTreeMap::new();
-    for job in jobs {
-        if let Job::CountRetry {
-            call_id, webhook_id, ..
-        } = job
-        {
-            *calls.entry(call_id.as_str()).or_default() += 1;
-            *answers.entry(webhook_id.as_str()).or_default() += 1;
-        }
-    }
-    let now = Utc::now();
-    for (by, ids) in by_count(&calls) {
-        super::calls::add_attempts(ids, by, now).exec(&txn).await?;
-    }
-    for (by, ids) in by_count(&answers) {
-        super::calls::add_webhook_attempts(ids, by, now)
-            .exec(&txn)
-            .await?;
-    }
-    txn.commit().await?;
-    Ok(claimed)
+/// What one batch writes.
+struct Plan<'a> {
+    /// One candidate per CallSid (the first request's, with its index in the batch), in
+    /// CallSid order, so that concurrent batches on PostgreSQL take the unique-index locks in
+    /// the same order.
+    candidates: Vec<(usize, &'a NewCall)>,
+    /// Retry counts to add to calls, grouped by how much to add (usually all by one).
+    calls: BTreeMap<i32, Vec<&'a str>>,
+    /// The same for the calls' webhook answers.
+    answers: BTreeMap<i32, Vec<&'a str>>,
 }
 
-/// Rows grouped by how much to add to them (usually all by one: a single statement).
+impl<'a> Plan<'a> {
+    fn of(jobs: &'a [Job]) -> Self {
+        let mut seen = HashSet::new();
+        let mut candidates: Vec<(usize, &NewCall)> = jobs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, job)| match job {
+                Job::Claim(new_call, _) if seen.insert(new_call.call.call_sid.as_str()) => {
+                    Some((i, &**new_call))
+                }
+                _ => None,
+            })
+            .collect();
+        candidates.sort_by(|a, b| a.1.call.call_sid.cmp(&b.1.call.call_sid));
+
+        let mut calls: BTreeMap<&str, i32> = BTreeMap::new();
+        let mut answers: BTreeMap<&str, i32> = BTreeMap::new();
+        for job in jobs {
+            if let Job::CountRetry {
+                call_id, webhook_id, ..
+            } = job
+            {
+                *calls.entry(call_id.as_str()).or_default() += 1;
+                *answers.entry(webhook_id.as_str()).or_default() += 1;
+            }
+        }
+        Self {
+            candidates,
+            calls: by_count(&calls),
+            answers: by_count(&answers),
+        }
+    }
+}
+
+/// Rows grouped by how much to add to them.
 fn by_count<'a>(counts: &BTreeMap<&'a str, i32>) -> BTreeMap<i32, Vec<&'a str>> {
     let mut grouped: BTreeMap<i32, Vec<&str>> = BTreeMap::new();
     for (&id, &n) in counts {
@@ -396,6 +383,84 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((call.attempts, answer.attempts), (3, 3));
+        stop.cancel();
+        lane.await.unwrap();
+    }
+
+    /// Every stored column of `E`'s rows, as SQLite quotes it (which shows its type too).
+    async fn stored<E: EntityTrait>(db: &Pool) -> Vec<String> {
+        use sea_orm::{ConnectionTrait, IdenStatic, Iterable, Statement};
+        let columns: Vec<String> = E::Column::iter()
+            .map(|c| format!("quote(\"{}\")", c.as_str()))
+            .collect();
+        let sql = format!(
+            "SELECT {} AS row FROM \"{}\" ORDER BY 1",
+            columns.join(" || '|' || "),
+            E::default().table_name()
+        );
+        let rows = db
+            .query_all(Statement::from_string(db.get_database_backend(), sql))
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| r.try_get::<String>("", "row").unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_sqlite_lane_stores_the_rows_sea_orm_stores() {
+        let mut stored_call = new_call("CA1");
+        stored_call.call.fallback_reason = Some(entity::states::FallbackReason::AgentUnhealthy);
+        stored_call.call.duration_secs = Some(7);
+        stored_call.answer.token_expires_at = Some(Utc::now());
+        let (lane, orm) = (database().await, database().await);
+        let (writer, stop, running) = start(&lane);
+        assert!(writer.claim(stored_call.clone()).await.unwrap());
+        stop.cancel();
+        running.await.unwrap();
+        let (done, _) = oneshot::channel();
+        let claimed = sea::SeaOrm(&orm)
+            .write(&[Job::Claim(Box::new(stored_call), done)])
+            .await
+            .unwrap();
+        assert_eq!(claimed, [true]);
+        assert_eq!(
+            stored::<call::Entity>(&lane).await,
+            stored::<call::Entity>(&orm).await
+        );
+        assert_eq!(
+            stored::<call_webhook::Entity>(&lane).await,
+            stored::<call_webhook::Entity>(&orm).await
+        );
+        assert_eq!(
+            stored::<outbox_event::Entity>(&lane).await,
+            stored::<outbox_event::Entity>(&orm).await
+        );
+        assert_eq!(stored::<call::Entity>(&lane).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_bad_request_fails_alone_and_an_unwritable_database_is_unavailable() {
+        let db = database().await;
+        let (writer, stop, lane) = start(&db);
+        let mut unknown_route = new_call("CA1");
+        unknown_route.call.route_id = "no-such-route".to_owned();
+        let (bad, good) = tokio::join!(writer.claim(unknown_route), writer.claim(new_call("CA2")));
+        let bad = bad.unwrap_err();
+        assert!(!crate::db::is_unavailable(&bad), "{bad}");
+        assert!(bad.to_string().contains("FOREIGN KEY"), "{bad}");
+        assert!(good.unwrap());
+
+        sea_orm::ConnectionTrait::execute_unprepared(&db, "PRAGMA query_only = 1")
+            .await
+            .unwrap();
+        let err = writer.claim(new_call("CA3")).await.unwrap_err();
+        assert!(crate::db::is_unavailable(&err), "{err}");
+        sea_orm::ConnectionTrait::execute_unprepared(&db, "PRAGMA query_only = 0")
+            .await
+            .unwrap();
+        assert!(writer.claim(new_call("CA3")).await.unwrap());
+        assert_eq!(call::Entity::find().all(&db).await.unwrap().len(), 2);
         stop.cancel();
         lane.await.unwrap();
     }
