@@ -97,12 +97,14 @@ pub async fn connect_url(
             opts.auto_vacuum(sea_orm::sqlx::sqlite::SqliteAutoVacuum::Incremental)
                 .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(synchronous)
-                // 64 MiB of pages (SQLite's default is 2 MiB), for large stores: with the
-                // default, a new call on a store of 1,000,000 calls cost 26 % more CPU than on an
-                // empty one, with 64 MiB 8 %. The price: every commit scans the cache's whole
-                // hash table (`pcache1TruncateUnsafe`), about 11 % of a new call on an empty
-                // store once the cache has filled. Measured with `cargo xtask bench --prefill`.
-                .pragma("cache_size", "-65536")
+                // SQLite's default page cache (2,000 KiB). A larger one costs more than it
+                // saves: a commit after a b-tree page split scans the cache's whole hash table
+                // (`pcache1TruncateUnsafe`: the split moves a page through the number of the
+                // lock-byte page, and the commit truncates the cache back to the file's size),
+                // which on a file under 1 GiB is nearly every commit. With 64 MiB that scan was
+                // 8 % of a new call's CPU once the cache had filled; dropping it took ×1.13 off
+                // the CPU per new call (`cargo xtask bench --against`, interleaved rounds). On a
+                // 2 GB file, where the scan stops, the small cache still wrote for less CPU.
                 .pragma("temp_store", "memory")
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
