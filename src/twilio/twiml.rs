@@ -1,7 +1,7 @@
 //! TwiML documents: rendered with a fixed, stable layout (two-space indentation, attributes in
 //! a fixed order) so that snapshots of them are meaningful, and read back ([`parse`]) the way
 //! Twilio reads what a webhook answers.
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
 use quick_xml::events::{BytesStart, Event};
 
@@ -26,18 +26,18 @@ pub enum Verb {
 
 /// Renders a `<Response>` holding `verbs`.
 pub fn render(verbs: &[Verb]) -> String {
-    let mut out = String::with_capacity(256);
+    let mut out = String::with_capacity(512);
     out.push_str("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response>\n");
     for verb in verbs {
         match verb {
             Verb::Say(text) => {
-                let _ = writeln!(out, "  <Say>{}</Say>", escape(text));
+                let _ = writeln!(out, "  <Say>{}</Say>", Escaped(text));
             }
             Verb::Dial(number) => {
-                let _ = writeln!(out, "  <Dial>{}</Dial>", escape(number));
+                let _ = writeln!(out, "  <Dial>{}</Dial>", Escaped(number));
             }
             Verb::Redirect(url) => {
-                let _ = writeln!(out, "  <Redirect method=\"POST\">{}</Redirect>", escape(url));
+                let _ = writeln!(out, "  <Redirect method=\"POST\">{}</Redirect>", Escaped(url));
             }
             Verb::Hangup => out.push_str("  <Hangup/>\n"),
             Verb::ConnectStream {
@@ -45,14 +45,14 @@ pub fn render(verbs: &[Verb]) -> String {
                 stream_url,
                 parameters,
             } => {
-                let _ = writeln!(out, "  <Connect action=\"{}\">", escape(action));
-                let _ = writeln!(out, "    <Stream url=\"{}\">", escape(stream_url));
+                let _ = writeln!(out, "  <Connect action=\"{}\">", Escaped(action));
+                let _ = writeln!(out, "    <Stream url=\"{}\">", Escaped(stream_url));
                 for (name, value) in parameters {
                     let _ = writeln!(
                         out,
                         "      <Parameter name=\"{}\" value=\"{}\"/>",
-                        escape(name),
-                        escape(value)
+                        Escaped(name),
+                        Escaped(value)
                     );
                 }
                 out.push_str("    </Stream>\n  </Connect>\n");
@@ -63,25 +63,37 @@ pub fn render(verbs: &[Verb]) -> String {
     out
 }
 
-/// Escapes text for XML content and double-quoted attribute values. Line breaks and tabs
-/// become character references (so they survive attribute normalisation); other control
-/// characters, which XML 1.0 cannot carry, are dropped.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\n' => out.push_str("&#10;"),
-            '\r' => out.push_str("&#13;"),
-            '\t' => out.push_str("&#9;"),
-            c if c.is_control() || c == '\u{FFFE}' || c == '\u{FFFF}' => {}
-            c => out.push(c),
+/// Text escaped for XML content and double-quoted attribute values, as it is written. Line
+/// breaks and tabs become character references (so they survive attribute normalisation);
+/// other control characters, which XML 1.0 cannot carry, are dropped.
+struct Escaped<'a>(&'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Runs of printable ASCII other than the four specials (most of a URL or a token) are
+        // written whole; a byte outside them always starts a character.
+        let plain = |b: u8| (b' '..=b'~').contains(&b) && !matches!(b, b'&' | b'<' | b'>' | b'"');
+        let mut rest = self.0;
+        while let Some(i) = rest.bytes().position(|b| !plain(b)) {
+            f.write_str(&rest[..i])?;
+            let Some(c) = rest[i..].chars().next() else {
+                break;
+            };
+            match c {
+                '&' => f.write_str("&amp;")?,
+                '<' => f.write_str("&lt;")?,
+                '>' => f.write_str("&gt;")?,
+                '"' => f.write_str("&quot;")?,
+                '\n' => f.write_str("&#10;")?,
+                '\r' => f.write_str("&#13;")?,
+                '\t' => f.write_str("&#9;")?,
+                c if c.is_control() || c == '\u{FFFE}' || c == '\u{FFFF}' => {}
+                c => f.write_char(c)?,
+            }
+            rest = &rest[i + c.len_utf8()..];
         }
+        f.write_str(rest)
     }
-    out
 }
 
 /// An HTTP method a TwiML verb asks for (`method` attribute; Twilio's default is POST).
@@ -499,5 +511,23 @@ mod tests {
         assert!(doc.contains(
             "<Say>&lt;/Say&gt;&lt;Dial&gt;+19005550000&lt;/Dial&gt;&lt;Say a=&quot;'&quot;&gt;&#13;&#10;</Say>"
         ));
+    }
+
+    #[test]
+    fn escaping_keeps_text_between_what_it_replaces_or_drops() {
+        let cases = [
+            (
+                "wss://v.example/media-stream?t=a.b_c-d~",
+                "wss://v.example/media-stream?t=a.b_c-d~",
+            ),
+            ("a&b", "a&amp;b"),
+            ("Zoë & Renée\t", "Zoë &amp; Renée&#9;"),
+            ("\u{85}x\u{FFFE}\u{FFFF}y\u{7f}", "xy"),
+            ("日本\"", "日本&quot;"),
+            ("", ""),
+        ];
+        for (text, escaped) in cases {
+            assert_eq!(Escaped(text).to_string(), escaped, "{text:?}");
+        }
     }
 }
