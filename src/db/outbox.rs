@@ -4,12 +4,15 @@
 //! attempt count goes up, in one statement (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so several
 //! instances share the work). The result of an attempt is recorded only by the holder of the
 //! lease (the attempt count it claimed), so a late result cannot overwrite a newer one.
+//!
+//! An event of a tenant without a `webhook_url` is skipped: at delivery, or for the event of a
+//! new call ([`for_tenant`]) when it is stored, so that nothing claims and records it later.
 use std::collections::BTreeMap;
 
 use super::{Page, Scope};
 use crate::events::Event;
 use chrono::{DateTime, Utc};
-use entity::{id::new_id, outbox_event, states::OutboxStatus};
+use entity::{id::new_id, outbox_event, states::OutboxStatus, tenant};
 use sea_orm::{
     sea_query::Expr, ActiveModelTrait, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait,
     IntoActiveModel, QueryFilter, Statement,
@@ -41,6 +44,20 @@ pub fn pending(tenant_id: &str, event: &Event) -> outbox_event::Model {
         created_at: now,
         delivered_at: None,
     }
+}
+
+/// Why an event of a tenant without a receiver is not delivered (its `last_error`).
+pub const NO_WEBHOOK_URL: &str = "tenant has no webhook_url";
+
+/// The event for `tenant`, not yet stored: [`pending`] when it has a `webhook_url`, else
+/// already skipped (with [`NO_WEBHOOK_URL`]).
+pub fn for_tenant(tenant: &tenant::Model, event: &Event) -> outbox_event::Model {
+    let mut model = pending(&tenant.id, event);
+    if tenant.webhook_url.is_none() {
+        model.status = OutboxStatus::Skipped;
+        model.last_error = Some(NO_WEBHOOK_URL.to_owned());
+    }
+    model
 }
 
 /// Inserts an event built earlier (with [`pending`]).

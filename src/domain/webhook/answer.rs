@@ -331,7 +331,7 @@ fn new_call_rows(
     } else {
         Event::CallReceived(data)
     };
-    let event = db::outbox::pending(&tenant.id, &event);
+    let event = db::outbox::for_tenant(tenant, &event);
     NewCall {
         call: new_call,
         answer,

@@ -259,7 +259,7 @@ async fn attempt(
     let url = tenant
         .webhook_url
         .clone()
-        .ok_or_else(|| Failure::Skip("tenant has no webhook_url".to_owned()))?;
+        .ok_or_else(|| Failure::Skip(db::outbox::NO_WEBHOOK_URL.to_owned()))?;
     if client.deny_private {
         // IP literals are checked here; names where they are resolved (`GuardedResolver`).
         ssrf::check_url(&url).map_err(|refused| Failure::Refuse(refusal(&refused)))?;
