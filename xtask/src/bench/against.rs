@@ -116,3 +116,46 @@ fn report(options: &Options, baseline: &Path, runs: &[Runs; 2]) -> String {
     );
     md
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(per_second: f64, cpu_us: f64) -> Run {
+        Run {
+            requests: 1000,
+            per_second,
+            p50_ms: 1.0,
+            p90_ms: 2.0,
+            p99_ms: 5.0,
+            max_ms: 9.0,
+            cpu_us,
+            errors: 0,
+            wrapped: 0,
+        }
+    }
+
+    fn runs(new_calls: &[(f64, f64)], forged_cpu: f64) -> Runs {
+        Runs {
+            new_calls: new_calls.iter().map(|&(rate, cpu)| run(rate, cpu)).collect(),
+            forged: new_calls.iter().map(|_| run(50_000.0, forged_cpu)).collect(),
+        }
+    }
+
+    #[test]
+    fn the_ratios_compare_the_medians_of_the_two_builds() {
+        let options = Options::parse(&["--against", "/bin/old", "--rounds", "3"]).unwrap();
+        assert_eq!(options.against.as_deref(), Some(Path::new("/bin/old")));
+        let this = runs(&[(12_000.0, 80.0), (11_000.0, 90.0), (1_000.0, 400.0)], 20.0);
+        let baseline = runs(&[(8_000.0, 120.0), (9_000.0, 100.0), (10_000.0, 110.0)], 22.0);
+        let md = report(&options, Path::new("/bin/old"), &[this, baseline]);
+        assert!(md.contains("| this build, new calls | 11000 | 90.0 µs |"), "{md}");
+        assert!(md.contains("baseline ÷ this build ×1.22"), "{md}");
+        assert!(md.contains("this build ÷ baseline ×1.22"), "{md}");
+        assert!(
+            md.contains("×4.50 a forged request in this build, ×5.00 in the baseline"),
+            "{md}"
+        );
+        assert!(Options::parse(&["--against"]).is_err());
+    }
+}
