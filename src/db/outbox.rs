@@ -36,7 +36,8 @@ pub fn pending(tenant_id: &str, event: &Event) -> outbox_event::Model {
         id: new_id(),
         tenant_id: tenant_id.to_owned(),
         event_type: event.event_type(),
-        payload: payload.to_string(),
+        // Straight into a string: `Value`'s `Display` writes through a `fmt::Formatter`.
+        payload: serde_json::to_string(&payload).expect("a JSON value serialises"),
         status: OutboxStatus::Pending,
         attempts: 0,
         next_attempt_at: now,

@@ -5,7 +5,10 @@
 mod sea;
 mod sqlite;
 
-use std::collections::{BTreeMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+};
 
 use entity::{
     call, call_webhook,
@@ -33,7 +36,7 @@ pub struct NewCall {
 }
 
 enum Job {
-    Claim(Box<NewCall>, oneshot::Sender<Result<bool, DbErr>>),
+    Claim(Arc<NewCall>, oneshot::Sender<Result<bool, DbErr>>),
     CountRetry {
         call_id: CallId,
         webhook_id: WebhookId,
@@ -118,9 +121,11 @@ impl Writer {
 
     /// Stores a new call, its answer and its event unless a call with the same CallSid exists
     /// (or is being stored by an earlier request). True when this request stored it; the
-    /// database's unique index decides, so concurrent duplicates cannot both store.
-    pub async fn claim(&self, new_call: NewCall) -> Result<bool, DbErr> {
-        self.submit(|done| Job::Claim(Box::new(new_call), done)).await
+    /// database's unique index decides, so concurrent duplicates cannot both store. Shared
+    /// (`Arc`), so a caller that keeps the rows for its answer need not copy them.
+    pub async fn claim(&self, new_call: impl Into<Arc<NewCall>>) -> Result<bool, DbErr> {
+        let new_call = new_call.into();
+        self.submit(|done| Job::Claim(new_call, done)).await
     }
 
     /// Counts one more delivery of a call's webhook and of its stored answer.
@@ -420,7 +425,7 @@ mod tests {
         running.await.unwrap();
         let (done, _) = oneshot::channel();
         let claimed = sea::SeaOrm(&orm)
-            .write(&[Job::Claim(Box::new(stored_call), done)])
+            .write(&[Job::Claim(Arc::new(stored_call), done)])
             .await
             .unwrap();
         assert_eq!(claimed, [true]);

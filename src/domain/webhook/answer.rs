@@ -384,7 +384,7 @@ pub(super) async fn new_call(
         _ => None,
     };
     let fresh = render(ctx, call, &decision);
-    let rows = new_call_rows(call, stored_kind, &fresh, reason, None);
+    let rows = Arc::new(new_call_rows(call, stored_kind, &fresh, reason, None));
     let stored = Stored::fresh(&rows.answer, &fresh);
     let claimed = match db::within_deadline(store.writer.claim(rows.clone())).await {
         Ok(claimed) => claimed,
