@@ -21,7 +21,7 @@ use super::{
 use crate::{
     db::{
         self,
-        cache::{AnswerCache, CachedAnswer},
+        cache::{AnswerCache, CachedAnswer, CachedTwiml},
         calls::RenewedToken,
         spool::Spool,
         writer::{NewCall, Writer},
@@ -51,6 +51,8 @@ struct Fresh {
 struct Stored {
     id: WebhookId,
     twiml: String,
+    /// The stream token `twiml` was rendered from, for a stream answer.
+    token: Option<String>,
     token_expires_at: Option<chrono::DateTime<Utc>>,
 }
 
@@ -59,13 +61,14 @@ impl Stored {
     /// with this deployment's stream URLs; any other answer (and a stream answer stored before
     /// tokens were stored alone) is its TwiML.
     fn of(row: &call_webhook::Model, settings: &VoiceSettings) -> Self {
-        let twiml = match &row.stream_token {
-            Some(token) if row.twiml.is_empty() => stream_twiml(settings, token),
-            _ => row.twiml.clone(),
+        let (twiml, token) = match &row.stream_token {
+            Some(token) if row.twiml.is_empty() => (stream_twiml(settings, token), Some(token.clone())),
+            _ => (row.twiml.clone(), None),
         };
         Self {
             id: WebhookId(row.id.clone()),
             twiml,
+            token,
             token_expires_at: row.token_expires_at,
         }
     }
@@ -75,7 +78,26 @@ impl Stored {
         Self {
             id: WebhookId(row.id.clone()),
             twiml: fresh.twiml.clone(),
+            token: fresh.token.as_ref().map(|t| t.token.clone()),
             token_expires_at: row.token_expires_at,
+        }
+    }
+
+    /// [`Stored::fresh`], taking `fresh` (a new call's answer is not copied).
+    fn from_fresh(row: &call_webhook::Model, fresh: Fresh) -> Self {
+        Self {
+            id: WebhookId(row.id.clone()),
+            twiml: fresh.twiml,
+            token: fresh.token.map(|t| t.token),
+            token_expires_at: row.token_expires_at,
+        }
+    }
+
+    /// What the answer cache keeps of it.
+    fn cached(&self) -> CachedTwiml {
+        match &self.token {
+            Some(token) => CachedTwiml::Stream { token: token.clone() },
+            None => CachedTwiml::Rendered(self.twiml.clone()),
         }
     }
 }
@@ -136,8 +158,12 @@ impl AnswerStore {
         if hit.route_id != call.route().id {
             return Ok(None);
         }
+        let twiml = match &hit.twiml {
+            CachedTwiml::Stream { token } => stream_twiml(ctx.settings, token),
+            CachedTwiml::Rendered(twiml) => twiml.clone(),
+        };
         if call.offline || ctx.outage.circuit_open() {
-            return Ok(Some(hit.twiml.clone()));
+            return Ok(Some(twiml));
         }
         match self
             .writer
@@ -148,7 +174,7 @@ impl AnswerStore {
             Err(e) if db::is_unavailable(&e) => ctx.outage.failed(&e, ctx.diagnostics),
             Err(e) => return Err(e.into()),
         }
-        Ok(Some(hit.twiml.clone()))
+        Ok(Some(twiml))
     }
 
     fn remember(&self, call: &Authenticated, kind: WebhookKind, call_id: &str, stored: &Stored) {
@@ -159,7 +185,7 @@ impl AnswerStore {
                 call_id: CallId(call_id.to_owned()),
                 route_id: call.route().id.clone(),
                 webhook_id: stored.id.clone(),
-                twiml: stored.twiml.clone(),
+                twiml: stored.cached(),
                 token_expires_at: stored.token_expires_at,
             },
         );
@@ -385,7 +411,6 @@ pub(super) async fn new_call(
     };
     let fresh = render(ctx, call, &decision);
     let rows = Arc::new(new_call_rows(call, stored_kind, &fresh, reason, None));
-    let stored = Stored::fresh(&rows.answer, &fresh);
     let claimed = match db::within_deadline(store.writer.claim(rows.clone())).await {
         Ok(claimed) => claimed,
         // The token minted for this answer is never sent. The write may still commit (it timed
@@ -399,6 +424,7 @@ pub(super) async fn new_call(
     };
     ctx.outage.write_succeeded();
     if claimed {
+        let stored = Stored::from_fresh(&rows.answer, fresh);
         answered(ctx, call, stored_kind, &rows, &stored);
         tracing::info!(call_sid = %rows.call.call_sid, route_id = %route.id, outcome = %rows.call.outcome, "call answered");
         return Ok(stored.twiml);
@@ -460,9 +486,10 @@ async fn degraded(
         return Err(Error::from(e).into());
     }
     ctx.outage.answered();
-    answered(ctx, call, kind, &rows, &Stored::fresh(&rows.answer, &fresh));
+    let stored = Stored::from_fresh(&rows.answer, fresh);
+    answered(ctx, call, kind, &rows, &stored);
     tracing::debug!(call_sid = %rows.call.call_sid, route_id = %route.id, "call answered from the last known configuration and spooled");
-    Ok(fresh.twiml)
+    Ok(stored.twiml)
 }
 
 /// The TwiML of a known call's answer, or 409 when the CallSid belongs to another route.
@@ -555,6 +582,34 @@ mod tests {
             twiml.matches("tok.en.1").count(),
             2,
             "the TwiML holds the token twice"
+        );
+    }
+
+    #[test]
+    fn the_answer_cache_keeps_a_stream_answer_as_its_token_and_others_as_rendered() {
+        let settings = settings();
+        let twiml = stream_twiml(&settings, "tok.en.1");
+        let stream = fresh(Some("tok.en.1"), &twiml);
+        let row = answer_row("c1", WebhookKind::Incoming, &stream);
+        let token = CachedTwiml::Stream {
+            token: "tok.en.1".to_owned(),
+        };
+        assert_eq!(Stored::of(&row, &settings).cached(), token);
+        let stored = Stored::from_fresh(&row, stream);
+        assert_eq!((stored.twiml.as_str(), stored.cached()), (twiml.as_str(), token));
+        // What a cache hit renders from the token is the answer first sent.
+        assert_eq!(stream_twiml(&settings, "tok.en.1"), stored.twiml);
+
+        let hangup = twiml::render(&[Verb::Hangup]);
+        let other = fresh(None, &hangup);
+        let row = answer_row("c1", WebhookKind::StreamEnded, &other);
+        assert_eq!(
+            Stored::of(&row, &settings).cached(),
+            CachedTwiml::Rendered(hangup.clone())
+        );
+        assert_eq!(
+            Stored::from_fresh(&row, other).cached(),
+            CachedTwiml::Rendered(hangup)
         );
     }
 
