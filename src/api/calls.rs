@@ -37,6 +37,8 @@ impl CallsApi {
         cursor: Query<Option<String>>,
     ) -> Result<Json<List<Call>>, AdminError> {
         let scope = auth.caller().list_scope(tenant_id.0.as_deref())?;
+        // Retries this instance answered are counted in what it reads.
+        self.state.writer.settle().await;
         let page = admin::list_calls(&self.state.db, &scope, &paging(limit, cursor)).await?;
         Ok(Json(List::from_page(page)))
     }
@@ -45,6 +47,7 @@ impl CallsApi {
     #[oai(path = "/api/v1/calls/:call_sid", method = "get", operation_id = "getCall")]
     async fn get(&self, auth: AdminOrTenantKey, call_sid: Path<String>) -> Result<Json<Call>, AdminError> {
         let scope = auth.caller().scope();
+        self.state.writer.settle().await;
         Ok(Json(
             admin::call(&self.state.db, &scope, &call_sid.0).await?.into(),
         ))

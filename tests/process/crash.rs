@@ -190,6 +190,7 @@ async fn sigkill_mid_load_loses_no_answered_call(fresh: FreshDatabase) {
             );
         }
     }
+    server.settle(&client).await;
     let after = Stored::load(&fresh.db).await;
     after.assert_consistent();
     for s in &retries {

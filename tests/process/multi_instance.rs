@@ -81,6 +81,8 @@ async fn two_processes_on_one_postgres_schema() {
             i % 2 + 1
         );
     }
+    one.settle(&client).await;
+    two.settle(&client).await;
     let stored = Stored::load(&fresh.db).await;
     stored.assert_consistent();
     assert_eq!(stored.calls.len(), 1);

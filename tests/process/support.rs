@@ -208,6 +208,18 @@ impl Server {
         server
     }
 
+    /// Reads calls through the admin API, which first writes the retry counts this process
+    /// queued: after it, the database holds every retry this process answered.
+    pub async fn settle(&self, client: &reqwest::Client) {
+        let res = client
+            .get(format!("{}/api/v1/calls?limit=1", self.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("the admin API answers");
+        assert_eq!(res.status(), 200, "{}", res.text().await.unwrap_or_default());
+    }
+
     /// Sends the process the signal `name` (`TERM`, `INT`, ...) with `kill(1)`.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")

@@ -165,14 +165,13 @@ impl AnswerStore {
         if call.offline || ctx.outage.circuit_open() {
             return Ok(Some(twiml));
         }
-        match self
+        // Queued, not waited for: the answer is already committed (see `Writer::count_retry`).
+        if let Err(e) = self
             .writer
             .count_retry(hit.call_id.clone(), hit.webhook_id.clone())
             .await
         {
-            Ok(()) => {}
-            Err(e) if db::is_unavailable(&e) => ctx.outage.failed(&e, ctx.diagnostics),
-            Err(e) => return Err(e.into()),
+            tracing::warn!(error = %e, "a retry's count was not queued");
         }
         Ok(Some(twiml))
     }
