@@ -71,6 +71,8 @@ pub(crate) async fn stored_state(
     streams: bool,
 ) -> String {
     app.flush().await;
+    // Retry counts are queued, not waited for: write them before reading.
+    app.state.writer.settle().await;
     let db = &app.state.db;
     let name_route = |id: &str| {
         route_names
