@@ -128,7 +128,6 @@ impl Writer {
         job: impl FnOnce(oneshot::Sender<Result<T, DbErr>>) -> Job,
     ) -> Result<T, DbErr> {
         let (tx, rx) = oneshot::channel();
-        let stopped = || DbErr::Custom("the database writer stopped".to_owned());
         self.queue.send(job(tx)).await.map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
@@ -148,10 +147,10 @@ impl Writer {
     ///
     /// A retry that waited for its count's commit cost ×2.2 the server CPU of a forged request
     /// and waited for an fsync; queued, ×1.2 to ×1.4, and the rate of retries went from ×1.76
-    /// to ×3.3 the rate of new calls (`cargo xtask bench`, medians of one run each). A process killed within a batch of the answer may lose
-    /// that retry's count, never a call or its answer.
+    /// to ×3.3 the rate of new calls (`cargo xtask bench`, medians of one run each). A process
+    /// killed within a batch of the answer may lose that retry's count, never a call or its
+    /// answer.
     pub async fn count_retry(&self, call_id: CallId, webhook_id: WebhookId) -> Result<(), DbErr> {
-        let stopped = || DbErr::Custom("the database writer stopped".to_owned());
         let permit = self
             .unsettled
             .clone()
@@ -175,6 +174,11 @@ impl Writer {
             drop(all);
         }
     }
+}
+
+/// The error of a request made after the writer stopped.
+fn stopped() -> DbErr {
+    DbErr::Custom("the database writer stopped".to_owned())
 }
 
 /// Writes batches of jobs, each in one transaction: [`sea::SeaOrm`] through sea-orm (PostgreSQL),
