@@ -103,6 +103,68 @@ impl FreshDatabase {
             }
         }
     }
+
+    /// The query plan of `sql` with `values` bound, as text. The tables are empty, so on
+    /// PostgreSQL sequential scans are turned off for it: the plan shows whether an index can
+    /// serve the query at all.
+    pub async fn query_plan(&self, sql: &str, values: Vec<sea_orm::Value>) -> String {
+        use sea_orm::{DbBackend, Statement, TransactionTrait};
+        let backend = self.db.get_database_backend();
+        match backend {
+            DbBackend::Postgres => {
+                let txn = self.db.begin().await.expect("begin");
+                txn.execute_unprepared("SET LOCAL enable_seqscan = off")
+                    .await
+                    .expect("enable_seqscan");
+                let plan = txn
+                    .query_all(Statement::from_sql_and_values(
+                        backend,
+                        format!("EXPLAIN {sql}"),
+                        values,
+                    ))
+                    .await
+                    .expect("explain")
+                    .iter()
+                    .map(|r| r.try_get_by_index::<String>(0).expect("plan line"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                txn.rollback().await.expect("rollback");
+                plan
+            }
+            _ => self
+                .db
+                .query_all(Statement::from_sql_and_values(
+                    backend,
+                    format!("EXPLAIN QUERY PLAN {sql}"),
+                    values,
+                ))
+                .await
+                .expect("explain")
+                .iter()
+                .map(|r| r.try_get::<String>("", "detail").expect("plan line"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
+/// Reverts the migrations from the newest back to (and with) the one named `name`; returns
+/// how many were reverted. `Migrator::up` applies them again.
+pub async fn migrate_down_through(db: &sea_orm::DatabaseConnection, name: &str) -> u32 {
+    use migration::{Migrator, MigratorTrait};
+    let newest_first: Vec<String> = Migrator::migrations()
+        .iter()
+        .rev()
+        .map(|m| m.name().to_owned())
+        .collect();
+    let steps = newest_first
+        .iter()
+        .position(|n| n == name)
+        .unwrap_or_else(|| panic!("no migration named {name}"))
+        + 1;
+    let steps = u32::try_from(steps).expect("a few migrations");
+    Migrator::down(db, Some(steps)).await.expect("migrating down");
+    steps
 }
 
 /// Connects to a fresh database for `backend`; `None` only when PostgreSQL (or PgBouncer) tests

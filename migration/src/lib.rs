@@ -6,6 +6,7 @@ mod m20261201_000001_route_agent_health_url;
 mod m20261202_000001_call_webhook_stream_token;
 mod m20261203_000001_api_keys;
 mod m20261203_000002_retention_indexes;
+mod m20261206_000001_outbox_due_pending;
 
 /// All migrations, oldest first.
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000001_call_webhook_stream_token::Migration),
             Box::new(m20261203_000001_api_keys::Migration),
             Box::new(m20261203_000002_retention_indexes::Migration),
+            Box::new(m20261206_000001_outbox_due_pending::Migration),
         ]
     }
 }

@@ -1,10 +1,8 @@
 //! Liveness and readiness.
-use entity::outbox_event;
 use poem_openapi::{
     payload::{Json, PlainText},
     ApiResponse, Enum, Object, OpenApi,
 };
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 
 use super::ApiTags;
 use crate::state::AppState;
@@ -93,10 +91,7 @@ impl HealthApi {
             .set(self.state.routes.last_known_routes() as i64);
         // During an outage the backlog keeps its last value.
         if !self.state.outage.circuit_open() {
-            let backlog = outbox_event::Entity::find()
-                .filter(outbox_event::Column::Status.eq(entity::states::OutboxStatus::Pending))
-                .count(&self.state.db)
-                .await;
+            let backlog = crate::db::outbox::backlog(&self.state.db).await;
             match backlog {
                 Ok(n) => {
                     metrics.outbox_backlog.set(n as i64);

@@ -91,16 +91,7 @@ pub async fn claim<C: ConnectionTrait>(
     limit: u64,
 ) -> Result<Vec<outbox_event::Model>, DbErr> {
     let backend = db.get_database_backend();
-    let lock = if backend == DbBackend::Postgres {
-        " FOR UPDATE SKIP LOCKED"
-    } else {
-        ""
-    };
-    let sql = format!(
-        "UPDATE outbox_events SET next_attempt_at = $1, attempts = attempts + 1 \
-         WHERE id IN (SELECT id FROM outbox_events WHERE status = 'pending' AND next_attempt_at <= $2 \
-         ORDER BY next_attempt_at LIMIT {limit}{lock}) RETURNING *"
-    );
+    let sql = claim_sql(backend, limit);
     outbox_event::Entity::find()
         .from_raw_sql(Statement::from_sql_and_values(
             backend,
@@ -109,6 +100,36 @@ pub async fn claim<C: ConnectionTrait>(
         ))
         .all(db)
         .await
+}
+
+/// The statement of [`claim`]: `$1` the end of the lease, `$2` now. Its `'pending'` is a
+/// literal, not a bound value, so that both databases find the due events through the partial
+/// index `idx_outbox_due_pending`.
+pub fn claim_sql(backend: DbBackend, limit: u64) -> String {
+    let lock = if backend == DbBackend::Postgres {
+        " FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    };
+    format!(
+        "UPDATE outbox_events SET next_attempt_at = $1, attempts = attempts + 1 \
+         WHERE id IN (SELECT id FROM outbox_events WHERE status = 'pending' AND next_attempt_at <= $2 \
+         ORDER BY next_attempt_at LIMIT {limit}{lock}) RETURNING *"
+    )
+}
+
+/// The statement of [`backlog`], counting through `idx_outbox_due_pending` as [`claim_sql`].
+pub const BACKLOG_SQL: &str = "SELECT COUNT(*) AS n FROM outbox_events WHERE status = 'pending'";
+
+/// How many events wait for delivery.
+pub async fn backlog<C: ConnectionTrait>(db: &C) -> Result<u64, DbErr> {
+    let backend = db.get_database_backend();
+    let row = db
+        .query_one(Statement::from_string(backend, BACKLOG_SQL))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound("COUNT(*) returned no row".into()))?;
+    let n: i64 = row.try_get("", "n")?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 /// The result of one delivery attempt of a claimed event.

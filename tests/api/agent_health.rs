@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use reqwest::Method;
+use sea_orm::ConnectionTrait;
 use serde_json::json;
 use stateset_voice::{
     api::routes::Route,
@@ -393,8 +394,13 @@ async fn admin_api_sets_and_clears_agent_health_url(app: TestApp) {
 backend_test!(migration_adds_and_drops_the_column);
 async fn migration_adds_and_drops_the_column(app: TestApp) {
     let db = app.state.db.connection();
-    Migrator::down(db, Some(1)).await.expect("down one step");
-    assert_eq!(Migrator::get_pending_migrations(db).await.unwrap().len(), 1);
+    let reverted = migrate_down_through(db, "m20261201_000001_route_agent_health_url").await;
+    assert_eq!(
+        Migrator::get_pending_migrations(db).await.unwrap().len(),
+        reverted as usize
+    );
+    let dropped = db.execute_unprepared("SELECT agent_health_url FROM routes").await;
+    assert!(dropped.is_err(), "the column is dropped: {dropped:?}");
     Migrator::up(db, None).await.expect("up again");
     let server = health_endpoint(200).await;
     let (_, route) = app

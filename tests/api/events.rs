@@ -553,3 +553,33 @@ fn alert_event(i: usize) -> stateset_voice::events::Event {
         message: format!("test alert {i}"),
     })
 }
+
+backend_test!(due_events_are_found_through_the_pending_index);
+async fn due_events_are_found_through_the_pending_index(fresh: FreshDatabase) {
+    use migration::MigratorTrait;
+    use sea_orm::ConnectionTrait;
+    use stateset_voice::db::outbox::{claim_sql, BACKLOG_SQL};
+    let now = chrono::Utc::now();
+    let claim = claim_sql(fresh.db.get_database_backend(), 50);
+    for (sql, values) in [
+        (claim.as_str(), vec![now.into(), now.into()]),
+        (BACKLOG_SQL, vec![]),
+    ] {
+        let plan = fresh.query_plan(sql, values).await;
+        assert!(
+            plan.contains("idx_outbox_due_pending"),
+            "{sql}\nshould use idx_outbox_due_pending:\n{plan}"
+        );
+    }
+    // Down, the index on (status, next_attempt_at) serves the claim again; up, the partial one.
+    let db = fresh.db.connection();
+    migrate_down_through(db, "m20261206_000001_outbox_due_pending").await;
+    let plan = fresh.query_plan(&claim, vec![now.into(), now.into()]).await;
+    assert!(
+        plan.contains("idx_outbox_due") && !plan.contains("idx_outbox_due_pending"),
+        "{plan}"
+    );
+    migration::Migrator::up(db, None).await.expect("up again");
+    let plan = fresh.query_plan(&claim, vec![now.into(), now.into()]).await;
+    assert!(plan.contains("idx_outbox_due_pending"), "{plan}");
+}

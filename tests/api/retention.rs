@@ -422,53 +422,12 @@ async fn every_batch_selects_through_its_index(fresh: FreshDatabase) {
         "idx_media_sessions_call",
     ));
     for (sql, index) in checks {
-        let plan = match backend {
-            DbBackend::Sqlite => {
-                let value: sea_orm::Value = if sql.starts_with("DELETE") {
-                    "x".into()
-                } else {
-                    cutoff.into()
-                };
-                db.query_all(Statement::from_sql_and_values(
-                    backend,
-                    format!("EXPLAIN QUERY PLAN {sql}"),
-                    [value],
-                ))
-                .await
-                .expect("explain")
-                .iter()
-                .map(|r| r.try_get::<String>("", "detail").unwrap())
-                .collect::<Vec<_>>()
-                .join("\n")
-            }
-            _ => {
-                // The tables are empty, so the planner would scan them: ask whether the
-                // index serves the query at all.
-                let txn = db.begin().await.unwrap();
-                txn.execute_unprepared("SET LOCAL enable_seqscan = off")
-                    .await
-                    .unwrap();
-                let value: sea_orm::Value = if sql.starts_with("DELETE") {
-                    "x".into()
-                } else {
-                    cutoff.into()
-                };
-                let plan = txn
-                    .query_all(Statement::from_sql_and_values(
-                        backend,
-                        format!("EXPLAIN {sql}"),
-                        [value],
-                    ))
-                    .await
-                    .expect("explain")
-                    .iter()
-                    .map(|r| r.try_get_by_index::<String>(0).unwrap())
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                txn.rollback().await.unwrap();
-                plan
-            }
+        let value: sea_orm::Value = if sql.starts_with("DELETE") {
+            "x".into()
+        } else {
+            cutoff.into()
         };
+        let plan = fresh.query_plan(&sql, vec![value]).await;
         assert!(plan.contains(index), "{sql}\nshould use {index}:\n{plan}");
         assert!(!plan.contains("SCAN calls"), "{sql}\n{plan}");
     }
