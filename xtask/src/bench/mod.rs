@@ -405,12 +405,8 @@ pub fn bench(options: &Options) -> Result<(), String> {
     };
     let stored_before = ours.store.as_ref().map(Store::size).transpose()?;
 
-    for (scenario, n) in [
-        ("retry", REPEATABLE),
-        ("forged", REPEATABLE),
-        ("unknown", REPEATABLE),
-    ] {
-        ours.sign(scenario, n, &work.join(format!("{scenario}.txt")))?;
+    for scenario in ["forged", "unknown"] {
+        ours.sign(scenario, REPEATABLE, &work.join(format!("{scenario}.txt")))?;
     }
     let list_path = "/api/v1/calls?limit=50";
     let events_path = "/api/v1/events?limit=50";
@@ -438,6 +434,9 @@ pub fn bench(options: &Options) -> Result<(), String> {
                 server.new_calls("new calls, prefilled", &work, seconds),
             )?;
         }
+        // Retries of calls answered in this round: Twilio retries within seconds, while its
+        // stream token (60 s) is still valid, so a round must not retry an older round's calls.
+        ours.sign("retry", REPEATABLE, &work.join("retry.txt"))?;
         for (scenario, file, expect) in [
             (Scenario::Retries, "retry.txt", 200),
             (Scenario::Forged, "forged.txt", 403),
