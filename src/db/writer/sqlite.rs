@@ -110,6 +110,11 @@ fn write(db: &Connection, jobs: &[Job]) -> rusqlite::Result<Vec<bool>> {
         (&*ADD_CALL_ATTEMPTS, &plan.calls),
         (&*ADD_ANSWER_ATTEMPTS, &plan.answers),
     ] {
+        // Each batch prepares its statements anew (the connection is lent per batch), so none
+        // is prepared for nothing: a batch of new calls alone has no counts.
+        if counts.is_empty() {
+            continue;
+        }
         let mut add = txn.prepare_cached(sql)?;
         for (by, ids) in counts {
             for id in ids {
