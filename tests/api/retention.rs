@@ -8,10 +8,7 @@ use entity::{
     alert, call, call_webhook, diagnostic, media_session, outbox_event,
     states::{DiagnosticKind, OutboxStatus},
 };
-use sea_orm::{
-    sea_query::Expr, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, Statement,
-    TransactionTrait,
-};
+use sea_orm::{sea_query::Expr, ColumnTrait, EntityTrait, QueryFilter};
 use stateset_voice::{
     backend_test,
     db::{
@@ -409,7 +406,6 @@ async fn a_stopped_purge_ends_between_batches(app: TestApp) {
 backend_test!(every_batch_selects_through_its_index);
 async fn every_batch_selects_through_its_index(fresh: FreshDatabase) {
     let db = &fresh.db;
-    let backend = db.get_database_backend();
     let cutoff = Utc::now();
     // The deletes of a batch of calls' rows go through the indexes on call_id too.
     let mut checks: Vec<(String, &str)> = Selection::ALL.iter().map(|s| (s.sql(250), s.index())).collect();
