@@ -130,6 +130,7 @@ mod tests {
             p99_ms: 5.0,
             max_ms: 9.0,
             cpu_us,
+            load_us: 10.0,
             errors: 0,
             wrapped: 0,
         }

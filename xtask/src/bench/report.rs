@@ -71,6 +71,7 @@ pub struct Medians {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub cpu_us: f64,
+    pub load_us: f64,
 }
 
 impl Measured {
@@ -96,6 +97,7 @@ impl Measured {
             p90_ms: m(|r| r.p90_ms),
             p99_ms: m(|r| r.p99_ms),
             cpu_us: m(|r| r.cpu_us),
+            load_us: m(|r| r.load_us),
         })
     }
 }
@@ -265,7 +267,7 @@ pub fn markdown(inputs: &Inputs<'_>) -> String {
     );
     let _ = writeln!(
         md,
-        "Webhooks: wrk ({} connections, keep-alive, 2 threads) replays pre-signed Twilio requests (`bench/signed.lua`) for {} s per run, in {} interleaved rounds: each round runs every scenario once, new calls on CallSids signed for that run only. Server CPU is the server process's own user + system time (`/proc/PID/stat`) over the run, divided by the requests answered; the figures are the medians of the rounds. wrk and the servers share the machine's cores.\n",
+        "Webhooks: wrk ({} connections, keep-alive, 2 threads) replays pre-signed Twilio requests (`bench/signed.lua`) for {} s per run, in {} interleaved rounds: each round runs every scenario once, new calls on CallSids signed for that run only. Server CPU is the server process's own user + system time (`/proc/PID/stat`) over the run, divided by the requests answered; wrk's own CPU per request is measured the same way (the load generator's share of the machine). The figures are the medians of the rounds. wrk and the servers share the machine's cores, so a scenario's rate follows the server's and wrk's CPU per request together.\n",
         super::wrk::CONNECTIONS,
         inputs.seconds,
         o.rounds
@@ -273,18 +275,19 @@ pub fn markdown(inputs: &Inputs<'_>) -> String {
     if o.postgres {
         md.push_str("On PostgreSQL, server CPU is the service's alone: the database's own processes do the storage work and are not counted.\n\n");
     }
-    md.push_str("| scenario | req/s | p50 ms | p90 ms | p99 ms | server CPU µs per request | rounds |\n|---|---|---|---|---|---|---|\n");
+    md.push_str("| scenario | req/s | p50 ms | p90 ms | p99 ms | server CPU µs per request | wrk CPU µs per request | rounds |\n|---|---|---|---|---|---|---|---|\n");
     for scenario in Scenario::ALL {
         if let Some(m) = inputs.measured.medians(scenario) {
             let _ = writeln!(
                 md,
-                "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {} |",
+                "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {} |",
                 scenario.label(),
                 m.per_second,
                 m.p50_ms,
                 m.p90_ms,
                 m.p99_ms,
                 m.cpu_us,
+                m.load_us,
                 m.rounds
             );
         }
@@ -367,6 +370,7 @@ mod tests {
             p99_ms,
             max_ms: 9.0,
             cpu_us,
+            load_us: 10.0,
             errors: 0,
             wrapped: 0,
         }

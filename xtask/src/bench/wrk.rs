@@ -20,6 +20,9 @@ pub struct Run {
     pub max_ms: f64,
     /// The server's user + system CPU over the run, per request.
     pub cpu_us: f64,
+    /// wrk's own user + system CPU over the run, per request: the load generator's share of
+    /// the machine, which the servers share with it.
+    pub load_us: f64,
     /// Answers with another status than expected, and socket errors.
     pub errors: u64,
     /// Times a wrk thread ran out of pre-signed requests and started over.
@@ -52,6 +55,19 @@ pub fn cpu_seconds(pid: u32) -> Result<f64, String> {
     Ok((utime + stime) / hz)
 }
 
+/// User + system CPU seconds of this process's children that have ended and been waited for:
+/// around one wrk run (the only child that ends meanwhile), that run's CPU.
+pub fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
 /// Runs wrk for `seconds` against `base` and reads `server_pid`'s CPU around it. `expect` is
 /// the status every answer must have.
 pub fn run(base: &str, load: Load<'_>, seconds: u32, server_pid: u32, expect: u16) -> Result<Run, String> {
@@ -79,7 +95,9 @@ pub fn run(base: &str, load: Load<'_>, seconds: u32, server_pid: u32, expect: u1
         }
     };
     let before = cpu_seconds(server_pid)?;
+    let load_before = children_cpu_seconds();
     let out = cmd.output().map_err(|e| format!("running wrk: {e}"))?;
+    let load_after = children_cpu_seconds();
     let after = cpu_seconds(server_pid)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
@@ -115,6 +133,7 @@ pub fn run(base: &str, load: Load<'_>, seconds: u32, server_pid: u32, expect: u1
         p99_ms: ms("p99_us"),
         max_ms: ms("max_us"),
         cpu_us: (after - before) * 1e6 / requests as f64,
+        load_us: (load_after - load_before) * 1e6 / requests as f64,
         errors: socket_errors + wrong_status,
         wrapped: n("wrapped"),
     })
@@ -152,5 +171,17 @@ mod tests {
         assert!(x > 0);
         // 100 ms of busy loop is several clock ticks of CPU time.
         assert!(cpu_seconds(std::process::id()).unwrap() > spent);
+    }
+
+    #[test]
+    fn a_child_that_ended_has_its_cpu_counted() {
+        let before = children_cpu_seconds();
+        // A child that counts to 200,000 (tens of milliseconds of CPU at least), waited for.
+        let status = Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 200000 ]; do i=$((i + 1)); done"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(children_cpu_seconds() - before > 0.01);
     }
 }
