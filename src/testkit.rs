@@ -108,62 +108,45 @@ impl FreshDatabase {
     /// PostgreSQL sequential scans are turned off for it: the plan shows whether an index can
     /// serve the query at all.
     pub async fn query_plan(&self, sql: &str, values: Vec<sea_orm::Value>) -> String {
-        use sea_orm::{DbBackend, Statement, TransactionTrait};
+        use sea_orm::{DbBackend, QueryResult, Statement, TransactionTrait};
         let backend = self.db.get_database_backend();
-        match backend {
-            DbBackend::Postgres => {
-                let txn = self.db.begin().await.expect("begin");
-                txn.execute_unprepared("SET LOCAL enable_seqscan = off")
-                    .await
-                    .expect("enable_seqscan");
-                let plan = txn
-                    .query_all(Statement::from_sql_and_values(
-                        backend,
-                        format!("EXPLAIN {sql}"),
-                        values,
-                    ))
-                    .await
-                    .expect("explain")
-                    .iter()
-                    .map(|r| r.try_get_by_index::<String>(0).expect("plan line"))
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                txn.rollback().await.expect("rollback");
-                plan
-            }
-            _ => self
-                .db
-                .query_all(Statement::from_sql_and_values(
-                    backend,
-                    format!("EXPLAIN QUERY PLAN {sql}"),
-                    values,
-                ))
+        let (explain, line): (&str, fn(&QueryResult) -> String) = match backend {
+            DbBackend::Postgres => ("EXPLAIN", |r| r.try_get_by_index(0).expect("plan line")),
+            _ => ("EXPLAIN QUERY PLAN", |r| {
+                r.try_get("", "detail").expect("plan line")
+            }),
+        };
+        let txn = self.db.begin().await.expect("begin");
+        if backend == DbBackend::Postgres {
+            txn.execute_unprepared("SET LOCAL enable_seqscan = off")
                 .await
-                .expect("explain")
-                .iter()
-                .map(|r| r.try_get::<String>("", "detail").expect("plan line"))
-                .collect::<Vec<_>>()
-                .join("\n"),
+                .expect("enable_seqscan");
         }
+        let rows = txn
+            .query_all(Statement::from_sql_and_values(
+                backend,
+                format!("{explain} {sql}"),
+                values,
+            ))
+            .await
+            .expect("explain");
+        txn.rollback().await.expect("rollback");
+        rows.iter().map(line).collect::<Vec<_>>().join("\n")
     }
 }
 
 /// Reverts the migrations from the newest back to (and with) the one named `name`; returns
 /// how many were reverted. `Migrator::up` applies them again.
-pub async fn migrate_down_through(db: &sea_orm::DatabaseConnection, name: &str) -> u32 {
+pub async fn migrate_down_through(db: &sea_orm::DatabaseConnection, name: &str) -> usize {
     use migration::{Migrator, MigratorTrait};
-    let newest_first: Vec<String> = Migrator::migrations()
+    let steps = Migrator::migrations()
         .iter()
         .rev()
-        .map(|m| m.name().to_owned())
-        .collect();
-    let steps = newest_first
-        .iter()
-        .position(|n| n == name)
+        .position(|m| m.name() == name)
         .unwrap_or_else(|| panic!("no migration named {name}"))
         + 1;
-    let steps = u32::try_from(steps).expect("a few migrations");
-    Migrator::down(db, Some(steps)).await.expect("migrating down");
+    let down = u32::try_from(steps).expect("a few migrations");
+    Migrator::down(db, Some(down)).await.expect("migrating down");
     steps
 }
 

@@ -397,7 +397,7 @@ async fn migration_adds_and_drops_the_column(app: TestApp) {
     let reverted = migrate_down_through(db, "m20261201_000001_route_agent_health_url").await;
     assert_eq!(
         Migrator::get_pending_migrations(db).await.unwrap().len(),
-        reverted as usize
+        reverted
     );
     let dropped = db.execute_unprepared("SELECT agent_health_url FROM routes").await;
     assert!(dropped.is_err(), "the column is dropped: {dropped:?}");
