@@ -110,7 +110,10 @@ async fn concurrent_duplicates_across_two_instances(one: TestApp) {
         }
     }))
     .await;
-    assert!(responses.iter().all(|(s, b)| *s == 200 && *b == responses[0].1));
+    assert!(
+        responses.iter().all(|(s, b)| *s == 200 && *b == responses[0].1),
+        "{responses:?}"
+    );
     assert_eq!(one.count(call::Entity).await, 1);
     assert_eq!(one.call(&sid).await.unwrap().attempts, 40);
 }
@@ -194,44 +197,7 @@ backend_test!(one_failing_write_does_not_fail_the_others_in_its_batch);
 async fn one_failing_write_does_not_fail_the_others_in_its_batch(app: TestApp) {
     let (tenant, route) = app.seed().await;
     let writer = &app.state.writer;
-    let new_call = |route_id: &str| {
-        let now = chrono::Utc::now();
-        let call = call::Model {
-            id: entity::id::new_id(),
-            call_sid: call_sid(),
-            tenant_id: tenant.id.clone(),
-            route_id: route_id.to_owned(),
-            from_number: "+15550001111".to_owned(),
-            to_number: NUMBER.to_owned(),
-            status: entity::states::CallStatus::Ringing,
-            outcome: entity::states::Outcome::Streamed,
-            fallback_reason: None,
-            attempts: 1,
-            error_code: None,
-            error_url: None,
-            duration_secs: None,
-            created_at: now,
-            updated_at: now,
-            ended_at: None,
-        };
-        let answer = call_webhook::Model {
-            id: entity::id::new_id(),
-            call_id: call.id.clone(),
-            kind: entity::states::WebhookKind::Incoming,
-            attempts: 1,
-            twiml: "<Response/>".to_owned(),
-            stream_token: None,
-            token_jti: None,
-            token_expires_at: None,
-            created_at: now,
-            updated_at: now,
-        };
-        let event = stateset_voice::db::outbox::pending(
-            &tenant.id,
-            &stateset_voice::events::Event::CallReceived((&call).into()),
-        );
-        stateset_voice::db::writer::NewCall { call, answer, event }
-    };
+    let new_call = |route_id: &str| new_call(&tenant.id, route_id);
     // A route that does not exist breaks the foreign key of one call among many.
     let mut calls: Vec<_> = (0..30).map(|_| new_call(&route.id)).collect();
     calls.insert(15, new_call("no-such-route"));
@@ -246,4 +212,149 @@ async fn one_failing_write_does_not_fail_the_others_in_its_batch(app: TestApp) {
     assert_eq!(app.count(call::Entity).await, 30);
     assert_eq!(app.count(call_webhook::Entity).await, 30);
     assert_eq!(app.count(outbox_event::Entity).await, 30);
+}
+
+/// A new call of `tenant_id` on `route_id`, with its answer and event, as the webhook makes it.
+fn new_call(tenant_id: &str, route_id: &str) -> stateset_voice::db::writer::NewCall {
+    let now = chrono::Utc::now();
+    let call = call::Model {
+        id: entity::id::new_id(),
+        call_sid: call_sid(),
+        tenant_id: tenant_id.to_owned(),
+        route_id: route_id.to_owned(),
+        from_number: "+15550001111".to_owned(),
+        to_number: NUMBER.to_owned(),
+        status: entity::states::CallStatus::Ringing,
+        outcome: entity::states::Outcome::Streamed,
+        fallback_reason: None,
+        attempts: 1,
+        error_code: None,
+        error_url: None,
+        duration_secs: None,
+        created_at: now,
+        updated_at: now,
+        ended_at: None,
+    };
+    let answer = call_webhook::Model {
+        id: entity::id::new_id(),
+        call_id: call.id.clone(),
+        kind: entity::states::WebhookKind::Incoming,
+        attempts: 1,
+        twiml: "<Response/>".to_owned(),
+        stream_token: None,
+        token_jti: None,
+        token_expires_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let event = stateset_voice::db::outbox::pending(
+        tenant_id,
+        &stateset_voice::events::Event::CallReceived((&call).into()),
+    );
+    stateset_voice::db::writer::NewCall { call, answer, event }
+}
+
+backend_test!(the_writer_stores_every_column_as_given);
+async fn the_writer_stores_every_column_as_given(app: TestApp) {
+    use chrono::{Duration, SubsecRound};
+    use sea_orm::EntityTrait;
+    let (tenant, route) = app.seed().await;
+    // Every nullable column set, text that needs escaping, and times finer than a microsecond.
+    let t = chrono::Utc::now().trunc_subsecs(0) + Duration::nanoseconds(123_456_789);
+    let mut stored = new_call(&tenant.id, &route.id);
+    stored.call.status = entity::states::CallStatus::Completed;
+    stored.call.outcome = entity::states::Outcome::Fallback;
+    stored.call.fallback_reason = Some(entity::states::FallbackReason::AgentUnhealthy);
+    stored.call.error_code = Some("11200".to_owned());
+    stored.call.error_url = Some("https://example.com/a?b=\"c\"&d=\\é\u{1}\n".to_owned());
+    stored.call.duration_secs = Some(-7);
+    (stored.call.created_at, stored.call.ended_at) = (t, Some(t + Duration::seconds(3)));
+    stored.answer.twiml = "<Response><Say>\"quoted\" ünïcode \u{7f}</Say></Response>".to_owned();
+    stored.answer.stream_token = Some("tok.en".to_owned());
+    stored.answer.token_jti = Some("jti".to_owned());
+    stored.answer.token_expires_at = Some(t + Duration::nanoseconds(999));
+    stored.event.last_error = Some("{\"json\": [1, 2]}".to_owned());
+    stored.event.delivered_at = Some(t);
+    assert!(app.state.writer.claim(stored.clone()).await.unwrap());
+
+    // PostgreSQL keeps microseconds: finer digits are cut, as sqlx cuts them.
+    let expected = if app.backend == Backend::Sqlite {
+        stored.clone()
+    } else {
+        let mut cut = stored.clone();
+        for time in [
+            &mut cut.call.created_at,
+            &mut cut.call.updated_at,
+            cut.call.ended_at.as_mut().unwrap(),
+            &mut cut.answer.created_at,
+            &mut cut.answer.updated_at,
+            cut.answer.token_expires_at.as_mut().unwrap(),
+            &mut cut.event.next_attempt_at,
+            &mut cut.event.created_at,
+            cut.event.delivered_at.as_mut().unwrap(),
+        ] {
+            *time = time.trunc_subsecs(6);
+        }
+        cut
+    };
+    let db = &app.state.db;
+    let call = call::Entity::find_by_id(stored.call.id.clone())
+        .one(db)
+        .await
+        .unwrap();
+    let answer = call_webhook::Entity::find_by_id(stored.answer.id.clone())
+        .one(db)
+        .await
+        .unwrap();
+    let event = outbox_event::Entity::find_by_id(stored.event.id.clone())
+        .one(db)
+        .await
+        .unwrap();
+    assert_eq!(call.as_ref(), Some(&expected.call));
+    assert_eq!(answer.as_ref(), Some(&expected.answer));
+    assert_eq!(event.as_ref(), Some(&expected.event));
+
+    // The same CallSid again stores nothing more, and its retry counts reach both rows.
+    let mut again = new_call(&tenant.id, &route.id);
+    again.call.call_sid = stored.call.call_sid.clone();
+    assert!(!app.state.writer.claim(again.clone()).await.unwrap());
+    assert!(call::Entity::find_by_id(again.call.id)
+        .one(db)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(call_webhook::Entity::find_by_id(again.answer.id)
+        .one(db)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(outbox_event::Entity::find_by_id(again.event.id)
+        .one(db)
+        .await
+        .unwrap()
+        .is_none());
+    let ids = (
+        entity::id::CallId(stored.call.id.clone()),
+        entity::id::WebhookId(stored.answer.id.clone()),
+    );
+    for _ in 0..3 {
+        app.state
+            .writer
+            .count_retry(ids.0.clone(), ids.1.clone())
+            .await
+            .unwrap();
+    }
+    app.state.writer.settle().await;
+    let call = call::Entity::find_by_id(stored.call.id.clone())
+        .one(db)
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = call_webhook::Entity::find_by_id(stored.answer.id.clone())
+        .one(db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((call.attempts, answer.attempts), (4, 4));
+    assert!(call.updated_at > expected.call.updated_at && answer.updated_at > expected.answer.updated_at);
 }
