@@ -63,11 +63,7 @@ impl AppState {
     /// Builds the state for a connected, migrated database.
     pub fn new(db: Pool, config: Config) -> Self {
         let metrics = Arc::new(Metrics::default());
-        let writer = Arc::new(Writer::new(
-            db.clone(),
-            config.database.max_connections,
-            metrics.write_batch_size.clone(),
-        ));
+        let writer = Arc::new(Writer::new(&db, metrics.write_batch_size.clone()));
         let tokens = TokenIssuer::new(
             config.stream_tokens.secret.expose().as_bytes(),
             config.stream_tokens.ttl,

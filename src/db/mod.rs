@@ -136,7 +136,14 @@ pub async fn connect_url(
     if let Some(schema) = pg_schema {
         options.set_schema_search_path(schema.to_owned());
     }
-    Ok(Pool::new(Database::connect(options).await?, mode))
+    let pool = Pool::new(Database::connect(options.clone()).await?, mode);
+    if sqlite {
+        return Ok(pool);
+    }
+    // The batch writer's connection of its own on PostgreSQL (`Pool::writer`; the gain is
+    // measured at `Writer`). Connected at the first batch.
+    options.max_connections(1).min_connections(0).connect_lazy(true);
+    Ok(pool.with_writer(Database::connect(options).await?))
 }
 
 /// Applies pending migrations (on PostgreSQL in one transaction).

@@ -39,6 +39,8 @@ pub enum PoolMode {
 pub struct Pool {
     conn: DatabaseConnection,
     mode: PoolMode,
+    /// A connection for the batch writer alone, if it has one ([`Pool::writer`]).
+    writer: Option<DatabaseConnection>,
 }
 
 /// A pool that runs statements as sea-orm does ([`PoolMode::Direct`]).
@@ -51,7 +53,28 @@ impl From<DatabaseConnection> for Pool {
 impl Pool {
     /// Wraps sea-orm's pool.
     pub fn new(conn: DatabaseConnection, mode: PoolMode) -> Self {
-        Self { conn, mode }
+        Self {
+            conn,
+            mode,
+            writer: None,
+        }
+    }
+
+    /// This pool, with `writer` (a pool of one connection to the same database) kept for the
+    /// batch writer.
+    pub fn with_writer(self, writer: DatabaseConnection) -> Self {
+        Self {
+            writer: Some(writer),
+            ..self
+        }
+    }
+
+    /// Where the batch writer writes: its own connection if it has one, else this pool.
+    pub fn writer(&self) -> Pool {
+        match &self.writer {
+            Some(writer) => Pool::new(writer.clone(), self.mode),
+            None => self.clone(),
+        }
     }
 
     /// How statements run.
@@ -66,6 +89,9 @@ impl Pool {
 
     /// Closes the pool's connections.
     pub async fn close(&self) -> Result<(), DbErr> {
+        if let Some(writer) = &self.writer {
+            writer.close_by_ref().await?;
+        }
         self.conn.close_by_ref().await
     }
 

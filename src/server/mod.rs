@@ -83,13 +83,11 @@ pub fn start(supervisor: &mut Supervisor, acceptor: TcpAcceptor, state: &AppStat
             }
         }
     });
-    for lane in 1..=state.writer.lanes() {
-        let writer = Arc::clone(&state.writer);
-        supervisor.spawn(format!("writer-{lane}"), Stage::Writer, move |stop| {
-            let writer = writer.clone();
-            async move { writer.run_lane(stop).await }
-        });
-    }
+    let writer = Arc::clone(&state.writer);
+    supervisor.spawn("writer", Stage::Writer, move |stop| {
+        let writer = writer.clone();
+        async move { writer.run_lane(stop).await }
+    });
 }
 
 /// A listener on the address the first one had, else on the configured one.

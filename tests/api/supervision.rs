@@ -46,7 +46,7 @@ backend_test!(a_panicking_task_is_restarted_and_readiness_follows);
 async fn a_panicking_task_is_restarted_and_readiness_follows(app: TestApp) {
     // The app's own tasks are supervised from the start, each series at zero.
     let text = app.metrics().await;
-    for task in ["server", "writer-1"] {
+    for task in ["server", "writer"] {
         assert!(
             text.contains(&format!("voice_worker_restarts_total{{worker=\"{task}\"}} 0")),
             "{text}"
