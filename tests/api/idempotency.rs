@@ -358,3 +358,23 @@ async fn the_writer_stores_every_column_as_given(app: TestApp) {
     assert_eq!((call.attempts, answer.attempts), (4, 4));
     assert!(call.updated_at > expected.call.updated_at && answer.updated_at > expected.answer.updated_at);
 }
+
+/// On PostgreSQL the writer has a connection of its own: new calls are stored while every
+/// connection of the pool is taken (by slow admin reads, say), instead of failing to acquire one.
+#[tokio::test]
+async fn on_postgresql_the_writer_stores_while_the_whole_pool_is_taken() {
+    use sea_orm::TransactionTrait;
+    let Some(app) = spawn_app_with(Backend::Postgres, |a| a.database_max_connections = Some(2)).await else {
+        return;
+    };
+    let (tenant, route) = app.seed().await;
+    let taken = [
+        app.state.db.begin().await.unwrap(),
+        app.state.db.begin().await.unwrap(),
+    ];
+    let stored = new_call(&tenant.id, &route.id);
+    assert!(app.state.writer.claim(stored.clone()).await.unwrap());
+    drop(taken);
+    let call = app.call(&stored.call.call_sid).await.unwrap();
+    assert_eq!(call.id, stored.call.id);
+}
