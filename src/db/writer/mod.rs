@@ -63,7 +63,8 @@ enum Job {
 /// earlier rule (lanes on a quarter of the pool, four), this took ×1.50 less server CPU per new
 /// call, ×1.20 the throughput and p99 from 23.7 to 13.5 ms (`cargo xtask bench --against
 /// --postgres`, three interleaved rounds of 5 s). Measured apart: one lane instead of two
-/// ×1.17 less CPU; a pool of 4 instead of 16 with one lane, ×1.10.
+/// ×1.17 less CPU; with one lane, a pool of 4 connections instead of 16 (what led to a
+/// connection of its own), ×1.10.
 pub struct Writer {
     db: Pool,
     batch_sizes: Histogram,
