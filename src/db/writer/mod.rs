@@ -4,7 +4,7 @@
 //! committed. A retry's answer is already committed, so a retry's count is queued and not
 //! waited for: it is written with the next batch, and [`Writer::settle`] waits for the counts
 //! queued before it (reads of `attempts` settle first).
-mod sea;
+mod postgres;
 mod sqlite;
 
 use std::{
@@ -116,7 +116,7 @@ impl Writer {
                 DbBackend::Sqlite => {
                     sqlite::execute(self.db.connection().get_sqlite_connection_pool(), jobs).await
                 }
-                _ => execute(&mut sea::SeaOrm(&self.db), jobs).await,
+                _ => execute(&mut postgres::Unnest(&self.db), jobs).await,
             }
         }
     }
@@ -179,7 +179,7 @@ fn stopped() -> DbErr {
     DbErr::Custom("the database writer stopped".to_owned())
 }
 
-/// Writes batches of jobs, each in one transaction: [`sea::SeaOrm`] through sea-orm (PostgreSQL),
+/// Writes batches of jobs, each in one transaction: [`postgres::Unnest`] with one array per column (PostgreSQL),
 /// [`sqlite::Handle`] on the SQLite connection's own handle.
 trait Batches {
     /// Writes `jobs` in one transaction; for each job, whether it stored a new call.
@@ -468,12 +468,19 @@ mod tests {
         assert!(writer.claim(stored_call.clone()).await.unwrap());
         stop.cancel();
         running.await.unwrap();
-        let (done, _) = oneshot::channel();
-        let claimed = sea::SeaOrm(&orm)
-            .write(&[Job::Claim(Arc::new(stored_call), done)])
+        let NewCall { call, answer, event } = stored_call;
+        call::Entity::insert(call.into_active_model())
+            .exec(&orm)
             .await
             .unwrap();
-        assert_eq!(claimed, [true]);
+        call_webhook::Entity::insert(answer.into_active_model())
+            .exec(&orm)
+            .await
+            .unwrap();
+        outbox_event::Entity::insert(event.into_active_model())
+            .exec(&orm)
+            .await
+            .unwrap();
         assert_eq!(
             stored::<call::Entity>(&lane).await,
             stored::<call::Entity>(&orm).await
