@@ -18,7 +18,7 @@ use entity::{
     outbox_event,
 };
 use prometheus_client::metrics::histogram::Histogram;
-use sea_orm::{ConnectionTrait, DbBackend, DbErr};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr, EntityTrait, IdenStatic, Iterable};
 use tokio::sync::{mpsc, oneshot, Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -222,6 +222,19 @@ fn answer(job: Job, result: Result<bool, DbErr>) {
             }
         }
     }
+}
+
+/// `INSERT INTO "table" ("column", ...) ` over all of an entity's columns, in the order of
+/// `Column::iter()` (the order both lanes bind values in), followed by what `rows` makes of
+/// the number of columns: the start of each lane's insert statements.
+fn insert_into<E: EntityTrait>(rows: impl FnOnce(usize) -> String) -> String {
+    let columns: Vec<String> = E::Column::iter().map(|c| format!("\"{}\"", c.as_str())).collect();
+    format!(
+        "INSERT INTO \"{}\" ({}) {}",
+        E::default().table_name(),
+        columns.join(", "),
+        rows(columns.len())
+    )
 }
 
 /// What one batch writes.

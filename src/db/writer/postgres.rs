@@ -19,7 +19,7 @@ use entity::{call, call_webhook, outbox_event};
 use sea_orm::{
     sea_query::Value,
     sqlx::{self, postgres::PgArguments, Arguments},
-    DbErr, EntityName, EntityTrait, IdenStatic, Iterable, ModelTrait, RuntimeErr,
+    DbErr, EntityName, EntityTrait, Iterable, ModelTrait, RuntimeErr,
 };
 
 use super::{Batches, Job, NewCall, Plan};
@@ -109,14 +109,10 @@ static ADD_ANSWER_ATTEMPTS: LazyLock<String> = LazyLock::new(|| add_attempts(cal
 /// `INSERT INTO "table" ("column", ...) SELECT * FROM UNNEST($1, ...)` over all of an entity's
 /// columns, one array per column in the order of [`arrays`].
 fn insert<E: EntityTrait>() -> String {
-    let columns: Vec<String> = E::Column::iter().map(|c| format!("\"{}\"", c.as_str())).collect();
-    let arrays: Vec<String> = (1..=columns.len()).map(|i| format!("${i}")).collect();
-    format!(
-        "INSERT INTO \"{}\" ({}) SELECT * FROM UNNEST({})",
-        E::default().table_name(),
-        columns.join(", "),
-        arrays.join(", ")
-    )
+    super::insert_into::<E>(|columns| {
+        let arrays: Vec<String> = (1..=columns).map(|i| format!("${i}")).collect();
+        format!("SELECT * FROM UNNEST({})", arrays.join(", "))
+    })
 }
 
 /// The atomic `attempts = attempts + $1` with `updated_at = $2` on the rows whose ids are in

@@ -24,7 +24,7 @@ use rusqlite::{
 use sea_orm::{
     sea_query::Value,
     sqlx::{self, error::ErrorKind, SqlitePool},
-    ConnAcquireErr, DbErr, EntityName, EntityTrait, IdenStatic, Iterable, ModelTrait, RuntimeErr,
+    ConnAcquireErr, DbErr, EntityName, EntityTrait, Iterable, ModelTrait, RuntimeErr,
 };
 
 use super::{Batches, Job, Plan};
@@ -140,13 +140,7 @@ static ADD_ANSWER_ATTEMPTS: LazyLock<String> = LazyLock::new(|| add_attempts(cal
 /// `INSERT INTO "table" ("column", ...) VALUES (?, ...)` over all of an entity's columns, in
 /// the order of [`values`].
 fn insert<E: EntityTrait>() -> String {
-    let columns: Vec<String> = E::Column::iter().map(|c| format!("\"{}\"", c.as_str())).collect();
-    format!(
-        "INSERT INTO \"{}\" ({}) VALUES ({})",
-        E::default().table_name(),
-        columns.join(", "),
-        vec!["?"; columns.len()].join(", ")
-    )
+    super::insert_into::<E>(|columns| format!("VALUES ({})", vec!["?"; columns].join(", ")))
 }
 
 /// The atomic `attempts = attempts + ?1` with `updated_at = ?2` on the row whose id is `?3`.
