@@ -254,6 +254,122 @@ fn new_call(tenant_id: &str, route_id: &str) -> stateset_voice::db::writer::NewC
     stateset_voice::db::writer::NewCall { call, answer, event }
 }
 
+/// `given` as the database gives it back: PostgreSQL keeps microseconds, and finer digits are
+/// cut, as sqlx cuts them.
+fn as_stored(
+    backend: Backend,
+    given: &stateset_voice::db::writer::NewCall,
+) -> stateset_voice::db::writer::NewCall {
+    use chrono::SubsecRound;
+    let mut cut = given.clone();
+    if backend == Backend::Sqlite {
+        return cut;
+    }
+    for time in [
+        Some(&mut cut.call.created_at),
+        Some(&mut cut.call.updated_at),
+        cut.call.ended_at.as_mut(),
+        Some(&mut cut.answer.created_at),
+        Some(&mut cut.answer.updated_at),
+        cut.answer.token_expires_at.as_mut(),
+        Some(&mut cut.event.next_attempt_at),
+        Some(&mut cut.event.created_at),
+        cut.event.delivered_at.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        *time = time.trunc_subsecs(6);
+    }
+    cut
+}
+
+/// The rows of `given` as stored, if they are.
+async fn stored_rows(
+    app: &TestApp,
+    given: &stateset_voice::db::writer::NewCall,
+) -> (
+    Option<call::Model>,
+    Option<call_webhook::Model>,
+    Option<outbox_event::Model>,
+) {
+    use sea_orm::EntityTrait;
+    let db = &app.state.db;
+    (
+        call::Entity::find_by_id(given.call.id.clone())
+            .one(db)
+            .await
+            .unwrap(),
+        call_webhook::Entity::find_by_id(given.answer.id.clone())
+            .one(db)
+            .await
+            .unwrap(),
+        outbox_event::Entity::find_by_id(given.event.id.clone())
+            .one(db)
+            .await
+            .unwrap(),
+    )
+}
+
+backend_test!(calls_written_together_are_each_stored_as_given);
+/// Concurrent new calls go into one transaction, on PostgreSQL as one array per column: a row
+/// whose optional columns are empty beside rows whose are set, and the other way round, is
+/// stored as given, and of two requests for one CallSid in the same batch one stores it.
+async fn calls_written_together_are_each_stored_as_given(app: TestApp) {
+    use chrono::Duration;
+    let (tenant, route) = app.seed().await;
+    let calls: Vec<_> = (0..16)
+        .map(|i| {
+            let mut c = new_call(&tenant.id, &route.id);
+            if i % 2 == 1 {
+                let t = c.call.created_at + Duration::seconds(i);
+                c.call.fallback_reason = Some(entity::states::FallbackReason::AgentUnhealthy);
+                c.call.error_code = Some(format!("1120{i}"));
+                c.call.duration_secs = Some(i as i32);
+                c.call.ended_at = Some(t);
+                c.answer.stream_token = Some(format!("token-{i}"));
+                c.answer.token_jti = Some(format!("jti-{i}"));
+                c.answer.token_expires_at = Some(t);
+                c.event.last_error = Some(format!("error {i}"));
+                c.event.delivered_at = Some(t);
+            }
+            c
+        })
+        .collect();
+    let mut twin = new_call(&tenant.id, &route.id);
+    twin.call.call_sid = calls[3].call.call_sid.clone();
+    let claims = calls
+        .iter()
+        .chain([&twin])
+        .map(|c| app.state.writer.claim(c.clone()));
+    let claimed: Vec<bool> = futures::future::join_all(claims)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+
+    assert_eq!(claimed.iter().filter(|&&c| c).count(), 16, "{claimed:?}");
+    let (first, second) = (claimed[3], claimed[16]);
+    assert!(first != second, "one of the two requests for a CallSid stores it");
+    let (winner, loser) = if first {
+        (&calls[3], &twin)
+    } else {
+        (&twin, &calls[3])
+    };
+    for given in calls
+        .iter()
+        .filter(|c| c.call.id != loser.call.id)
+        .chain([winner])
+    {
+        let expected = as_stored(app.backend, given);
+        let (call, answer, event) = stored_rows(&app, given).await;
+        assert_eq!(call.as_ref(), Some(&expected.call));
+        assert_eq!(answer.as_ref(), Some(&expected.answer));
+        assert_eq!(event.as_ref(), Some(&expected.event));
+    }
+    assert_eq!(stored_rows(&app, loser).await, (None, None, None));
+}
+
 backend_test!(the_writer_stores_every_column_as_given);
 async fn the_writer_stores_every_column_as_given(app: TestApp) {
     use chrono::{Duration, SubsecRound};
@@ -277,26 +393,7 @@ async fn the_writer_stores_every_column_as_given(app: TestApp) {
     stored.event.delivered_at = Some(t);
     assert!(app.state.writer.claim(stored.clone()).await.unwrap());
 
-    // PostgreSQL keeps microseconds: finer digits are cut, as sqlx cuts them.
-    let expected = if app.backend == Backend::Sqlite {
-        stored.clone()
-    } else {
-        let mut cut = stored.clone();
-        for time in [
-            &mut cut.call.created_at,
-            &mut cut.call.updated_at,
-            cut.call.ended_at.as_mut().unwrap(),
-            &mut cut.answer.created_at,
-            &mut cut.answer.updated_at,
-            cut.answer.token_expires_at.as_mut().unwrap(),
-            &mut cut.event.next_attempt_at,
-            &mut cut.event.created_at,
-            cut.event.delivered_at.as_mut().unwrap(),
-        ] {
-            *time = time.trunc_subsecs(6);
-        }
-        cut
-    };
+    let expected = as_stored(app.backend, &stored);
     let db = &app.state.db;
     let call = call::Entity::find_by_id(stored.call.id.clone())
         .one(db)
