@@ -179,8 +179,8 @@ fn stopped() -> DbErr {
     DbErr::Custom("the database writer stopped".to_owned())
 }
 
-/// Writes batches of jobs, each in one transaction: [`postgres::Unnest`] with one array per column (PostgreSQL),
-/// [`sqlite::Handle`] on the SQLite connection's own handle.
+/// Writes batches of jobs, each in one transaction: [`postgres::Unnest`] with one array per
+/// column (PostgreSQL), [`sqlite::Handle`] on the SQLite connection's own handle.
 trait Batches {
     /// Writes `jobs` in one transaction; for each job, whether it stored a new call.
     async fn write(&mut self, jobs: &[Job]) -> Result<Vec<bool>, DbErr>;
