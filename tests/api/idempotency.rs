@@ -373,7 +373,6 @@ async fn calls_written_together_are_each_stored_as_given(app: TestApp) {
 backend_test!(the_writer_stores_every_column_as_given);
 async fn the_writer_stores_every_column_as_given(app: TestApp) {
     use chrono::{Duration, SubsecRound};
-    use sea_orm::EntityTrait;
     let (tenant, route) = app.seed().await;
     // Every nullable column set, text that needs escaping, and times finer than a microsecond.
     let t = chrono::Utc::now().trunc_subsecs(0) + Duration::nanoseconds(123_456_789);
@@ -394,19 +393,7 @@ async fn the_writer_stores_every_column_as_given(app: TestApp) {
     assert!(app.state.writer.claim(stored.clone()).await.unwrap());
 
     let expected = as_stored(app.backend, &stored);
-    let db = &app.state.db;
-    let call = call::Entity::find_by_id(stored.call.id.clone())
-        .one(db)
-        .await
-        .unwrap();
-    let answer = call_webhook::Entity::find_by_id(stored.answer.id.clone())
-        .one(db)
-        .await
-        .unwrap();
-    let event = outbox_event::Entity::find_by_id(stored.event.id.clone())
-        .one(db)
-        .await
-        .unwrap();
+    let (call, answer, event) = stored_rows(&app, &stored).await;
     assert_eq!(call.as_ref(), Some(&expected.call));
     assert_eq!(answer.as_ref(), Some(&expected.answer));
     assert_eq!(event.as_ref(), Some(&expected.event));
@@ -415,21 +402,7 @@ async fn the_writer_stores_every_column_as_given(app: TestApp) {
     let mut again = new_call(&tenant.id, &route.id);
     again.call.call_sid = stored.call.call_sid.clone();
     assert!(!app.state.writer.claim(again.clone()).await.unwrap());
-    assert!(call::Entity::find_by_id(again.call.id)
-        .one(db)
-        .await
-        .unwrap()
-        .is_none());
-    assert!(call_webhook::Entity::find_by_id(again.answer.id)
-        .one(db)
-        .await
-        .unwrap()
-        .is_none());
-    assert!(outbox_event::Entity::find_by_id(again.event.id)
-        .one(db)
-        .await
-        .unwrap()
-        .is_none());
+    assert_eq!(stored_rows(&app, &again).await, (None, None, None));
     let ids = (
         entity::id::CallId(stored.call.id.clone()),
         entity::id::WebhookId(stored.answer.id.clone()),
@@ -442,16 +415,8 @@ async fn the_writer_stores_every_column_as_given(app: TestApp) {
             .unwrap();
     }
     app.state.writer.settle().await;
-    let call = call::Entity::find_by_id(stored.call.id.clone())
-        .one(db)
-        .await
-        .unwrap()
-        .unwrap();
-    let answer = call_webhook::Entity::find_by_id(stored.answer.id.clone())
-        .one(db)
-        .await
-        .unwrap()
-        .unwrap();
+    let (call, answer, _) = stored_rows(&app, &stored).await;
+    let (call, answer) = (call.unwrap(), answer.unwrap());
     assert_eq!((call.attempts, answer.attempts), (4, 4));
     assert!(call.updated_at > expected.call.updated_at && answer.updated_at > expected.answer.updated_at);
 }
