@@ -59,12 +59,12 @@ enum Job {
 /// One lane on either database, so a batch grows with the load. On PostgreSQL the lane writes
 /// on a connection of its own ([`Pool::writer`]), most likely a gain because sqlx caches
 /// prepared statements per connection, and a batch on any of the pool's 16 connections found
-/// its statements (one text per batch size) prepared only now and then. Against the
-/// earlier rule (lanes on a quarter of the pool, four), this took ×1.50 less server CPU per new
-/// call, ×1.20 the throughput and p99 from 23.7 to 13.5 ms (`cargo xtask bench --against
-/// --postgres`, three interleaved rounds of 5 s). Measured apart: one lane instead of two
-/// ×1.17 less CPU; with one lane, a pool of 4 connections instead of 16 (what led to a
-/// connection of its own), ×1.10.
+/// its statements (then one text per batch size; now one per table) prepared only now and
+/// then. Against the earlier rule (lanes on a quarter of the pool, four), this took ×1.50
+/// less server CPU per new call, ×1.20 the throughput and p99 from 23.7 to 13.5 ms (`cargo
+/// xtask bench --against --postgres`, three interleaved rounds of 5 s). Measured apart: one
+/// lane instead of two ×1.17 less CPU; with one lane, a pool of 4 connections instead of 16
+/// (what led to a connection of its own), ×1.10.
 pub struct Writer {
     db: Pool,
     batch_sizes: Histogram,
