@@ -1,6 +1,6 @@
 //! Group commit for the webhook hot path. Concurrent new calls and retry counts queue up while
-//! a batch is being written; the next batch writes all of them in one transaction, so the
-//! database commits once for many requests. A new call gets its answer only after its rows are
+//! a batch is being written; the next batch writes all of them together (its new calls in one
+//! transaction), so the database commits once for many requests. A new call gets its answer only after its rows are
 //! committed. A retry's answer is already committed, so a retry's count is queued and not
 //! waited for: it is written with the next batch, and [`Writer::settle`] waits for the counts
 //! queued before it (reads of `attempts` settle first).
@@ -93,6 +93,7 @@ impl Writer {
     /// writes what the queue still holds before it returns.
     pub async fn run_lane(&self, stop: CancellationToken) {
         let mut jobs = Vec::with_capacity(MAX_BATCH);
+        let mut unnest = postgres::Unnest::new(&self.db);
         loop {
             let received = {
                 let mut queue = self.jobs.lock().await;
@@ -116,7 +117,13 @@ impl Writer {
                 DbBackend::Sqlite => {
                     sqlite::execute(self.db.connection().get_sqlite_connection_pool(), jobs).await
                 }
-                _ => execute(&mut postgres::Unnest(&self.db), jobs).await,
+                _ => {
+                    execute(&mut unnest, jobs).await;
+                    // Nothing waiting: the connection goes back to the pool until the next batch.
+                    if self.queue.capacity() == self.queue.max_capacity() {
+                        unnest.release();
+                    }
+                }
             }
         }
     }
@@ -179,10 +186,11 @@ fn stopped() -> DbErr {
     DbErr::Custom("the database writer stopped".to_owned())
 }
 
-/// Writes batches of jobs, each in one transaction: [`postgres::Unnest`] with one array per
-/// column (PostgreSQL), [`sqlite::Handle`] on the SQLite connection's own handle.
+/// Writes batches of jobs: [`postgres::Unnest`] with one array per column (PostgreSQL),
+/// [`sqlite::Handle`] on the SQLite connection's own handle.
 trait Batches {
-    /// Writes `jobs` in one transaction; for each job, whether it stored a new call.
+    /// Writes `jobs`, the new calls among them in one transaction; for each job, whether it
+    /// stored a new call.
     async fn write(&mut self, jobs: &[Job]) -> Result<Vec<bool>, DbErr>;
 }
 
@@ -226,14 +234,14 @@ fn answer(job: Job, result: Result<bool, DbErr>) {
 
 /// `INSERT INTO "table" ("column", ...) ` over all of an entity's columns, in the order of
 /// `Column::iter()` (the order both lanes bind values in), followed by what `rows` makes of
-/// the number of columns: the start of each lane's insert statements.
-fn insert_into<E: EntityTrait>(rows: impl FnOnce(usize) -> String) -> String {
+/// those quoted column names: the start of each lane's insert statements.
+fn insert_into<E: EntityTrait>(rows: impl FnOnce(&[String]) -> String) -> String {
     let columns: Vec<String> = E::Column::iter().map(|c| format!("\"{}\"", c.as_str())).collect();
     format!(
         "INSERT INTO \"{}\" ({}) {}",
         E::default().table_name(),
         columns.join(", "),
-        rows(columns.len())
+        rows(&columns)
     )
 }
 

@@ -140,7 +140,7 @@ static ADD_ANSWER_ATTEMPTS: LazyLock<String> = LazyLock::new(|| add_attempts(cal
 /// `INSERT INTO "table" ("column", ...) VALUES (?, ...)` over all of an entity's columns, in
 /// the order of [`values`].
 fn insert<E: EntityTrait>() -> String {
-    super::insert_into::<E>(|columns| format!("VALUES ({})", vec!["?"; columns].join(", ")))
+    super::insert_into::<E>(|columns| format!("VALUES ({})", vec!["?"; columns.len()].join(", ")))
 }
 
 /// The atomic `attempts = attempts + ?1` with `updated_at = ?2` on the row whose id is `?3`.
