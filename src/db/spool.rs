@@ -10,12 +10,13 @@
 //! when its process stopped and was never answered: it is ignored. A record that cannot be read
 //! or stored is moved to `rejected.jsonl` beside the spool files, for an operator to look at.
 use std::{
+    collections::HashSet,
     fs::{self, File, OpenOptions, TryLockError},
     io::{self, Read, Seek, SeekFrom, Write},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, MutexGuard, PoisonError,
     },
 };
 
@@ -72,6 +73,10 @@ pub struct Spool {
     dir: PathBuf,
     active: Mutex<Option<Active>>,
     depth: AtomicU64,
+    /// Files taken for replay and not finished whose calls [`Spool::depth`] already counts:
+    /// this process's own, renamed aside, and those of stopped processes once read. A replay
+    /// that fails leaves its files to the next, which must not count (or reject) them again.
+    counted: Mutex<HashSet<PathBuf>>,
 }
 
 /// A spool file taken for replay, locked by this process: its records, then [`Taken::finish`].
@@ -91,6 +96,7 @@ impl Spool {
             dir: dir.into(),
             active: Mutex::default(),
             depth: AtomicU64::new(0),
+            counted: Mutex::default(),
         }
     }
 
@@ -172,7 +178,7 @@ impl Spool {
         };
         let own_active = self.active_path();
         if let Some((path, file)) = own {
-            taken.push(self.read(path, file, false)?);
+            taken.push(self.read(path, file, true)?);
         }
         let entries = match fs::read_dir(&self.dir) {
             Ok(entries) => entries,
@@ -201,9 +207,13 @@ impl Spool {
             if !path.exists() {
                 continue;
             }
-            taken.push(self.read(path, file, true)?);
+            taken.push(self.read(path, file, false)?);
         }
         Ok(taken)
+    }
+
+    fn counted(&self) -> MutexGuard<'_, HashSet<PathBuf>> {
+        self.counted.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn active_path(&self) -> Option<PathBuf> {
@@ -211,9 +221,11 @@ impl Spool {
         active.as_ref().map(|a| a.path.clone())
     }
 
-    /// Reads a locked spool file; `found` when its calls were not counted yet (another
-    /// process spooled them).
-    fn read(&self, path: PathBuf, mut file: File, found: bool) -> Result<Taken, SpoolError> {
+    /// Reads a locked spool file; `own` when this process spooled its calls (counted as they
+    /// were appended). At its first read, a file's unreadable lines are kept in the rejected
+    /// file and the calls of another process's file are counted; a file read again (its
+    /// replay failed) is neither.
+    fn read(&self, path: PathBuf, mut file: File, own: bool) -> Result<Taken, SpoolError> {
         let mut bytes = Vec::new();
         file.seek(SeekFrom::Start(0))
             .and_then(|_| file.read_to_end(&mut bytes))
@@ -234,11 +246,13 @@ impl Spool {
                 _ => unreadable.push(line),
             }
         }
-        if !unreadable.is_empty() {
-            self.keep_rejected(&unreadable)?;
-        }
-        if found {
-            self.depth.fetch_add(calls.len() as u64, Ordering::Relaxed);
+        if self.counted().insert(path.clone()) {
+            if !unreadable.is_empty() {
+                self.keep_rejected(&unreadable)?;
+            }
+            if !own {
+                self.depth.fetch_add(calls.len() as u64, Ordering::Relaxed);
+            }
         }
         Ok(Taken {
             path,
@@ -275,6 +289,7 @@ impl Spool {
     pub fn finish(&self, taken: Taken) -> Result<(), SpoolError> {
         fs::remove_file(&taken.path).map_err(io_at(&taken.path))?;
         sync_dir(&self.dir)?;
+        self.counted().remove(&taken.path);
         let n = taken.calls.len() as u64;
         let _ = self
             .depth
@@ -428,6 +443,44 @@ mod tests {
         second.finish(taken.into_iter().next().unwrap()).unwrap();
         assert_eq!(second.depth(), 0);
         assert!(second.take().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn files_whose_replay_failed_are_counted_and_rejected_once_when_taken_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::new(dir.path()));
+        spool.append(&new_call("CA1")).await.unwrap();
+        spool.append(&new_call("CA2")).await.unwrap();
+        fs::write(
+            dir.path().join("calls-stopped.spool"),
+            format!(
+                "{}\nnot json\n",
+                String::from_utf8(encode(&new_call("CA3")).unwrap()).unwrap()
+            ),
+        )
+        .unwrap();
+        let depth_and_rejected = |spool: &Spool| {
+            let rejected = fs::read_to_string(dir.path().join(REJECTED_FILE)).unwrap_or_default();
+            (spool.depth(), rejected.lines().count())
+        };
+        // A replay that fails leaves its files taken and not finished: the own one renamed
+        // aside, the stopped process's as it was.
+        let taken = spool.take().unwrap();
+        assert_eq!(sids(&taken), ["CA1", "CA2", "CA3"]);
+        assert_eq!(depth_and_rejected(&spool), (3, 1));
+        drop(taken);
+        let taken = spool.take().unwrap();
+        assert_eq!(
+            sids(&taken),
+            ["CA1", "CA2", "CA3"],
+            "the next replay takes them again"
+        );
+        assert_eq!(depth_and_rejected(&spool), (3, 1), "counted and rejected once");
+        for t in taken {
+            spool.finish(t).unwrap();
+        }
+        assert_eq!(depth_and_rejected(&spool), (0, 1));
+        assert!(spool.take().unwrap().is_empty());
     }
 
     #[tokio::test]
