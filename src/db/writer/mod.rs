@@ -1,9 +1,9 @@
 //! Group commit for the webhook hot path. Concurrent new calls and retry counts queue up while
 //! a batch is being written; the next batch writes all of them together (its new calls in one
-//! transaction), so the database commits once for many requests. A new call gets its answer only after its rows are
-//! committed. A retry's answer is already committed, so a retry's count is queued and not
-//! waited for: it is written with the next batch, and [`Writer::settle`] waits for the counts
-//! queued before it (reads of `attempts` settle first).
+//! transaction), so the database commits once for many requests. A new call gets its answer
+//! only after its rows are committed. A retry's answer is already committed, so a retry's count
+//! is queued and not waited for: it is written with the next batch, and [`Writer::settle`]
+//! waits for the counts queued before it (reads of `attempts` settle first).
 mod postgres;
 mod sqlite;
 

@@ -126,10 +126,9 @@ async fn statements(
         // In CallSid order (`Plan`), so that concurrent batches of two instances take the
         // unique index's locks in the same order: `UNNEST` yields the arrays' rows in order.
         add_arrays(&mut args, candidates().map(|c| &c.call))?;
+        add(&mut args, &owners)?;
         add_arrays(&mut args, candidates().map(|c| &c.answer))?;
-        add(&mut args, &owners)?;
         add_arrays(&mut args, candidates().map(|c| &c.event))?;
-        add(&mut args, &owners)?;
         inserted = sqlx::query_scalar_with(&CLAIM, args)
             .persistent(named)
             .fetch_all(&mut *conn)
@@ -166,14 +165,15 @@ where
 /// A batch's new calls: the calls (`c`, inserted unless their CallSid is taken), and the
 /// answers and events of those it inserted (`a`, `e`); it returns the CallSids it inserted.
 static CLAIM: LazyLock<String> = LazyLock::new(|| {
-    let answers_at = call::Column::iter().count() + 1;
-    let events_at = answers_at + call_webhook::Column::iter().count() + 1;
+    let owners = call::Column::iter().count() + 1;
+    let answers_at = owners + 1;
+    let events_at = answers_at + call_webhook::Column::iter().count();
     format!(
         "WITH c AS ({} ON CONFLICT (\"call_sid\") DO NOTHING RETURNING \"id\", \"call_sid\"), \
          a AS ({}), e AS ({}) SELECT \"call_sid\" FROM c",
         insert::<call::Entity>(1),
-        insert_owned::<call_webhook::Entity>(answers_at),
-        insert_owned::<outbox_event::Entity>(events_at),
+        insert_owned::<call_webhook::Entity>(answers_at, owners),
+        insert_owned::<outbox_event::Entity>(events_at, owners),
     )
 });
 static ADD_CALL_ATTEMPTS: LazyLock<String> = LazyLock::new(|| add_attempts(call::Entity));
@@ -185,14 +185,14 @@ fn insert<E: EntityTrait>(first: usize) -> String {
     super::insert_into::<E>(|columns| format!("SELECT * FROM UNNEST({})", params(first, columns.len())))
 }
 
-/// [`insert`] of the rows whose call (one more array, after the columns) the statement
+/// [`insert`] of the rows whose call (the array `$owners`, the calls' ids) the statement
 /// inserted.
-fn insert_owned<E: EntityTrait>(first: usize) -> String {
+fn insert_owned<E: EntityTrait>(first: usize, owners: usize) -> String {
     super::insert_into::<E>(|columns| {
         format!(
-            "SELECT {} FROM UNNEST({}) AS r({}, \"of_call\") WHERE r.\"of_call\" IN (SELECT \"id\" FROM c)",
+            "SELECT {} FROM UNNEST({}, ${owners}) AS r({}, \"of_call\") WHERE r.\"of_call\" IN (SELECT \"id\" FROM c)",
             columns.join(", "),
-            params(first, columns.len() + 1),
+            params(first, columns.len()),
             columns.join(", "),
         )
     })
