@@ -3,6 +3,11 @@
 //! transaction per flush interval, so a flood of forged or misdirected requests costs no
 //! database write per request. Signature failures on production routes raise an alert in the
 //! flush whose counts cross the threshold within the window: one per window.
+//!
+//! Nor does such a flood write a log line per request: the caller logs an occurrence only when
+//! it is its key's first since the last flush ([`Diagnostics::record`] says so), and the flush
+//! logs one line per key for the occurrences that followed it. So a key costs at most two lines
+//! per flush interval, however many requests repeat it.
 use std::{collections::HashMap, sync::Arc, sync::Mutex, time::Duration};
 
 use entity::states::{DiagnosticKind, RouteEnvironment};
@@ -49,12 +54,15 @@ struct Pending {
     detail: Option<String>,
     /// A signature failure on a production route (alerts apply).
     production: bool,
+    /// Occurrences since the key's last log line (the first is logged by its caller).
+    unlogged: i64,
 }
 
 impl Pending {
     /// Adds `other`'s counts; its ids and detail win when present (they are the same for a key).
     fn merge(&mut self, other: Pending) {
         self.count += other.count;
+        self.unlogged += other.unlogged;
         self.production |= other.production;
         self.tenant_id = other.tenant_id.or(self.tenant_id.take());
         self.route_id = other.route_id.or(self.route_id.take());
@@ -84,13 +92,15 @@ impl Diagnostics {
         }
     }
 
-    /// Counts one occurrence.
-    pub fn record(&self, occurrence: Occurrence<'_>) {
-        self.add(occurrence, false);
+    /// Counts one occurrence. True when it is the first of its key since the last flush: log it
+    /// then (the flush logs how many followed it).
+    pub fn record(&self, occurrence: Occurrence<'_>) -> bool {
+        self.add(occurrence, false)
     }
 
-    /// Counts a signature failure on a route.
-    pub fn signature_failure(&self, route: &entity::route::Model, tenant: &entity::tenant::Model) {
+    /// Counts a signature failure on a route; true when it is the route's first since the last
+    /// flush, as for [`Diagnostics::record`].
+    pub fn signature_failure(&self, route: &entity::route::Model, tenant: &entity::tenant::Model) -> bool {
         self.metrics.signature_failures.inc();
         self.add(
             Occurrence {
@@ -101,23 +111,53 @@ impl Diagnostics {
                 detail: Some(route.phone_number.clone()),
             },
             route.environment == RouteEnvironment::Production,
-        );
+        )
     }
 
     /// Counts one occurrence; `production` marks signature failures on production routes.
-    fn add(&self, occurrence: Occurrence<'_>, production: bool) {
+    /// True when its key was not buffered.
+    fn add(&self, occurrence: Occurrence<'_>, production: bool) -> bool {
         let mut pending = self.lock();
         let mut key = (occurrence.kind, occurrence.key.to_owned());
         if pending.len() >= MAX_PENDING && !pending.contains_key(&key) {
             key.1 = db::diagnostics::OVERFLOW_KEY.to_owned();
         }
-        pending.entry(key).or_default().merge(Pending {
+        let entry = pending.entry(key);
+        let first = matches!(entry, std::collections::hash_map::Entry::Vacant(_));
+        entry.or_default().merge(Pending {
             count: 1,
             tenant_id: occurrence.tenant_id.map(str::to_owned),
             route_id: occurrence.route_id.map(str::to_owned),
             detail: occurrence.detail,
             production,
+            unlogged: i64::from(!first),
         });
+        first
+    }
+
+    /// Logs, one line per key, the occurrences not logged since its last line, at the level
+    /// its callers log the first at. Called every flush interval, also while the database is
+    /// away (when the flush writes nothing).
+    pub fn log_repeats(&self) {
+        let repeats: Vec<(DiagnosticKind, String, i64)> = self
+            .lock()
+            .iter_mut()
+            .filter(|(_, p)| p.unlogged > 0)
+            .map(|((kind, key), p)| (*kind, key.clone(), std::mem::take(&mut p.unlogged)))
+            .collect();
+        for (kind, key, n) in repeats {
+            let level = logged_at(kind);
+            let kind = kind.as_str();
+            match level {
+                Some(tracing::Level::WARN) => {
+                    tracing::warn!(kind, key = %key, repeats = n, "{n} more {kind} since the last line");
+                }
+                Some(_) => {
+                    tracing::info!(kind, key = %key, repeats = n, "{n} more {kind} since the last line")
+                }
+                None => {}
+            }
+        }
     }
 
     /// The buffer; a panic while it was held loses nothing worth stopping for.
@@ -134,6 +174,7 @@ impl Diagnostics {
     /// Writes buffered occurrences and raises the alerts they call for; returns how many
     /// distinct keys were written. Failed writes are put back for the next flush.
     pub async fn flush(&self) -> Result<usize, Error> {
+        self.log_repeats();
         let pending = self.take();
         let n = pending.len();
         let mut entries = pending.into_iter();
@@ -203,6 +244,18 @@ impl Diagnostics {
     }
 }
 
+/// The level the callers of `kind` log its first occurrence at; `None` for kinds they do not
+/// log (their counts are in the diagnostics API).
+fn logged_at(kind: DiagnosticKind) -> Option<tracing::Level> {
+    match kind {
+        DiagnosticKind::SignatureFailure | DiagnosticKind::StreamRefused => Some(tracing::Level::WARN),
+        DiagnosticKind::UnknownRoute => Some(tracing::Level::INFO),
+        DiagnosticKind::AccountMismatch
+        | DiagnosticKind::CallRouteConflict
+        | DiagnosticKind::DatabaseUnavailable => None,
+    }
+}
+
 /// Whether the `added` occurrences took the window's count (`in_window`, them included) to the
 /// threshold: true in exactly one flush per window.
 fn crosses(in_window: i64, added: i64, threshold: i64) -> bool {
@@ -232,6 +285,85 @@ mod tests {
             route_id: None,
             detail: None,
         }
+    }
+
+    /// Log lines written while `f` runs, at every level.
+    fn logged(f: impl FnOnce()) -> Vec<String> {
+        #[derive(Clone, Default)]
+        struct Capture(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_key_is_first_once_per_flush_and_its_repeats_are_logged_as_one_line() {
+        let d = diagnostics(sea_orm::DatabaseConnection::Disconnected.into());
+        let (route, tenant) = (route_with(true, None), tenant_with(None));
+        let unknown = || occurrence(DiagnosticKind::UnknownRoute, "+15555550111");
+        let firsts: Vec<bool> = (0..5).map(|_| d.record(unknown())).collect();
+        assert_eq!(firsts, [true, false, false, false, false]);
+        let firsts: Vec<bool> = (0..3).map(|_| d.signature_failure(&route, &tenant)).collect();
+        assert_eq!(firsts, [true, false, false]);
+        assert!(d.record(occurrence(DiagnosticKind::UnknownRoute, "+15555550112")));
+        // Kinds their callers do not log have no repeat lines either.
+        for _ in 0..3 {
+            let _ = d.record(occurrence(DiagnosticKind::AccountMismatch, "r1"));
+        }
+
+        let lines = logged(|| d.log_repeats());
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        let line = |kind: &str| lines.iter().find(|l| l.contains(kind)).expect(kind).as_str();
+        let signature = line("signature_failure");
+        assert!(
+            signature.contains("WARN") && signature.contains("2 more signature_failure"),
+            "{signature}"
+        );
+        assert!(signature.contains("key=r1"), "{signature}");
+        let number = line("unknown_route");
+        assert!(
+            number.contains("INFO") && number.contains("4 more unknown_route"),
+            "{number}"
+        );
+        assert!(number.contains("key=+15555550111"), "{number}");
+        assert!(logged(|| d.log_repeats()).is_empty(), "repeats are logged once");
+
+        // Still buffered: the next occurrence is a repeat, in the next line.
+        assert!(!d.record(unknown()));
+        let lines = logged(|| d.log_repeats());
+        assert!(
+            lines.len() == 1 && lines[0].contains("1 more unknown_route"),
+            "{lines:?}"
+        );
+        // The counts written are every occurrence, logged or not.
+        let pending = d.take();
+        assert_eq!(
+            pending[&(DiagnosticKind::UnknownRoute, "+15555550111".to_owned())].count,
+            6
+        );
+        assert_eq!(
+            pending[&(DiagnosticKind::SignatureFailure, "r1".to_owned())].count,
+            3
+        );
+        // After a flush took them, a key is first again.
+        assert!(d.record(unknown()));
     }
 
     #[test]

@@ -94,9 +94,9 @@ impl Refusal {
     }
 }
 
-/// Records a refused stream (aggregated by reason) and logs it.
+/// Records a refused stream (aggregated by reason) and logs it, once per reason and flush
+/// interval (see `domain::alerts`).
 pub fn record_refusal(state: &AppState, refusal: Refusal) {
-    tracing::warn!(reason = refusal.reason(), "media stream refused");
     crate::metrics::Metrics::reason(&state.metrics.streams_refused, refusal.as_str());
     let occurrence = Occurrence {
         kind: DiagnosticKind::StreamRefused,
@@ -105,7 +105,9 @@ pub fn record_refusal(state: &AppState, refusal: Refusal) {
         route_id: None,
         detail: Some(refusal.reason().to_owned()),
     };
-    state.diagnostics.record(occurrence);
+    if state.diagnostics.record(occurrence) {
+        tracing::warn!(reason = refusal.reason(), "media stream refused");
+    }
 }
 
 async fn refuse(state: &AppState, out: &mpsc::Sender<Reply>, refusal: Refusal) {

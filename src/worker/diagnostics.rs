@@ -1,4 +1,5 @@
-//! Writes buffered diagnostics (and raises alerts) every `diagnostics_flush_interval`.
+//! Writes buffered diagnostics (and raises alerts) every `diagnostics_flush_interval`, and logs
+//! the repeats of logged occurrences.
 use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
@@ -11,8 +12,10 @@ pub async fn run(state: AppState, stop: CancellationToken) {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        // During a database outage they stay buffered (bounded) until it is back.
+        // During a database outage they stay buffered (bounded) until it is back; their
+        // repeats are still logged.
         if state.outage.circuit_open() {
+            state.diagnostics.log_repeats();
             continue;
         }
         if let Err(e) = state.diagnostics.flush().await {

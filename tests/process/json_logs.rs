@@ -199,3 +199,75 @@ async fn an_unknown_log_format_is_refused() {
     );
     assert!(out.stdout.is_empty(), "nothing ran");
 }
+
+backend_test!(a_flood_of_forged_requests_is_logged_as_its_first_line_and_a_count_per_interval);
+async fn a_flood_of_forged_requests_is_logged_as_its_first_line_and_a_count_per_interval(
+    fresh: FreshDatabase,
+) {
+    const FORGED: usize = 300;
+    const INTERVAL: Duration = Duration::from_millis(100);
+    let url = fresh.process_url();
+    support::seed(&url, None).await;
+    let route_id = route::Entity::find()
+        .one(&fresh.db)
+        .await
+        .unwrap()
+        .expect("the seeded route")
+        .id;
+    let server = Server::start(
+        &url,
+        &[
+            ("VOICE_LOG_FORMAT", "json"),
+            ("VOICE_DIAGNOSTICS_FLUSH_INTERVAL", "100ms"),
+        ],
+    )
+    .await;
+    let client = support::client();
+    let started = Instant::now();
+    let statuses = futures::future::join_all((0..FORGED).map(|_| {
+        client
+            .post(format!("{}/api/v1/incoming-call", server.base))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("X-Twilio-Signature", "Zm9yZ2Vk")
+            .body(incoming_form(&call_sid()).encode())
+            .send()
+    }))
+    .await;
+    assert!(statuses.into_iter().all(|r| r.unwrap().status() == 403));
+    // Every forged request is accounted for: the first line, then the repeats' counts.
+    let logged = |log: &str| -> (usize, u64) {
+        let lines: Vec<Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["message"] == "invalid X-Twilio-Signature" || l["kind"] == "signature_failure")
+            .collect();
+        let counted = lines.iter().map(|l| l["repeats"].as_u64().unwrap_or(1)).sum();
+        (lines.len(), counted)
+    };
+    let until = Instant::now() + DEADLINE;
+    while logged(&server.log()).1 < FORGED as u64 {
+        assert!(
+            Instant::now() < until,
+            "not every forged request was logged\n{}",
+            server.log()
+        );
+        tokio::time::sleep(INTERVAL).await;
+    }
+    let elapsed = started.elapsed();
+    server.signal("TERM");
+    let (_, stderr) = server.output_after_exit(DEADLINE).await;
+    let stderr = stderr.join("\n");
+    let (lines, counted) = logged(&stderr);
+    assert_eq!(counted, FORGED as u64, "{stderr}");
+    // At most two lines per flush interval for the one route, not one per request.
+    let intervals = (elapsed.as_millis() / INTERVAL.as_millis()) as usize + 2;
+    assert!(
+        lines <= 2 * intervals && lines < FORGED,
+        "{lines} lines:\n{stderr}"
+    );
+    let first = stderr
+        .lines()
+        .find(|l| l.contains("invalid X-Twilio-Signature"))
+        .expect("the first forged request is logged as it happens");
+    assert!(first.contains(&route_id) && first.contains("WARN"), "{first}");
+}

@@ -135,23 +135,28 @@ pub async fn authenticate(
             RouteKey::Number(number) => number,
             RouteKey::NotANumber => "(not an E.164 number)",
         };
-        tracing::info!(called = %key, "no route for called number");
         ctx.metrics.unknown_routes.inc();
-        ctx.diagnostics.record(Occurrence {
+        let first = ctx.diagnostics.record(Occurrence {
             kind: DiagnosticKind::UnknownRoute,
             key,
             tenant_id: None,
             route_id: None,
             detail: None,
         });
+        if first {
+            tracing::info!(called = %key, "no route for called number");
+        }
         return Ok(None);
     };
     let (route, tenant) = (&entry.0, &entry.1);
     if let Err(why) = check(hook, tenant) {
         match why {
             Refusal::Signature(why) => {
-                ctx.diagnostics.signature_failure(route, tenant);
-                tracing::warn!(route_id = %route.id, "{why}");
+                // Logged once per route and flush interval (see `alerts`): a flood of forged
+                // requests is not a flood of log lines.
+                if ctx.diagnostics.signature_failure(route, tenant) {
+                    tracing::warn!(route_id = %route.id, "{why}");
+                }
                 return Err(Rejection::Forbidden(why));
             }
             Refusal::Account => {
