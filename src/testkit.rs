@@ -358,6 +358,14 @@ fn serve_on(acceptor: TcpAcceptor, state: AppState) {
     crate::server::start(&mut supervisor, acceptor, &state, None);
 }
 
+/// Another instance serving beside a [`TestApp`].
+pub struct Instance {
+    /// Its base URL.
+    pub base: String,
+    /// Its state: its writer, caches and workers.
+    pub state: AppState,
+}
+
 /// The inbound-call fields Twilio sends, from the recorded example, for `call_sid`.
 pub fn incoming_form(call_sid: &str) -> FormParams {
     let examples: Value =
@@ -453,8 +461,8 @@ impl TestApp {
     }
 
     /// A second instance on the same PostgreSQL schema with its own pool and the same
-    /// configuration; returns its base URL.
-    pub async fn second_instance(&self) -> String {
+    /// configuration.
+    pub async fn second_instance(&self) -> Instance {
         let schema = self
             .schema
             .as_deref()
@@ -468,8 +476,12 @@ impl TestApp {
         .await
         .expect("connects");
         let (acceptor, port) = bind_local().await;
-        serve_on(acceptor, AppState::new(db, (*self.state.config).clone()));
-        format!("http://127.0.0.1:{port}")
+        let state = AppState::new(db, (*self.state.config).clone());
+        serve_on(acceptor, state.clone());
+        Instance {
+            base: format!("http://127.0.0.1:{port}"),
+            state,
+        }
     }
 
     /// Another service on the same backend, over its own fresh database, after `configure`

@@ -209,7 +209,7 @@ impl Server {
     }
 
     /// Reads calls through the admin API, which first writes the retry counts this process
-    /// queued: after it, the database holds every retry this process answered.
+    /// tallied: after it, the database holds every retry this process answered.
     pub async fn settle(&self, client: &reqwest::Client) {
         let res = client
             .get(format!("{}/api/v1/calls?limit=1", self.base))

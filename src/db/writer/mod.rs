@@ -2,14 +2,16 @@
 //! a batch is being written; the next batch writes all of them together (its new calls in one
 //! transaction), so the database commits once for many requests. A new call gets its answer
 //! only after its rows are committed. A retry's answer is already committed, so a retry's count
-//! is queued and not waited for: it is written with the next batch, and [`Writer::settle`]
-//! waits for the counts queued before it (reads of `attempts` settle first).
+//! is tallied in memory and not waited for: the lane writes the tally once per
+//! [`COUNT_WINDOW`], and [`Writer::settle`] writes it at once (reads of `attempts` settle
+//! first).
 mod postgres;
 mod sqlite;
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
+    time::Duration,
 };
 
 use entity::{
@@ -19,7 +21,10 @@ use entity::{
 };
 use prometheus_client::metrics::histogram::Histogram;
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, EntityTrait, IdenStatic, Iterable};
-use tokio::sync::{mpsc, oneshot, Mutex, OwnedSemaphorePermit, Semaphore};
+use tokio::{
+    sync::{mpsc, oneshot, Mutex},
+    time::MissedTickBehavior,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::Pool;
@@ -30,9 +35,16 @@ use super::Pool;
 const MAX_BATCH: usize = 256;
 /// Requests that may wait for a writer before callers wait to enqueue.
 const QUEUE: usize = 4096;
-/// Retry counts queued or being written: never the limit (the queue is), so that the lane
-/// writing a full batch does not stop retries from queueing the next one.
-const UNSETTLED: usize = QUEUE + MAX_BATCH;
+/// Longest a retry's count waits in memory before the lane writes it.
+///
+/// A provider retrying many calls at once (the benchmark's flood: 20,000 calls retried at
+/// about 30,000 a second) updated two rows per retry in every batch, each on a page of its own
+/// written to the WAL and synced: a retry cost ×1.4 the server CPU of a forged request. Tallied
+/// for a second, a call retried again within it is one update, and a second's counts one
+/// transaction. What this costs: a process killed (not stopped) loses at most this window's
+/// counts, never a call or its answer; another instance reading `attempts` may see them up to
+/// this late (this one settles first).
+pub const COUNT_WINDOW: Duration = Duration::from_secs(1);
 
 /// A new call with its answer and its outbox event: written together or not at all.
 #[derive(Debug, Clone)]
@@ -44,14 +56,19 @@ pub struct NewCall {
 
 enum Job {
     Claim(Arc<NewCall>, oneshot::Sender<Result<bool, DbErr>>),
-    /// Nobody waits for a count; its permit is held until its batch is written, which is what
-    /// [`Writer::settle`] waits for.
-    CountRetry {
+    /// `by` more deliveries of a webhook answer and of its call, taken from the tally; nobody
+    /// waits for it.
+    Count {
         call_id: CallId,
         webhook_id: WebhookId,
-        _unsettled: OwnedSemaphorePermit,
+        by: i32,
     },
+    /// Writes the tally with this batch; answered once it is written (or failed).
+    Settle(oneshot::Sender<()>),
 }
+
+/// Retry counts not written yet: for each webhook answer, its call and how many.
+type Tally = HashMap<WebhookId, (CallId, i32)>;
 
 /// Batches hot-path writes. Its lane (the task that writes the batches, [`Writer::run_lane`])
 /// must be running for requests to be answered.
@@ -70,8 +87,9 @@ pub struct Writer {
     batch_sizes: Histogram,
     queue: mpsc::Sender<Job>,
     jobs: Mutex<mpsc::Receiver<Job>>,
-    /// One permit per retry count queued or being written ([`UNSETTLED`] in all).
-    unsettled: Arc<Semaphore>,
+    /// Counted retries the lane has not taken yet. Bounded by the answers retried within one
+    /// [`COUNT_WINDOW`]: only authentic retries of stored calls are counted.
+    tally: std::sync::Mutex<Tally>,
 }
 
 impl Writer {
@@ -84,16 +102,20 @@ impl Writer {
             batch_sizes,
             queue,
             jobs: Mutex::new(jobs),
-            unsettled: Arc::new(Semaphore::new(UNSETTLED)),
+            tally: std::sync::Mutex::default(),
         }
     }
 
     /// The lane: takes whatever is queued (at least one request) and writes it as a batch,
-    /// until `stop` is cancelled. Then the queue closes (later requests fail at once) and it
-    /// writes what the queue still holds before it returns.
+    /// with the tally every [`COUNT_WINDOW`] and when asked to settle, until `stop` is
+    /// cancelled. Then the queue closes (later requests fail at once) and it writes what the
+    /// queue and the tally still hold before it returns. One lane per writer: a settle relies
+    /// on no other lane writing a tally it took.
     pub async fn run_lane(&self, stop: CancellationToken) {
         let mut jobs = Vec::with_capacity(MAX_BATCH);
         let mut unnest = postgres::Unnest::new(&self.db);
+        let mut window = tokio::time::interval(COUNT_WINDOW);
+        window.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let received = {
                 let mut queue = self.jobs.lock().await;
@@ -101,31 +123,72 @@ impl Writer {
                     queue.close();
                 }
                 tokio::select! {
-                    received = queue.recv_many(&mut jobs, MAX_BATCH) => received,
+                    received = queue.recv_many(&mut jobs, MAX_BATCH) => Some(received),
                     () = stop.cancelled() => {
                         queue.close();
-                        queue.recv_many(&mut jobs, MAX_BATCH).await
+                        Some(queue.recv_many(&mut jobs, MAX_BATCH).await)
                     }
+                    _ = window.tick() => None,
                 }
             };
-            if received == 0 {
-                return;
-            }
-            self.batch_sizes.observe(received as f64);
-            let jobs = std::mem::take(&mut jobs);
-            match self.db.get_database_backend() {
-                DbBackend::Sqlite => {
-                    sqlite::execute(self.db.connection().get_sqlite_connection_pool(), jobs).await
-                }
-                _ => {
-                    execute(&mut unnest, jobs).await;
-                    // Nothing waiting: the connection goes back to the pool until the next batch.
-                    if self.queue.capacity() == self.queue.max_capacity() {
-                        unnest.release();
+            let tallied = match received {
+                // Closed and drained: the last counts, then done.
+                Some(0) => {
+                    let last: Vec<Job> = self.take_tally().collect();
+                    if !last.is_empty() {
+                        self.write(&mut unnest, last).await;
                     }
+                    return;
+                }
+                Some(received) => {
+                    self.batch_sizes.observe(received as f64);
+                    jobs.iter().any(|job| matches!(job, Job::Settle(_)))
+                }
+                None => true,
+            };
+            if tallied {
+                jobs.extend(self.take_tally());
+            }
+            if jobs.iter().all(|job| matches!(job, Job::Settle(_))) {
+                // Nothing to write (an admin read settling an empty tally): no transaction.
+                jobs.drain(..).for_each(|job| answer(job, Ok(false)));
+            } else {
+                self.write(&mut unnest, std::mem::take(&mut jobs)).await;
+            }
+        }
+    }
+
+    /// Writes one batch on the writer's database.
+    async fn write(&self, unnest: &mut postgres::Unnest<'_>, jobs: Vec<Job>) {
+        match self.db.get_database_backend() {
+            DbBackend::Sqlite => {
+                sqlite::execute(self.db.connection().get_sqlite_connection_pool(), jobs).await
+            }
+            _ => {
+                execute(unnest, jobs).await;
+                // Nothing waiting: the connection goes back to the pool until the next batch.
+                if self.queue.capacity() == self.queue.max_capacity() {
+                    unnest.release();
                 }
             }
         }
+    }
+
+    /// The tally's counts as jobs, leaving it empty.
+    fn take_tally(&self) -> impl Iterator<Item = Job> {
+        let tally = std::mem::take(&mut *self.lock_tally());
+        tally.into_iter().map(|(webhook_id, (call_id, by))| Job::Count {
+            call_id,
+            webhook_id,
+            by,
+        })
+    }
+
+    /// The tally; a panic while it was held loses nothing worth stopping for.
+    fn lock_tally(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.tally
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     async fn submit<T>(
@@ -146,37 +209,27 @@ impl Writer {
         self.submit(|done| Job::Claim(new_call, done)).await
     }
 
-    /// Queues one more delivery of a call's webhook and of its stored answer, to be counted
-    /// with the next batch; does not wait for it to be written. Fails only if the writer
-    /// stopped.
+    /// Counts one more delivery of a call's webhook and of its stored answer, written within
+    /// [`COUNT_WINDOW`]; does not wait for it. Fails only if the writer stopped.
     ///
     /// A retry that waited for its count's commit cost ×2.2 the server CPU of a forged request
-    /// and waited for an fsync; queued, ×1.2 to ×1.4, and the rate of retries went from ×1.76
-    /// to ×3.3 the rate of new calls (`cargo xtask bench`, medians of one run each). A process
-    /// killed within a batch of the answer may lose that retry's count, never a call or its
-    /// answer.
-    pub async fn count_retry(&self, call_id: CallId, webhook_id: WebhookId) -> Result<(), DbErr> {
-        let permit = self
-            .unsettled
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| stopped())?;
-        self.queue
-            .send(Job::CountRetry {
-                call_id,
-                webhook_id,
-                _unsettled: permit,
-            })
-            .await
-            .map_err(|_| stopped())
+    /// and waited for an fsync; queued for the next batch, ×1.2 to ×1.4 (`cargo xtask bench`,
+    /// medians of one run each). A process killed within the window loses its counts, never a
+    /// call or its answer.
+    pub fn count_retry(&self, call_id: CallId, webhook_id: WebhookId) -> Result<(), DbErr> {
+        if self.queue.is_closed() {
+            return Err(stopped());
+        }
+        self.lock_tally().entry(webhook_id).or_insert((call_id, 0)).1 += 1;
+        Ok(())
     }
 
-    /// Waits until every retry count queued before this call is written (or failed). Later
-    /// counts wait for it, so it cannot be starved.
+    /// Writes every retry count tallied before this call, and waits until it is written (or
+    /// failed). Returns at once if the writer stopped (its lane wrote the tally last).
     pub async fn settle(&self) {
-        if let Ok(all) = self.unsettled.acquire_many(UNSETTLED as u32).await {
-            drop(all);
+        let (done, written) = oneshot::channel();
+        if self.queue.send(Job::Settle(done)).await.is_ok() {
+            let _ = written.await;
         }
     }
 }
@@ -224,10 +277,13 @@ fn answer(job: Job, result: Result<bool, DbErr>) {
         Job::Claim(_, done) => {
             let _ = done.send(result);
         }
-        Job::CountRetry { call_id, .. } => {
+        Job::Count { call_id, .. } => {
             if let Err(e) = result {
                 tracing::warn!(error = %e, call_id = %call_id.as_str(), "a retry's count was not stored");
             }
+        }
+        Job::Settle(done) => {
+            let _ = done.send(());
         }
     }
 }
@@ -275,12 +331,14 @@ impl<'a> Plan<'a> {
         let mut calls: BTreeMap<&str, i32> = BTreeMap::new();
         let mut answers: BTreeMap<&str, i32> = BTreeMap::new();
         for job in jobs {
-            if let Job::CountRetry {
-                call_id, webhook_id, ..
+            if let Job::Count {
+                call_id,
+                webhook_id,
+                by,
             } = job
             {
-                *calls.entry(call_id.as_str()).or_default() += 1;
-                *answers.entry(webhook_id.as_str()).or_default() += 1;
+                *calls.entry(call_id.as_str()).or_default() += by;
+                *answers.entry(webhook_id.as_str()).or_default() += by;
             }
         }
         Self {
@@ -434,14 +492,8 @@ mod tests {
             WebhookId(stored.answer.id.clone()),
         );
         assert!(writer.claim(stored).await.unwrap());
-        writer
-            .count_retry(call_id.clone(), webhook_id.clone())
-            .await
-            .unwrap();
-        writer
-            .count_retry(call_id.clone(), webhook_id.clone())
-            .await
-            .unwrap();
+        writer.count_retry(call_id.clone(), webhook_id.clone()).unwrap();
+        writer.count_retry(call_id.clone(), webhook_id.clone()).unwrap();
         writer.settle().await;
         let call = call::Entity::find_by_id(call_id.0)
             .one(&db)
@@ -454,6 +506,91 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((call.attempts, answer.attempts), (3, 3));
+        stop.cancel();
+        lane.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_retry_count_is_tallied_in_memory_and_written_by_the_lane_as_one_sum() {
+        let db = database().await;
+        let (writer, stop, lane) = start(&db);
+        let (one, two) = (new_call("CA1"), new_call("CA2"));
+        let ids = |c: &NewCall| (CallId(c.call.id.clone()), WebhookId(c.answer.id.clone()));
+        let ((call_one, answer_one), (call_two, answer_two)) = (ids(&one), ids(&two));
+        assert!(writer.claim(one).await.unwrap());
+        assert!(writer.claim(two).await.unwrap());
+        for _ in 0..3 {
+            writer.count_retry(call_one.clone(), answer_one.clone()).unwrap();
+        }
+        writer.count_retry(call_two.clone(), answer_two.clone()).unwrap();
+        // One job per answer, with its sum: one update per row, however often it was retried.
+        let mut tallied: Vec<(String, i32)> = writer
+            .take_tally()
+            .map(|job| match job {
+                Job::Count { webhook_id, by, .. } => (webhook_id.0, by),
+                _ => unreachable!("the tally holds counts only"),
+            })
+            .collect();
+        tallied.sort();
+        let mut expected = vec![(answer_one.0.clone(), 3), (answer_two.0.clone(), 1)];
+        expected.sort();
+        assert_eq!(tallied, expected);
+        assert!(
+            writer.take_tally().next().is_none(),
+            "taking the tally empties it"
+        );
+
+        // Counted again; the lane writes them when it stops, unsettled.
+        writer.count_retry(call_one.clone(), answer_one.clone()).unwrap();
+        writer.count_retry(call_one.clone(), answer_one.clone()).unwrap();
+        stop.cancel();
+        lane.await.unwrap();
+        let call = call::Entity::find_by_id(call_one.0.clone())
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = call_webhook::Entity::find_by_id(answer_one.0.clone())
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (call.attempts, answer.attempts),
+            (3, 3),
+            "the last tally is written at stop"
+        );
+        let err = writer.count_retry(call_one, answer_one).unwrap_err();
+        assert!(err.to_string().contains("writer stopped"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_lane_writes_the_tally_within_its_window_without_a_settle() {
+        let db = database().await;
+        let (writer, stop, lane) = start(&db);
+        let stored = new_call("CA1");
+        let call_id = CallId(stored.call.id.clone());
+        assert!(writer.claim(stored.clone()).await.unwrap());
+        writer
+            .count_retry(call_id.clone(), WebhookId(stored.answer.id.clone()))
+            .unwrap();
+        // Polled, with a bound far above the window: fails only if the tally is never written.
+        let deadline = tokio::time::Instant::now() + COUNT_WINDOW * 10;
+        loop {
+            let call = call::Entity::find_by_id(call_id.0.clone())
+                .one(&db)
+                .await
+                .unwrap()
+                .unwrap();
+            if call.attempts == 2 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the tally was not written"
+            );
+            tokio::time::sleep(COUNT_WINDOW / 10).await;
+        }
         stop.cancel();
         lane.await.unwrap();
     }

@@ -165,11 +165,10 @@ impl AnswerStore {
         if call.offline || ctx.outage.circuit_open() {
             return Ok(Some(twiml));
         }
-        // Queued, not waited for: the answer is already committed (see `Writer::count_retry`).
+        // Tallied, not waited for: the answer is already committed (see `Writer::count_retry`).
         if let Err(e) = self
             .writer
             .count_retry(hit.call_id.clone(), hit.webhook_id.clone())
-            .await
         {
             tracing::warn!(error = %e, "a retry's count was not queued");
         }
