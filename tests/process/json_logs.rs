@@ -40,6 +40,16 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The id of the one route `support::seed` created.
+async fn seeded_route(fresh: &FreshDatabase) -> String {
+    route::Entity::find()
+        .one(&fresh.db)
+        .await
+        .unwrap()
+        .expect("the seeded route")
+        .id
+}
+
 backend_test!(json_log_lines_carry_the_call_they_are_about);
 async fn json_log_lines_carry_the_call_they_are_about(fresh: FreshDatabase) {
     let url = fresh.process_url();
@@ -50,12 +60,7 @@ async fn json_log_lines_carry_the_call_they_are_about(fresh: FreshDatabase) {
         .mount(&receiver)
         .await;
     let tenant_id = support::seed(&url, Some(&format!("{}/events", receiver.uri()))).await;
-    let route_id = route::Entity::find()
-        .one(&fresh.db)
-        .await
-        .unwrap()
-        .expect("the seeded route")
-        .id;
+    let route_id = seeded_route(&fresh).await;
     let port = free_port().to_string();
     let base = format!("http://127.0.0.1:{port}");
     let server = Server::start(
@@ -208,12 +213,7 @@ async fn a_flood_of_forged_requests_is_logged_as_its_first_line_and_a_count_per_
     const INTERVAL: Duration = Duration::from_millis(100);
     let url = fresh.process_url();
     support::seed(&url, None).await;
-    let route_id = route::Entity::find()
-        .one(&fresh.db)
-        .await
-        .unwrap()
-        .expect("the seeded route")
-        .id;
+    let route_id = seeded_route(&fresh).await;
     let server = Server::start(
         &url,
         &[
