@@ -139,25 +139,8 @@ impl Diagnostics {
     /// its callers log the first at. Called every flush interval, also while the database is
     /// away (when the flush writes nothing).
     pub fn log_repeats(&self) {
-        let repeats: Vec<(DiagnosticKind, String, i64)> = self
-            .lock()
-            .iter_mut()
-            .filter(|(_, p)| p.unlogged > 0)
-            .map(|((kind, key), p)| (*kind, key.clone(), std::mem::take(&mut p.unlogged)))
-            .collect();
-        for (kind, key, n) in repeats {
-            let level = logged_at(kind);
-            let kind = kind.as_str();
-            match level {
-                Some(tracing::Level::WARN) => {
-                    tracing::warn!(kind, key = %key, repeats = n, "{n} more {kind} since the last line");
-                }
-                Some(_) => {
-                    tracing::info!(kind, key = %key, repeats = n, "{n} more {kind} since the last line")
-                }
-                None => {}
-            }
-        }
+        let repeats = unlogged(&mut self.lock());
+        log_repeats(repeats);
     }
 
     /// The buffer; a panic while it was held loses nothing worth stopping for.
@@ -174,8 +157,10 @@ impl Diagnostics {
     /// Writes buffered occurrences and raises the alerts they call for; returns how many
     /// distinct keys were written. Failed writes are put back for the next flush.
     pub async fn flush(&self) -> Result<usize, Error> {
-        self.log_repeats();
-        let pending = self.take();
+        // Taken with the buffer, under one lock: an occurrence counted in between would be
+        // written but never logged.
+        let mut pending = self.take();
+        log_repeats(unlogged(&mut pending));
         let n = pending.len();
         let mut entries = pending.into_iter();
         while let Some(((kind, key), p)) = entries.next() {
@@ -241,6 +226,30 @@ impl Diagnostics {
         }
         txn.commit().await?;
         Ok(())
+    }
+}
+
+/// The occurrences of each key in `buffer` not logged yet, which are then counted as logged.
+fn unlogged(buffer: &mut Buffer) -> Vec<(DiagnosticKind, String, i64)> {
+    buffer
+        .iter_mut()
+        .filter(|(_, p)| p.unlogged > 0)
+        .map(|((kind, key), p)| (*kind, key.clone(), std::mem::take(&mut p.unlogged)))
+        .collect()
+}
+
+/// Logs each key's `repeats`, one line per key.
+fn log_repeats(repeats: Vec<(DiagnosticKind, String, i64)>) {
+    for (kind, key, n) in repeats {
+        let level = logged_at(kind);
+        let kind = kind.as_str();
+        match level {
+            Some(tracing::Level::WARN) => {
+                tracing::warn!(kind, key = %key, repeats = n, "{n} more {kind} since the last line");
+            }
+            Some(_) => tracing::info!(kind, key = %key, repeats = n, "{n} more {kind} since the last line"),
+            None => {}
+        }
     }
 }
 
