@@ -602,7 +602,7 @@ impl TestApp {
         E::find().count(&self.state.db).await.expect("count")
     }
 
-    /// The stored call for a CallSid (the retry counts queued before it written first).
+    /// The stored call for a CallSid (the retry counts tallied before it written first).
     pub async fn call(&self, call_sid: &str) -> Option<entity::call::Model> {
         self.state.writer.settle().await;
         db::calls::by_sid(&self.state.db, call_sid).await.expect("query")
