@@ -247,8 +247,11 @@ trait Batches {
     async fn write(&mut self, jobs: &[Job]) -> Result<Vec<bool>, DbErr>;
 }
 
-/// Writes a batch and answers each request. If the batch fails as a whole, each request is
-/// written alone, so one bad request cannot fail the others.
+/// Writes a batch and answers each request. If the batch fails as a whole, it is written again
+/// in parts: each new call alone, so one bad request cannot fail the others; the retry counts
+/// together, since an update of a count fails only with the database and a tally can hold
+/// thousands (one by one they would be as many transactions, each waiting out a busy
+/// database); the settles last, once the counts are written.
 async fn execute(batches: &mut impl Batches, jobs: Vec<Job>) {
     if jobs.len() > 1 {
         match batches.write(&jobs).await {
@@ -263,25 +266,45 @@ async fn execute(batches: &mut impl Batches, jobs: Vec<Job>) {
             }
         }
     }
+    let (mut counts, mut settles) = (Vec::new(), Vec::new());
     for job in jobs {
-        let one = [job];
-        let result = batches.write(&one).await.map(|claimed| claimed[0]);
-        let [job] = one;
-        answer(job, result);
+        match job {
+            Job::Claim(..) => {
+                let one = [job];
+                let result = batches.write(&one).await.map(|claimed| claimed[0]);
+                let [job] = one;
+                answer(job, result);
+            }
+            Job::Count { .. } => counts.push(job),
+            Job::Settle(_) => settles.push(job),
+        }
+    }
+    if !counts.is_empty() {
+        if let Err(e) = batches.write(&counts).await {
+            counts_lost(&counts, &e);
+        }
+    }
+    for settle in settles {
+        answer(settle, Ok(false));
     }
 }
 
-/// Answers one request. A caller that went away (client disconnected) needs no answer.
+/// Logs, in one line, that the retry counts among `jobs` were not stored.
+fn counts_lost(jobs: &[Job], e: &DbErr) {
+    let lost = jobs.iter().filter(|job| matches!(job, Job::Count { .. })).count();
+    if lost > 0 {
+        tracing::warn!(error = %e, answers = lost, "retry counts were not stored");
+    }
+}
+
+/// Answers one request. A caller that went away (client disconnected) needs no answer; nor
+/// does a count (its failure is logged once for its batch, [`counts_lost`]).
 fn answer(job: Job, result: Result<bool, DbErr>) {
     match job {
         Job::Claim(_, done) => {
             let _ = done.send(result);
         }
-        Job::Count { call_id, .. } => {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, call_id = %call_id.as_str(), "a retry's count was not stored");
-            }
-        }
+        Job::Count { .. } => {}
         Job::Settle(done) => {
             let _ = done.send(());
         }
@@ -676,6 +699,41 @@ mod tests {
             .unwrap();
         assert!(writer.claim(new_call("CA3")).await.unwrap());
         assert_eq!(call::Entity::find().all(&db).await.unwrap().len(), 2);
+        stop.cancel();
+        lane.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_still_writes_its_counts_and_fails_only_its_bad_call() {
+        let db = database().await;
+        let (writer, stop, lane) = start(&db);
+        let stored = new_call("CA1");
+        let call_id = CallId(stored.call.id.clone());
+        let webhook_id = WebhookId(stored.answer.id.clone());
+        assert!(writer.claim(stored).await.unwrap());
+        writer.count_retry(call_id.clone(), webhook_id).unwrap();
+        // Answers no call has: their updates change nothing and fail nothing.
+        for i in 0..2000 {
+            writer
+                .count_retry(CallId(format!("call-{i}")), WebhookId(format!("answer-{i}")))
+                .unwrap();
+        }
+        let mut unknown_route = new_call("CA2");
+        unknown_route.call.route_id = "no-such-route".to_owned();
+        // Queued together: the settle brings the tally into the bad call's batch, which fails
+        // as a whole and is written again in parts.
+        let (bad, ()) = tokio::join!(writer.claim(unknown_route), writer.settle());
+        let bad = bad.unwrap_err();
+        assert!(bad.to_string().contains("FOREIGN KEY"), "{bad}");
+        let call = call::Entity::find_by_id(call_id.0)
+            .one(&db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            call.attempts, 2,
+            "the counts are written though their batch failed"
+        );
         stop.cancel();
         lane.await.unwrap();
     }

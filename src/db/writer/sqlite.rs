@@ -64,6 +64,7 @@ async fn on_handle(pool: &SqlitePool, jobs: Vec<Job>) {
 
 /// Answers every job with an error: the batch could not start.
 fn fail(jobs: Vec<Job>, err: impl Fn() -> DbErr) {
+    super::counts_lost(&jobs, &err());
     for job in jobs {
         super::answer(job, Err(err()));
     }
