@@ -485,6 +485,29 @@ mod tests {
         (writer, stop, lane)
     }
 
+    /// The ids a retry of `stored` is counted by: its call's and its answer's.
+    fn ids(stored: &NewCall) -> (CallId, WebhookId) {
+        (
+            CallId(stored.call.id.clone()),
+            WebhookId(stored.answer.id.clone()),
+        )
+    }
+
+    /// The stored `attempts` of a call and of its answer.
+    async fn attempts(db: &Pool, (call_id, webhook_id): &(CallId, WebhookId)) -> (i32, i32) {
+        let call = call::Entity::find_by_id(call_id.0.clone())
+            .one(db)
+            .await
+            .unwrap()
+            .expect("the call is stored");
+        let answer = call_webhook::Entity::find_by_id(webhook_id.0.clone())
+            .one(db)
+            .await
+            .unwrap()
+            .expect("its answer is stored");
+        (call.attempts, answer.attempts)
+    }
+
     #[tokio::test]
     async fn concurrent_claims_of_one_call_sid_store_it_once_with_its_answer_and_event() {
         let db = database().await;
@@ -510,25 +533,12 @@ mod tests {
         let db = database().await;
         let (writer, stop, lane) = start(&db);
         let stored = new_call("CA1");
-        let (call_id, webhook_id) = (
-            CallId(stored.call.id.clone()),
-            WebhookId(stored.answer.id.clone()),
-        );
+        let (call_id, webhook_id) = ids(&stored);
         assert!(writer.claim(stored).await.unwrap());
         writer.count_retry(call_id.clone(), webhook_id.clone()).unwrap();
         writer.count_retry(call_id.clone(), webhook_id.clone()).unwrap();
         writer.settle().await;
-        let call = call::Entity::find_by_id(call_id.0)
-            .one(&db)
-            .await
-            .unwrap()
-            .unwrap();
-        let answer = call_webhook::Entity::find_by_id(webhook_id.0)
-            .one(&db)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((call.attempts, answer.attempts), (3, 3));
+        assert_eq!(attempts(&db, &(call_id, webhook_id)).await, (3, 3));
         stop.cancel();
         lane.await.unwrap();
     }
@@ -538,7 +548,6 @@ mod tests {
         let db = database().await;
         let (writer, stop, lane) = start(&db);
         let (one, two) = (new_call("CA1"), new_call("CA2"));
-        let ids = |c: &NewCall| (CallId(c.call.id.clone()), WebhookId(c.answer.id.clone()));
         let ((call_one, answer_one), (call_two, answer_two)) = (ids(&one), ids(&two));
         assert!(writer.claim(one).await.unwrap());
         assert!(writer.claim(two).await.unwrap());
@@ -568,22 +577,13 @@ mod tests {
         writer.count_retry(call_one.clone(), answer_one.clone()).unwrap();
         stop.cancel();
         lane.await.unwrap();
-        let call = call::Entity::find_by_id(call_one.0.clone())
-            .one(&db)
-            .await
-            .unwrap()
-            .unwrap();
-        let answer = call_webhook::Entity::find_by_id(answer_one.0.clone())
-            .one(&db)
-            .await
-            .unwrap()
-            .unwrap();
+        let one = (call_one, answer_one);
         assert_eq!(
-            (call.attempts, answer.attempts),
+            attempts(&db, &one).await,
             (3, 3),
             "the last tally is written at stop"
         );
-        let err = writer.count_retry(call_one, answer_one).unwrap_err();
+        let err = writer.count_retry(one.0, one.1).unwrap_err();
         assert!(err.to_string().contains("writer stopped"), "{err}");
     }
 
@@ -592,22 +592,12 @@ mod tests {
         let db = database().await;
         let (writer, stop, lane) = start(&db);
         let stored = new_call("CA1");
-        let call_id = CallId(stored.call.id.clone());
-        assert!(writer.claim(stored.clone()).await.unwrap());
-        writer
-            .count_retry(call_id.clone(), WebhookId(stored.answer.id.clone()))
-            .unwrap();
+        let one = ids(&stored);
+        assert!(writer.claim(stored).await.unwrap());
+        writer.count_retry(one.0.clone(), one.1.clone()).unwrap();
         // Polled, with a bound far above the window: fails only if the tally is never written.
         let deadline = tokio::time::Instant::now() + COUNT_WINDOW * 10;
-        loop {
-            let call = call::Entity::find_by_id(call_id.0.clone())
-                .one(&db)
-                .await
-                .unwrap()
-                .unwrap();
-            if call.attempts == 2 {
-                break;
-            }
+        while attempts(&db, &one).await.0 != 2 {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the tally was not written"
@@ -708,10 +698,9 @@ mod tests {
         let db = database().await;
         let (writer, stop, lane) = start(&db);
         let stored = new_call("CA1");
-        let call_id = CallId(stored.call.id.clone());
-        let webhook_id = WebhookId(stored.answer.id.clone());
+        let one = ids(&stored);
         assert!(writer.claim(stored).await.unwrap());
-        writer.count_retry(call_id.clone(), webhook_id).unwrap();
+        writer.count_retry(one.0.clone(), one.1.clone()).unwrap();
         // Answers no call has: their updates change nothing and fail nothing.
         for i in 0..2000 {
             writer
@@ -725,13 +714,9 @@ mod tests {
         let (bad, ()) = tokio::join!(writer.claim(unknown_route), writer.settle());
         let bad = bad.unwrap_err();
         assert!(bad.to_string().contains("FOREIGN KEY"), "{bad}");
-        let call = call::Entity::find_by_id(call_id.0)
-            .one(&db)
-            .await
-            .unwrap()
-            .unwrap();
         assert_eq!(
-            call.attempts, 2,
+            attempts(&db, &one).await.0,
+            2,
             "the counts are written though their batch failed"
         );
         stop.cancel();
