@@ -392,7 +392,7 @@ mod tests {
         states::{CallStatus, Outcome, RouteEnvironment, TenantEnvironment, WebhookKind},
         tenant,
     };
-    use sea_orm::{EntityTrait, IntoActiveModel};
+    use sea_orm::{EntityTrait, IntoActiveModel, PaginatorTrait};
     use tokio_util::sync::CancellationToken;
 
     use super::*;
@@ -585,6 +585,45 @@ mod tests {
         );
         let err = writer.count_retry(one.0, one.1).unwrap_err();
         assert!(err.to_string().contains("writer stopped"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_steady_stream_of_batches_still_lets_the_pools_other_users_in() {
+        // One connection, as on SQLite by default: the lane borrows it for its batches, and the
+        // pool's other users must get it between them however many follow.
+        let db = database().await;
+        let (writer, stop, lane) = start(&db);
+        let busy = CancellationToken::new();
+        let claimers: Vec<_> = (0..8)
+            .map(|i| {
+                let (writer, busy) = (writer.clone(), busy.clone());
+                tokio::spawn(async move {
+                    let mut stored = 0;
+                    while !busy.is_cancelled() {
+                        let claimed = writer.claim(new_call(&format!("CA{i}-{stored}"))).await;
+                        assert!(claimed.expect("stored"));
+                        stored += 1;
+                    }
+                    stored
+                })
+            })
+            .collect();
+        for _ in 0..20 {
+            // A lane that kept the connection would fail this read with the pool's timeout.
+            call::Entity::find()
+                .count(&db)
+                .await
+                .expect("a read gets the connection between batches");
+        }
+        busy.cancel();
+        let mut stored = 0;
+        for claimer in claimers {
+            stored += claimer.await.unwrap();
+        }
+        assert!(stored > 0, "the claims went on meanwhile");
+        stop.cancel();
+        lane.await.unwrap();
+        assert_eq!(call::Entity::find().count(&db).await.unwrap(), stored);
     }
 
     #[tokio::test]
