@@ -218,42 +218,9 @@ async fn one_failing_write_does_not_fail_the_others_in_its_batch(app: TestApp) {
 
 /// A new call of `tenant_id` on `route_id`, with its answer and event, as the webhook makes it.
 fn new_call(tenant_id: &str, route_id: &str) -> stateset_voice::db::writer::NewCall {
-    let now = chrono::Utc::now();
-    let call = call::Model {
-        id: entity::id::new_id(),
-        call_sid: call_sid(),
-        tenant_id: tenant_id.to_owned(),
-        route_id: route_id.to_owned(),
-        from_number: "+15550001111".to_owned(),
-        to_number: NUMBER.to_owned(),
-        status: entity::states::CallStatus::Ringing,
-        outcome: entity::states::Outcome::Streamed,
-        fallback_reason: None,
-        attempts: 1,
-        error_code: None,
-        error_url: None,
-        duration_secs: None,
-        created_at: now,
-        updated_at: now,
-        ended_at: None,
-    };
-    let answer = call_webhook::Model {
-        id: entity::id::new_id(),
-        call_id: call.id.clone(),
-        kind: entity::states::WebhookKind::Incoming,
-        attempts: 1,
-        twiml: "<Response/>".to_owned(),
-        stream_token: None,
-        token_jti: None,
-        token_expires_at: None,
-        created_at: now,
-        updated_at: now,
-    };
-    let event = stateset_voice::db::outbox::pending(
-        tenant_id,
-        &stateset_voice::events::Event::CallReceived((&call).into()),
-    );
-    stateset_voice::db::writer::NewCall { call, answer, event }
+    let mut new = stateset_voice::db::writer::NewCall::example(&call_sid(), tenant_id, route_id);
+    new.call.to_number = NUMBER.to_owned();
+    new
 }
 
 /// `given` as the database gives it back: PostgreSQL keeps microseconds, and finer digits are

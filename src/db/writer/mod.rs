@@ -54,6 +54,51 @@ pub struct NewCall {
     pub event: outbox_event::Model,
 }
 
+#[cfg(any(test, feature = "testkit"))]
+impl NewCall {
+    /// A streamed new call of `call_sid` on a tenant's route, with its answer and its
+    /// `call.received` event, as the webhook makes them (tests).
+    pub fn example(call_sid: &str, tenant_id: &str, route_id: &str) -> Self {
+        use entity::{
+            id::new_id,
+            states::{CallStatus, Outcome, WebhookKind},
+        };
+        let now = chrono::Utc::now();
+        let call = call::Model {
+            id: new_id(),
+            call_sid: call_sid.to_owned(),
+            tenant_id: tenant_id.to_owned(),
+            route_id: route_id.to_owned(),
+            from_number: "+15555550199".to_owned(),
+            to_number: "+15555550100".to_owned(),
+            status: CallStatus::Ringing,
+            outcome: Outcome::Streamed,
+            fallback_reason: None,
+            attempts: 1,
+            error_code: None,
+            error_url: None,
+            duration_secs: None,
+            created_at: now,
+            updated_at: now,
+            ended_at: None,
+        };
+        let answer = call_webhook::Model {
+            id: new_id(),
+            call_id: call.id.clone(),
+            kind: WebhookKind::Incoming,
+            attempts: 1,
+            twiml: "<Response/>".to_owned(),
+            stream_token: None,
+            token_jti: None,
+            token_expires_at: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let event = super::outbox::pending(tenant_id, &crate::events::Event::CallReceived((&call).into()));
+        Self { call, answer, event }
+    }
+}
+
 enum Job {
     Claim(Arc<NewCall>, oneshot::Sender<Result<bool, DbErr>>),
     /// `by` more deliveries of a webhook answer and of its call, taken from the tally; nobody
@@ -387,9 +432,8 @@ mod tests {
 
     use chrono::Utc;
     use entity::{
-        id::new_id,
         route,
-        states::{CallStatus, Outcome, RouteEnvironment, TenantEnvironment, WebhookKind},
+        states::{RouteEnvironment, TenantEnvironment},
         tenant,
     };
     use sea_orm::{EntityTrait, IntoActiveModel, PaginatorTrait};
@@ -440,39 +484,7 @@ mod tests {
     }
 
     fn new_call(call_sid: &str) -> NewCall {
-        let now = Utc::now();
-        let call = call::Model {
-            id: new_id(),
-            call_sid: call_sid.to_owned(),
-            tenant_id: "t1".to_owned(),
-            route_id: "r1".to_owned(),
-            from_number: "+15555550199".to_owned(),
-            to_number: "+15555550100".to_owned(),
-            status: CallStatus::Ringing,
-            outcome: Outcome::Streamed,
-            fallback_reason: None,
-            attempts: 1,
-            error_code: None,
-            error_url: None,
-            duration_secs: None,
-            created_at: now,
-            updated_at: now,
-            ended_at: None,
-        };
-        let answer = call_webhook::Model {
-            id: new_id(),
-            call_id: call.id.clone(),
-            kind: WebhookKind::Incoming,
-            attempts: 1,
-            twiml: "<Response/>".to_owned(),
-            stream_token: None,
-            token_jti: None,
-            token_expires_at: None,
-            created_at: now,
-            updated_at: now,
-        };
-        let event = crate::db::outbox::pending("t1", &crate::events::Event::CallReceived((&call).into()));
-        NewCall { call, answer, event }
+        NewCall::example(call_sid, "t1", "r1")
     }
 
     fn start(db: &Pool) -> (Arc<Writer>, CancellationToken, tokio::task::JoinHandle<()>) {

@@ -290,7 +290,6 @@ fn answer_row(call_id: &str, kind: WebhookKind, fresh: &Fresh) -> call_webhook::
     }
 }
 
-/// The data of a call's events.
 /// Renders a decision; a stream gets a fresh token.
 fn render(ctx: WebhookContext<'_>, call: &Authenticated, decision: &Decision) -> Fresh {
     match decision {
