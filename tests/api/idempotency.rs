@@ -216,11 +216,9 @@ async fn one_failing_write_does_not_fail_the_others_in_its_batch(app: TestApp) {
     assert_eq!(app.count(outbox_event::Entity).await, 30);
 }
 
-/// A new call of `tenant_id` on `route_id`, with its answer and event, as the webhook makes it.
+/// A new call of `tenant_id` on `route_id` on a fresh CallSid, with its answer and event.
 fn new_call(tenant_id: &str, route_id: &str) -> stateset_voice::db::writer::NewCall {
-    let mut new = stateset_voice::db::writer::NewCall::example(&call_sid(), tenant_id, route_id);
-    new.call.to_number = NUMBER.to_owned();
-    new
+    stateset_voice::db::writer::NewCall::example(&call_sid(), tenant_id, route_id)
 }
 
 /// `given` as the database gives it back: PostgreSQL keeps microseconds, and finer digits are
